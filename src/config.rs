@@ -1,0 +1,198 @@
+//! Configuration: command-line flags, `CALLGATE_*` environment variables and an optional
+//! YAML config file, merged into one [`Config`] (flags > env > file > defaults). Every
+//! default lives here.
+//!
+//! [`Settings`] is the one list of settings: clap reads it from flags and env, serde from the
+//! file (keys are the flag names with `_` for `-`), so the three sources cannot drift apart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where OpenIM and Tencent callbacks are served by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Where the admin API is served by default.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9091";
+/// The policy directory by default.
+pub const DEFAULT_POLICIES: &str = "policies";
+/// The record directory by default.
+pub const DEFAULT_DATA_DIR: &str = "data";
+/// The largest callback body accepted by default: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Every setting of `callgate serve`, each optional so sources can be merged.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address for OpenIM and Tencent callbacks [default: 127.0.0.1:8080]
+    #[arg(long, env = "CALLGATE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Address for the admin API: metrics, health, status, reload [default: 127.0.0.1:9091]
+    #[arg(long, env = "CALLGATE_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+
+    /// Policy directory: every *.yaml / *.yml directly in it [default: ./policies]
+    #[arg(long, env = "CALLGATE_POLICIES", value_name = "DIR")]
+    pub policies: Option<PathBuf>,
+
+    /// Directory for records [default: ./data]
+    #[arg(long, env = "CALLGATE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Answer allow to every callback; record what the rules would have answered
+    #[arg(long, env = "CALLGATE_DRY_RUN", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub dry_run: Option<bool>,
+
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "CALLGATE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Largest callback body in bytes [default: 1048576]
+    #[arg(long, env = "CALLGATE_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// The resolved configuration of a running server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address for callbacks.
+    pub listen: SocketAddr,
+    /// Address for the admin API.
+    pub admin_listen: SocketAddr,
+    /// Policy directory.
+    pub policies: PathBuf,
+    /// Record directory.
+    pub data_dir: PathBuf,
+    /// Whether every answer is allow (rules only reported).
+    pub is_dry_run: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Largest callback body in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Why a configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file `{}`: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The config file is not valid.
+    #[error("config file `{}`: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    /// A setting has a bad value.
+    #[error("`{key}`: {message}")]
+    Value { key: &'static str, message: String },
+}
+
+impl Settings {
+    /// Reads a YAML config file.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let settings: Option<Settings> =
+            serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::File {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(settings.unwrap_or_default())
+    }
+
+    /// Fills every setting this one lacks from `lower`.
+    pub fn or(self, lower: Settings) -> Settings {
+        Settings {
+            listen: self.listen.or(lower.listen),
+            admin_listen: self.admin_listen.or(lower.admin_listen),
+            policies: self.policies.or(lower.policies),
+            data_dir: self.data_dir.or(lower.data_dir),
+            dry_run: self.dry_run.or(lower.dry_run),
+            log_format: self.log_format.or(lower.log_format),
+            max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
+        }
+    }
+
+    /// Applies the defaults and checks every value.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let addr = |key: &'static str,
+                    v: Option<String>,
+                    default: &str|
+         -> Result<SocketAddr, ConfigError> {
+            let text = v.unwrap_or_else(|| default.to_string());
+            text.parse().map_err(|_| ConfigError::Value {
+                key,
+                message: format!("`{text}` is not an address; write IP:PORT, as in `{default}`"),
+            })
+        };
+        let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            return Err(ConfigError::Value {
+                key: "max_body_bytes",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(Config {
+            listen: addr("listen", self.listen, DEFAULT_LISTEN)?,
+            admin_listen: addr("admin_listen", self.admin_listen, DEFAULT_ADMIN_LISTEN)?,
+            policies: self.policies.unwrap_or_else(|| DEFAULT_POLICIES.into()),
+            data_dir: self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            is_dry_run: self.dry_run.unwrap_or(false),
+            log_format: self.log_format.unwrap_or_default(),
+            max_body_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn higher_source_wins_per_key() {
+        let flags = Settings {
+            listen: Some("127.0.0.1:1".into()),
+            ..Settings::default()
+        };
+        let file = Settings {
+            listen: Some("127.0.0.1:2".into()),
+            dry_run: Some(true),
+            ..Settings::default()
+        };
+        let config = flags.or(file).resolve().unwrap();
+        assert_eq!(config.listen.port(), 1);
+        assert!(config.is_dry_run);
+        assert_eq!(config.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+    }
+
+    #[test]
+    fn bad_address_names_the_key() {
+        let err = Settings {
+            listen: Some("nowhere".into()),
+            ..Settings::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("`listen`: `nowhere` is not an address"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! callgate: a policy-gated callback decision engine for IM backends.
+//!
+//! Data flows one way:
+//! request → [`protocol`] decode → [`event::Event`] → [`policy`] decide →
+//! [`policy::Decision`] → [`protocol`] encode → reply.
+//!
+//! - [`config`]: flags, env and config file merged into one `Config`
+//! - [`event`]: the one shape every callback decodes into
+//! - [`protocol`]: OpenIM (and later Tencent) wire formats; no rules
+//! - [`policy`]: YAML policies → `PolicySet`; evaluation; live reload
+//! - [`server`]: the warp listeners; the only module that knows HTTP
+//! - [`duration`]: the `30s`/`1m` syntax shared by policies and config
+
+pub mod config;
+pub mod duration;
+pub mod event;
+pub mod policy;
+pub mod protocol;
+pub mod server;

@@ -1,0 +1,244 @@
+//! The `callgate` command: flags → `Config` → library calls. The only home of `anyhow`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use callgate::config::{DEFAULT_POLICIES, LogFormat, Settings};
+use callgate::event::Event;
+use callgate::policy::{self, Outcome, PolicyStore};
+use callgate::server;
+
+/// A policy-gated callback decision engine for OpenIM and Tencent Cloud Chat.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: OpenIM and Tencent callbacks, and the admin API
+    Serve {
+        /// YAML config file; its keys are the flag names with `_` for `-`
+        #[arg(long, env = "CALLGATE_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Decide sample callbacks offline and show which rules held, were skipped or ran dry
+    Check {
+        #[command(flatten)]
+        policies: PoliciesArg,
+        /// Decide as this command instead of the body's `callbackCommand`
+        #[arg(long, value_name = "COMMAND")]
+        command: Option<String>,
+        /// Callback bodies: JSON files, one object each
+        #[arg(required = true, value_name = "EVENT.json")]
+        events: Vec<PathBuf>,
+    },
+    /// Load the policy set and report every error as `file:line: message`; exit 1 on any
+    Validate {
+        #[command(flatten)]
+        policies: PoliciesArg,
+    },
+}
+
+#[derive(clap::Args)]
+struct PoliciesArg {
+    /// Policy directory [default: ./policies]
+    #[arg(long, env = "CALLGATE_POLICIES", value_name = "DIR")]
+    policies: Option<PathBuf>,
+}
+
+impl PoliciesArg {
+    fn dir(&self) -> PathBuf {
+        self.policies
+            .clone()
+            .unwrap_or_else(|| DEFAULT_POLICIES.into())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, settings } => serve(config.as_deref(), settings),
+        Command::Check {
+            policies,
+            command,
+            events,
+        } => check(&policies.dir(), command.as_deref(), &events),
+        Command::Validate { policies } => validate(&policies.dir()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("callgate: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
+    let file = match config_file {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    let config = settings.or(file).resolve()?;
+    init_logging(config.log_format);
+
+    let store = PolicyStore::open(&config.policies)
+        .map_err(|errors| anyhow::anyhow!("the policy set did not load:\n{errors}"))?;
+    let set = store.current();
+    if set.rule_count() == 0 {
+        tracing::warn!(dir = %config.policies.display(), "the policy set has no rules: every callback gets the default answer");
+    }
+    if config.is_dry_run {
+        tracing::warn!(
+            "dry run: every callback is answered allow; records show what the rules would have answered"
+        );
+    }
+    let state = Arc::new(server::State {
+        policies: Arc::new(store),
+        is_dry_run: config.is_dry_run,
+        max_body_bytes: config.max_body_bytes,
+    });
+
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let bound = server::bind(&config).await?;
+        println!(
+            "callgate serving callbacks on http://{} and admin on http://{}; policy version {} ({} rules)",
+            bound.callbacks_addr,
+            bound.admin_addr,
+            set.version(),
+            set.rule_count()
+        );
+        drop(set);
+        spawn_sighup_reload(state.policies.clone())?;
+        server::serve(bound, state, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spawn_sighup_reload(store: Arc<PolicyStore>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading policies");
+            let store = store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+        }
+    });
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT; stop the process with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CALLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(dir: &Path) -> Result<policy::PolicySet> {
+    policy::load_dir(dir)
+        .map_err(|errors| anyhow::anyhow!("the policy set did not load:\n{errors}"))
+}
+
+fn validate(dir: &Path) -> Result<ExitCode> {
+    match policy::load_dir(dir) {
+        Ok(set) => {
+            println!(
+                "ok: {} rules in {} files; version {}",
+                set.rule_count(),
+                set.files().len(),
+                set.version()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                println!("{e}");
+            }
+            println!(
+                "{} error(s); the policy set would be refused",
+                errors.0.len()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn check(dir: &Path, command: Option<&str>, events: &[PathBuf]) -> Result<ExitCode> {
+    let set = load(dir)?;
+    for path in events {
+        let text =
+            std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        let body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&text)
+            .with_context(|| format!("`{}` is not a JSON object", path.display()))?;
+        let command = match command {
+            Some(c) => c.to_string(),
+            None => body
+                .get("callbackCommand")
+                .and_then(|c| c.as_str())
+                .map(str::to_string)
+                .with_context(|| {
+                    format!(
+                        "`{}` has no string `callbackCommand`; pass --command",
+                        path.display()
+                    )
+                })?,
+        };
+        let (decision, trace) = set.explain(&Event::openim(command.clone(), body));
+        let by = decision
+            .rule
+            .as_deref()
+            .map_or("the default".to_string(), |r| format!("rule `{r}`"));
+        match &decision.outcome {
+            Outcome::Allow => println!("{}: {command}: allow, by {by}", path.display()),
+            Outcome::Deny(r) => println!(
+                "{}: {command}: deny, by {by}: errCode {} {:?}",
+                path.display(),
+                r.code,
+                r.message
+            ),
+        }
+        for step in &trace {
+            println!("  {:<12} {:<40} {}", step.step.as_str(), step.rule, step.at);
+        }
+        for hit in &decision.dry_run {
+            println!(
+                "  dry run: rule `{}` would {}",
+                hit.rule,
+                hit.outcome.as_str()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

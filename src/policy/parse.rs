@@ -1,0 +1,480 @@
+//! YAML text → raw policy structs. Shape only: which keys exist, which types they hold.
+//!
+//! Errors found here come from `serde_yaml_ng` and carry the exact line. Checks that need
+//! more than one place at once (duplicate ids, unknown lists, a deny without `error`) are
+//! made in `compile`, which finds their lines through [`RuleLines`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// One policy file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    /// Named lists of IDs, inline or from a file.
+    #[serde(default)]
+    pub lists: BTreeMap<String, RawList>,
+    /// Rules, in the order written.
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+    /// The decision when no rule holds; at most one file of a set may give it.
+    pub default: Option<RawDecision>,
+    /// The refusal sent when `default: deny`.
+    pub error: Option<RawError>,
+}
+
+/// A named list: `[a, b]` inline, or `{ file: path }`.
+#[derive(Debug)]
+pub enum RawList {
+    /// IDs written in the policy file.
+    Inline(Vec<Scalar>),
+    /// A file of IDs, one a line, relative to the policy directory.
+    File(String),
+}
+
+/// One rule as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Unique across the set.
+    pub id: String,
+    /// Command names or globs; `None` means every OpenIM command.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub on: Option<Vec<String>>,
+    /// Conditions, all of which must hold.
+    pub when: Option<RawGroup>,
+    /// A rate cap that must also hold.
+    pub rate_cap: Option<RawRateCap>,
+    /// What the rule decides when it holds.
+    pub decision: RawDecision,
+    /// The refusal, required with `decision: deny`.
+    pub error: Option<RawError>,
+    /// `enforce` (default) or `dry_run`.
+    #[serde(default)]
+    pub mode: RawMode,
+}
+
+/// `allow` or `deny`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawDecision {
+    /// Let the operation go on.
+    Allow,
+    /// Refuse it.
+    Deny,
+}
+
+/// Whether a rule decides or only reports what it would decide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawMode {
+    /// The rule decides.
+    #[default]
+    Enforce,
+    /// The rule is recorded as "would …" and evaluation goes on.
+    DryRun,
+}
+
+/// The refusal OpenIM passes to its client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawError {
+    /// OpenIM's `errCode`; checked to be ≥ 100 while parsing.
+    #[serde(deserialize_with = "err_code")]
+    pub code: i32,
+    /// OpenIM's `errMsg`.
+    pub message: String,
+    /// OpenIM's `errDlt`.
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// `rate_cap: { key: [...], max: N, per: 1m }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateCap {
+    /// Fields whose values, with the rule id, make the cap's key.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub key: Option<Vec<String>>,
+    /// Allowed callbacks per window; at least 1.
+    pub max: u64,
+    /// The rolling window, in the duration syntax.
+    pub per: String,
+}
+
+/// A `when` map: every entry must hold.
+#[derive(Debug, Default)]
+pub struct RawGroup(pub Vec<RawEntry>);
+
+/// One entry of a `when` map.
+#[derive(Debug)]
+pub enum RawEntry {
+    /// `field: { operator: value, ... }`.
+    Field { field: String, ops: RawOps },
+    /// `any: [group, ...]`: at least one group holds.
+    Any(Vec<RawGroup>),
+    /// `all: [group, ...]`: every group holds.
+    All(Vec<RawGroup>),
+    /// `not: group`: the group does not hold.
+    Not(RawGroup),
+}
+
+/// The operators applied to one field; every one given must hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOps {
+    pub equals: Option<Scalar>,
+    pub not_equals: Option<Scalar>,
+    #[serde(rename = "in")]
+    pub in_: Option<Vec<Scalar>>,
+    pub not_in: Option<Vec<Scalar>>,
+    pub in_list: Option<String>,
+    pub not_in_list: Option<String>,
+    pub regex: Option<Pattern>,
+    pub not_regex: Option<Pattern>,
+    pub exists: Option<bool>,
+}
+
+impl RawOps {
+    fn is_empty(&self) -> bool {
+        self.equals.is_none()
+            && self.not_equals.is_none()
+            && self.in_.is_none()
+            && self.not_in.is_none()
+            && self.in_list.is_none()
+            && self.not_in_list.is_none()
+            && self.regex.is_none()
+            && self.not_regex.is_none()
+            && self.exists.is_none()
+    }
+}
+
+/// A value a condition compares with: strings and numbers by their text, or a boolean.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scalar {
+    /// A string, or a number kept as the text YAML gave it.
+    Text(String),
+    /// `true` or `false`.
+    Bool(bool),
+}
+
+/// A regex whose syntax was checked while parsing, so its error has an exact line.
+#[derive(Debug, Clone)]
+pub struct Pattern(pub String);
+
+/// Parses one policy file. An empty file (or one of only comments) is an empty policy.
+pub fn parse_file(text: &str) -> Result<RawFile, serde_yaml_ng::Error> {
+    let file: Option<RawFile> = serde_yaml_ng::from_str(text)?;
+    Ok(file.unwrap_or_default())
+}
+
+/// Splits a `serde_yaml_ng` error into its line (1-based) and its message without the
+/// trailing "at line L column C".
+pub fn split_yaml_error(err: &serde_yaml_ng::Error) -> (usize, String) {
+    let text = err.to_string();
+    match err.location() {
+        Some(loc) => {
+            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+            let message = text.strip_suffix(&suffix).unwrap_or(&text).to_string();
+            (loc.line(), message)
+        }
+        None => (1, text),
+    }
+}
+
+/// The line on which each rule of a file starts, found from the text, so that checks made
+/// after parsing can name a line. Block-style YAML (the normal way to write rules) gets
+/// exact lines; anything else falls back to the line of `rules:`, or 1.
+#[derive(Debug)]
+pub struct RuleLines<'a> {
+    lines: Vec<&'a str>,
+    starts: Vec<usize>,
+    fallback: usize,
+}
+
+impl<'a> RuleLines<'a> {
+    /// Finds the start of each of the `rule_count` rules in `text`.
+    pub fn new(text: &'a str, rule_count: usize) -> RuleLines<'a> {
+        let lines: Vec<&str> = text.lines().collect();
+        let rules_at = lines.iter().position(|l| {
+            l.strip_prefix("rules:")
+                .is_some_and(|rest| rest.trim().is_empty() || rest.trim_start().starts_with('#'))
+        });
+        let Some(rules_at) = rules_at else {
+            return RuleLines {
+                lines,
+                starts: Vec::new(),
+                fallback: 1,
+            };
+        };
+        let mut starts = Vec::new();
+        let mut item_indent = None;
+        for (i, line) in lines.iter().enumerate().skip(rules_at + 1) {
+            let trimmed = line.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let indent = line.len() - trimmed.len();
+            let is_item = trimmed == "-" || trimmed.starts_with("- ");
+            let item_indent = *item_indent.get_or_insert(indent);
+            if indent < item_indent || (indent == item_indent && !is_item) {
+                break;
+            }
+            if indent == item_indent {
+                starts.push(i + 1);
+            }
+        }
+        if starts.len() != rule_count {
+            starts.clear();
+        }
+        RuleLines {
+            lines,
+            starts,
+            fallback: rules_at + 1,
+        }
+    }
+
+    /// The line where rule `index` starts.
+    pub fn rule(&self, index: usize) -> usize {
+        self.starts.get(index).copied().unwrap_or(self.fallback)
+    }
+
+    /// The first line of rule `index` that contains `needle`, or the rule's start.
+    pub fn within_rule(&self, index: usize, needle: &str) -> usize {
+        let start = self.rule(index);
+        let end = self
+            .starts
+            .get(index + 1)
+            .copied()
+            .unwrap_or(self.lines.len() + 1);
+        (start..end)
+            .find(|&n| self.lines.get(n - 1).is_some_and(|l| l.contains(needle)))
+            .unwrap_or(start)
+    }
+
+    /// The first line outside any rule that starts with `key`, as in `default:`.
+    pub fn top_level(&self, key: &str) -> usize {
+        self.lines
+            .iter()
+            .position(|l| l.starts_with(key))
+            .map_or(1, |i| i + 1)
+    }
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Option::<OneOrMany>::deserialize(d) {
+        Ok(None) => Ok(None),
+        Ok(Some(OneOrMany::One(s))) => Ok(Some(vec![s])),
+        Ok(Some(OneOrMany::Many(v))) => Ok(Some(v)),
+        Err(_) => Err(de::Error::custom("expected a string or a list of strings")),
+    }
+}
+
+fn err_code<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    let code = i64::deserialize(d)?;
+    if code < 100 {
+        return Err(de::Error::custom(format_args!(
+            "errCode {code} is below 100; OpenIM turns such codes into a generic server error, use 100 or more"
+        )));
+    }
+    i32::try_from(code).map_err(|_| {
+        de::Error::custom(format_args!(
+            "errCode {code} does not fit OpenIM's 32-bit errCode; use at most {}",
+            i32::MAX
+        ))
+    })
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl Visitor<'_> for ScalarVisitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, a number or a boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Text(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
+                Ok(Scalar::Text(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Text(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Text(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                // The same text serde_json gives a JSON float, so `1.5` matches `1.5`.
+                Ok(Scalar::Text(
+                    serde_json::Number::from_f64(v)
+                        .map_or_else(|| v.to_string(), |n| n.to_string()),
+                ))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool(v))
+            }
+        }
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match regex_syntax::Parser::new().parse(&text) {
+            Ok(_) => Ok(Pattern(text)),
+            Err(err) => Err(de::Error::custom(format_args!(
+                "bad regex `{text}`: {}",
+                regex_error_summary(&err)
+            ))),
+        }
+    }
+}
+
+/// One line from a regex-syntax error, which otherwise draws a multi-line diagram.
+fn regex_error_summary(err: &regex_syntax::Error) -> String {
+    match err {
+        regex_syntax::Error::Parse(e) => {
+            format!("{} at offset {}", e.kind(), e.span().start.offset)
+        }
+        regex_syntax::Error::Translate(e) => {
+            format!("{} at offset {}", e.kind(), e.span().start.offset)
+        }
+        other => other
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid")
+            .to_string(),
+    }
+}
+
+impl<'de> Deserialize<'de> for RawList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = RawList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of IDs, or `{ file: path }`")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawList, A::Error> {
+                let mut ids = Vec::new();
+                while let Some(id) = seq.next_element()? {
+                    ids.push(id);
+                }
+                Ok(RawList::Inline(ids))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawList, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct FileRef {
+                    file: String,
+                }
+                let r = FileRef::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawList::File(r.file))
+            }
+        }
+        d.deserialize_any(ListVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawGroup {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct GroupVisitor;
+        impl<'de> Visitor<'de> for GroupVisitor {
+            type Value = RawGroup;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of field names to operators (or any/all/not)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawGroup, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let entry = match key.as_str() {
+                        "any" => RawEntry::Any(map.next_value()?),
+                        "all" => RawEntry::All(map.next_value()?),
+                        "not" => RawEntry::Not(map.next_value()?),
+                        _ => {
+                            let ops: RawOps = map.next_value()?;
+                            if ops.is_empty() {
+                                return Err(de::Error::custom(format_args!(
+                                    "field `{key}` has no operator; use equals, not_equals, in, not_in, in_list, not_in_list, regex, not_regex or exists"
+                                )));
+                            }
+                            RawEntry::Field { field: key, ops }
+                        }
+                    };
+                    entries.push(entry);
+                }
+                Ok(RawGroup(entries))
+            }
+        }
+        d.deserialize_map(GroupVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_lines_block_style() {
+        let text = "lists:\n  a: [x]\nrules:\n  # first\n  - id: one\n    decision: allow\n\n  - id: two\n    when:\n      f: { regex: 'x' }\n    decision: allow\ndefault: allow\n";
+        let lines = RuleLines::new(text, 2);
+        assert_eq!(lines.rule(0), 5);
+        assert_eq!(lines.rule(1), 8);
+        assert_eq!(lines.within_rule(1, "regex"), 10);
+        assert_eq!(lines.within_rule(0, "regex"), 5);
+        assert_eq!(lines.top_level("default:"), 12);
+    }
+
+    #[test]
+    fn rule_lines_zero_indent_items() {
+        let text = "rules:\n- id: one\n  decision: allow\n- id: two\n  decision: allow\n";
+        let lines = RuleLines::new(text, 2);
+        assert_eq!((lines.rule(0), lines.rule(1)), (2, 4));
+    }
+
+    #[test]
+    fn rule_lines_flow_style_falls_back() {
+        let text = "\nrules: [{id: a, decision: allow}]\n";
+        let lines = RuleLines::new(text, 1);
+        assert_eq!(lines.rule(0), 1);
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_are_empty_policies() {
+        assert!(parse_file("").unwrap().rules.is_empty());
+        assert!(parse_file("# nothing yet\n").unwrap().rules.is_empty());
+    }
+
+    #[test]
+    fn unknown_operator_is_located() {
+        let text = "rules:\n  - id: a\n    when:\n      f: { equal: x }\n    decision: allow\n";
+        let err = parse_file(text).unwrap_err();
+        let (line, message) = split_yaml_error(&err);
+        assert_eq!(line, 4, "{message}");
+        assert!(message.contains("unknown field `equal`"), "{message}");
+    }
+
+    #[test]
+    fn bad_regex_is_located() {
+        let text = "rules:\n  - id: a\n    when:\n      f: { regex: '(x' }\n    decision: allow\n";
+        let (line, message) = split_yaml_error(&parse_file(text).unwrap_err());
+        assert_eq!(line, 4, "{message}");
+        assert!(
+            message.contains("bad regex `(x`: unclosed group"),
+            "{message}"
+        );
+    }
+}

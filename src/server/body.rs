@@ -1,0 +1,44 @@
+//! Reading a request body with a size limit, whether or not the client sent Content-Length.
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+
+/// Why a body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Longer than the limit (declared or actual).
+    TooLarge,
+    /// The connection failed while reading.
+    Read(String),
+}
+
+/// Reads the whole body, refusing it as soon as it is known to exceed `limit` bytes.
+pub async fn read_limited<S, B>(
+    declared_len: Option<u64>,
+    stream: S,
+    limit: usize,
+) -> Result<Bytes, BodyError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    if declared_len.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let capacity = declared_len.map_or(0, |n| n as usize);
+    let mut body = BytesMut::with_capacity(capacity);
+    let mut stream = std::pin::pin!(stream);
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
+        if body.len() + chunk.remaining() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            body.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(body.freeze())
+}

@@ -1,0 +1,105 @@
+//! The HTTP listeners: callbacks on one address, the admin API on another. The only module
+//! that knows warp.
+//!
+//! A callback handler reads as four steps: decode (`protocol`), decide (`policy`), record,
+//! reply (`protocol`).
+
+mod admin;
+mod body;
+mod openim;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use warp::Filter;
+
+use crate::config::Config;
+use crate::policy::PolicyStore;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct State {
+    /// The live policy set.
+    pub policies: Arc<PolicyStore>,
+    /// Whether every answer is allow.
+    pub is_dry_run: bool,
+    /// Largest callback body in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The policy directory could not be watched.
+    #[error("cannot watch the policy directory: {0}")]
+    Watch(#[from] notify::Error),
+}
+
+/// The bound listeners, before serving starts.
+pub struct Bound {
+    callbacks: TcpListener,
+    admin: TcpListener,
+    /// The callback address actually bound (the port is known even when 0 was asked).
+    pub callbacks_addr: SocketAddr,
+    /// The admin address actually bound.
+    pub admin_addr: SocketAddr,
+}
+
+/// Binds both listeners, so that a port in use is an error before anything else starts.
+pub async fn bind(config: &Config) -> Result<Bound, ServeError> {
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })
+    };
+    let callbacks = bind(config.listen).await?;
+    let admin = bind(config.admin_listen).await?;
+    let local = |l: &TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
+    Ok(Bound {
+        callbacks_addr: local(&callbacks, config.listen),
+        admin_addr: local(&admin, config.admin_listen),
+        callbacks,
+        admin,
+    })
+}
+
+/// Serves until `shutdown` completes, then stops accepting and finishes requests in flight.
+/// Watches the policy directory for the whole time.
+pub async fn serve(
+    bound: Bound,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let _watch = crate::policy::watch(state.policies.clone())?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let callbacks = openim::routes(state.clone()).recover(openim::recover);
+    let callbacks = warp::serve(callbacks)
+        .incoming(bound.callbacks)
+        .graceful(stopped(stop_rx.clone()))
+        .run();
+    let admin = warp::serve(admin::routes(state))
+        .incoming(bound.admin)
+        .graceful(stopped(stop_rx))
+        .run();
+    let callbacks = tokio::spawn(callbacks);
+    let admin = tokio::spawn(admin);
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    let _ = stop_tx.send(true);
+    let _ = callbacks.await;
+    let _ = admin.await;
+    Ok(())
+}
