@@ -1,0 +1,255 @@
+//! Test harness: a real `callgate serve` process on random loopback ports, a temporary
+//! policy directory, and an HTTP client. Readiness is the server's own "serving" line on
+//! stdout, never a sleep.
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the harness"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to print its ready line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The samples shipped in ../shared/samples.
+pub fn sample(rel: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/samples")
+        .join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("sample {}: {e}", path.display()))
+}
+
+/// Compacts indented JSON into the one line OpenIM sends, with its trailing newline.
+pub fn wire(json: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(json).expect("sample is JSON");
+    format!("{}\n", serde_json::to_string(&v).unwrap())
+}
+
+/// A temporary policy directory.
+pub struct PolicyDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl PolicyDir {
+    /// An empty directory.
+    pub fn new() -> PolicyDir {
+        PolicyDir {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A directory holding one policy file.
+    pub fn with(name: &str, yaml: &str) -> PolicyDir {
+        let d = PolicyDir::new();
+        d.write(name, yaml);
+        d
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file in place (creating parent directories).
+    pub fn write(&self, rel: &str, text: &str) {
+        let path = self.dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// Writes a file by write-to-temp-and-rename, as many editors and deploy tools do.
+    pub fn write_and_rename(&self, rel: &str, text: &str) {
+        let path = self.dir.path().join(rel);
+        let tmp = self.dir.path().join(format!(".{rel}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, path).unwrap();
+    }
+
+    pub fn remove(&self, rel: &str) {
+        std::fs::remove_file(self.dir.path().join(rel)).unwrap();
+    }
+}
+
+/// A running `callgate serve`. Killed on drop.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT` of the callback listener.
+    pub base: String,
+    /// `http://127.0.0.1:PORT` of the admin listener.
+    pub admin: String,
+    /// The policy version printed at start.
+    pub version: String,
+    log: PathBuf,
+    _scratch: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+impl Server {
+    /// Starts a server on `policies` with extra flags.
+    pub fn start(policies: &Path, extra: &[&str]) -> Server {
+        Server::try_start(policies, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a server; returns its stderr if it exits or stalls before it is ready.
+    pub fn try_start(policies: &Path, extra: &[&str]) -> Result<Server, String> {
+        let scratch = tempfile::tempdir().unwrap();
+        let log = scratch.path().join("stderr.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_callgate"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--policies")
+            .arg(policies)
+            .arg("--data-dir")
+            .arg(scratch.path().join("data"))
+            .args(extra)
+            .env_remove("CALLGATE_CONFIG")
+            .env("CALLGATE_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("serving callbacks on") => {
+                    let urls: Vec<&str> = line
+                        .split_whitespace()
+                        .filter(|w| w.starts_with("http://"))
+                        .collect();
+                    let version = line
+                        .split("policy version ")
+                        .nth(1)
+                        .unwrap_or("")
+                        .split(' ')
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    return Ok(Server {
+                        child,
+                        base: urls[0].to_string(),
+                        admin: urls[1].to_string(),
+                        version,
+                        log,
+                        _scratch: scratch,
+                        client: reqwest::Client::builder()
+                            .timeout(Duration::from_secs(10))
+                            .build()
+                            .unwrap(),
+                    });
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "server did not start:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to the server process.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args(["-s", sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Everything the server logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// POSTs `body` to `path` on the callback listener; returns status and body text.
+    pub async fn post(&self, path: &str, body: &str) -> (u16, String) {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json; charset=utf-8")
+            .header("operationID", "op-test")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// GETs `path` on the admin listener as JSON.
+    pub async fn admin_get(&self, path: &str) -> serde_json::Value {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.admin))
+            .send()
+            .await
+            .unwrap();
+        resp.json().await.unwrap()
+    }
+
+    /// The serving policy version, from `/v1/status`.
+    pub async fn policy_version(&self) -> String {
+        self.admin_get("/v1/status").await["policy_version"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Waits until the serving policy version differs from `old`, polling status.
+    /// Returns the time it took. Panics after `limit`.
+    pub async fn wait_for_new_version(&self, old: &str, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            if self.policy_version().await != old {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "policy version still {old} after {limit:?}; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The exact allow answer.
+pub const ALLOW: &str = r#"{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}"#;
+
+/// The exact refusal answer for `code`, `msg`, `detail`.
+pub fn refusal(code: i32, msg: &str, detail: &str) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap();
+    format!(
+        r#"{{"actionCode":0,"errCode":{code},"errMsg":{},"errDlt":{},"nextCode":1}}"#,
+        q(msg),
+        q(detail)
+    )
+}
