@@ -89,10 +89,7 @@ pub struct Config {
 pub enum ConfigError {
     /// The config file could not be read.
     #[error("cannot read config file `{}`: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     /// The config file is not valid.
     #[error("config file `{}`: {message}", path.display())]
     File { path: PathBuf, message: String },
@@ -104,15 +101,10 @@ pub enum ConfigError {
 impl Settings {
     /// Reads a YAML config file.
     pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let settings: Option<Settings> =
-            serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::File {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let settings: Option<Settings> = serde_yaml_ng::from_str(&text)
+            .map_err(|e| ConfigError::File { path: path.to_path_buf(), message: e.to_string() })?;
         Ok(settings.unwrap_or_default())
     }
 
@@ -131,10 +123,7 @@ impl Settings {
 
     /// Applies the defaults and checks every value.
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let addr = |key: &'static str,
-                    v: Option<String>,
-                    default: &str|
-         -> Result<SocketAddr, ConfigError> {
+        let addr = |key: &'static str, v: Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
             let text = v.unwrap_or_else(|| default.to_string());
             text.parse().map_err(|_| ConfigError::Value {
                 key,
@@ -143,10 +132,7 @@ impl Settings {
         };
         let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes == 0 {
-            return Err(ConfigError::Value {
-                key: "max_body_bytes",
-                message: "must be at least 1".into(),
-            });
+            return Err(ConfigError::Value { key: "max_body_bytes", message: "must be at least 1".into() });
         }
         Ok(Config {
             listen: addr("listen", self.listen, DEFAULT_LISTEN)?,
@@ -166,15 +152,8 @@ mod tests {
 
     #[test]
     fn higher_source_wins_per_key() {
-        let flags = Settings {
-            listen: Some("127.0.0.1:1".into()),
-            ..Settings::default()
-        };
-        let file = Settings {
-            listen: Some("127.0.0.1:2".into()),
-            dry_run: Some(true),
-            ..Settings::default()
-        };
+        let flags = Settings { listen: Some("127.0.0.1:1".into()), ..Settings::default() };
+        let file = Settings { listen: Some("127.0.0.1:2".into()), dry_run: Some(true), ..Settings::default() };
         let config = flags.or(file).resolve().unwrap();
         assert_eq!(config.listen.port(), 1);
         assert!(config.is_dry_run);
@@ -183,16 +162,7 @@ mod tests {
 
     #[test]
     fn bad_address_names_the_key() {
-        let err = Settings {
-            listen: Some("nowhere".into()),
-            ..Settings::default()
-        }
-        .resolve()
-        .unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("`listen`: `nowhere` is not an address"),
-            "{err}"
-        );
+        let err = Settings { listen: Some("nowhere".into()), ..Settings::default() }.resolve().unwrap_err();
+        assert!(err.to_string().starts_with("`listen`: `nowhere` is not an address"), "{err}");
     }
 }

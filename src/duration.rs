@@ -6,15 +6,10 @@ use std::time::Duration;
 ///
 /// Returns a message fit for the user when the text is not of that form.
 pub fn parse(text: &str) -> Result<Duration, String> {
-    let unit_at = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let unit_at = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(unit_at);
-    let bad = || {
-        format!(
-            "bad duration `{text}`: write a whole number and a unit, as in `500ms`, `30s`, `1m`, `1h` or `1d`"
-        )
-    };
+    let bad =
+        || format!("bad duration `{text}`: write a whole number and a unit, as in `500ms`, `30s`, `1m`, `1h` or `1d`");
     let n: u64 = digits.parse().map_err(|_| bad())?;
     let millis_per_unit: u64 = match unit {
         "ms" => 1,
@@ -26,9 +21,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     };
     let millis = n.checked_mul(millis_per_unit).ok_or_else(bad)?;
     if millis == 0 {
-        return Err(format!(
-            "bad duration `{text}`: it must be longer than zero"
-        ));
+        return Err(format!("bad duration `{text}`: it must be longer than zero"));
     }
     Ok(Duration::from_millis(millis))
 }
@@ -48,17 +41,7 @@ mod tests {
 
     #[test]
     fn rejects() {
-        for bad in [
-            "",
-            "s",
-            "10",
-            "1.5m",
-            "-1s",
-            "1 m",
-            "1w",
-            "0s",
-            "99999999999999999999d",
-        ] {
+        for bad in ["", "s", "10", "1.5m", "-1s", "1 m", "1w", "0s", "99999999999999999999d"] {
             assert!(parse(bad).is_err(), "{bad} should be rejected");
         }
     }

@@ -43,12 +43,6 @@ pub struct Event {
 impl Event {
     /// Builds an OpenIM event from an already parsed body, as the offline tools do.
     pub fn openim(command: impl Into<String>, body: Map<String, Value>) -> Event {
-        Event {
-            source: Source::OpenIm,
-            command: command.into(),
-            operation_id: String::new(),
-            body,
-            raw: Bytes::new(),
-        }
+        Event { source: Source::OpenIm, command: command.into(), operation_id: String::new(), body, raw: Bytes::new() }
     }
 }

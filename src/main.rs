@@ -1,5 +1,6 @@
 //! The `callgate` command: flags → `Config` → library calls. The only home of `anyhow`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -57,9 +58,7 @@ struct PoliciesArg {
 
 impl PoliciesArg {
     fn dir(&self) -> PathBuf {
-        self.policies
-            .clone()
-            .unwrap_or_else(|| DEFAULT_POLICIES.into())
+        self.policies.clone().unwrap_or_else(|| DEFAULT_POLICIES.into())
     }
 }
 
@@ -67,15 +66,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, settings } => serve(config.as_deref(), settings),
-        Command::Check {
-            policies,
-            command,
-            events,
-        } => check(&policies.dir(), command.as_deref(), &events),
+        Command::Check { policies, command, events } => check(&policies.dir(), command.as_deref(), &events),
         Command::Validate { policies } => validate(&policies.dir()),
     };
     match result {
         Ok(code) => code,
+        // A closed stdout (`callgate validate | head -1`) is the reader's choice, not an error.
+        Err(err)
+            if err.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("callgate: {err:#}");
             ExitCode::FAILURE
@@ -98,9 +99,7 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
         tracing::warn!(dir = %config.policies.display(), "the policy set has no rules: every callback gets the default answer");
     }
     if config.is_dry_run {
-        tracing::warn!(
-            "dry run: every callback is answered allow; records show what the rules would have answered"
-        );
+        tracing::warn!("dry run: every callback is answered allow; records show what the rules would have answered");
     }
     let state = Arc::new(server::State {
         policies: Arc::new(store),
@@ -111,7 +110,9 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let bound = server::bind(&config).await?;
-        println!(
+        // Tests and scripts wait for this line; a closed stdout must not stop the server.
+        let _ = writeln!(
+            std::io::stdout(),
             "callgate serving callbacks on http://{} and admin on http://{}; policy version {} ({} rules)",
             bound.callbacks_addr,
             bound.admin_addr,
@@ -141,10 +142,7 @@ fn spawn_sighup_reload(store: Arc<PolicyStore>) -> Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot listen for SIGTERM/SIGINT; stop the process with SIGKILL");
         return std::future::pending().await;
     };
@@ -157,9 +155,7 @@ async fn shutdown_signal() {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CALLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -167,29 +163,20 @@ fn init_logging(format: LogFormat) {
 }
 
 fn load(dir: &Path) -> Result<policy::PolicySet> {
-    policy::load_dir(dir)
-        .map_err(|errors| anyhow::anyhow!("the policy set did not load:\n{errors}"))
+    policy::load_dir(dir).map_err(|errors| anyhow::anyhow!("the policy set did not load:\n{errors}"))
 }
 
 fn validate(dir: &Path) -> Result<ExitCode> {
     match policy::load_dir(dir) {
         Ok(set) => {
-            println!(
-                "ok: {} rules in {} files; version {}",
-                set.rule_count(),
-                set.files().len(),
-                set.version()
-            );
+            println!("ok: {} rules in {} files; version {}", set.rule_count(), set.files().len(), set.version());
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
             for e in &errors.0 {
                 println!("{e}");
             }
-            println!(
-                "{} error(s); the policy set would be refused",
-                errors.0.len()
-            );
+            println!("{} error(s); the policy set would be refused", errors.0.len());
             Ok(ExitCode::FAILURE)
         }
     }
@@ -197,47 +184,32 @@ fn validate(dir: &Path) -> Result<ExitCode> {
 
 fn check(dir: &Path, command: Option<&str>, events: &[PathBuf]) -> Result<ExitCode> {
     let set = load(dir)?;
+    let mut out = std::io::stdout().lock();
     for path in events {
-        let text =
-            std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-        let body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&text)
-            .with_context(|| format!("`{}` is not a JSON object", path.display()))?;
+        let text = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        let body: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&text).with_context(|| format!("`{}` is not a JSON object", path.display()))?;
         let command = match command {
             Some(c) => c.to_string(),
             None => body
                 .get("callbackCommand")
                 .and_then(|c| c.as_str())
                 .map(str::to_string)
-                .with_context(|| {
-                    format!(
-                        "`{}` has no string `callbackCommand`; pass --command",
-                        path.display()
-                    )
-                })?,
+                .with_context(|| format!("`{}` has no string `callbackCommand`; pass --command", path.display()))?,
         };
         let (decision, trace) = set.explain(&Event::openim(command.clone(), body));
-        let by = decision
-            .rule
-            .as_deref()
-            .map_or("the default".to_string(), |r| format!("rule `{r}`"));
+        let by = decision.rule.as_deref().map_or("the default".to_string(), |r| format!("rule `{r}`"));
         match &decision.outcome {
-            Outcome::Allow => println!("{}: {command}: allow, by {by}", path.display()),
-            Outcome::Deny(r) => println!(
-                "{}: {command}: deny, by {by}: errCode {} {:?}",
-                path.display(),
-                r.code,
-                r.message
-            ),
+            Outcome::Allow => writeln!(out, "{}: {command}: allow, by {by}", path.display())?,
+            Outcome::Deny(r) => {
+                writeln!(out, "{}: {command}: deny, by {by}: errCode {} {:?}", path.display(), r.code, r.message)?
+            }
         }
         for step in &trace {
-            println!("  {:<12} {:<40} {}", step.step.as_str(), step.rule, step.at);
+            writeln!(out, "  {:<12} {:<40} {}", step.step.as_str(), step.rule, step.at)?;
         }
         for hit in &decision.dry_run {
-            println!(
-                "  dry run: rule `{}` would {}",
-                hit.rule,
-                hit.outcome.as_str()
-            );
+            writeln!(out, "  dry run: rule `{}` would {}", hit.rule, hit.outcome.as_str())?;
         }
     }
     Ok(ExitCode::SUCCESS)

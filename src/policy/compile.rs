@@ -13,8 +13,7 @@ use regex::Regex;
 
 use super::index::Index;
 use super::parse::{
-    self, RawDecision, RawEntry, RawError, RawFile, RawGroup, RawList, RawMode, RawOps, RuleLines,
-    Scalar,
+    self, RawDecision, RawEntry, RawError, RawFile, RawGroup, RawList, RawMode, RawOps, RuleLines, Scalar,
 };
 
 /// A place in a policy file, shown as `file:line`.
@@ -37,64 +36,31 @@ impl fmt::Display for Place {
 pub enum LoadError {
     /// The directory itself could not be listed.
     #[error("{}: cannot read the policy directory: {source}; create it or pass --policies DIR", dir.display())]
-    Dir {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
+    Dir { dir: PathBuf, source: std::io::Error },
     /// A policy or list file could not be read.
     #[error("{}:1: cannot read the file: {source}", file.display())]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
+    Read { file: PathBuf, source: std::io::Error },
     /// The YAML is malformed or has an unknown key or a wrong type.
     #[error("{at}: {message}")]
     Syntax { at: Place, message: String },
     /// Two rules share an id.
-    #[error(
-        "{at}: rule `{rule}`: id already used at {first}; rule ids must be unique across the policy set"
-    )]
-    DuplicateRuleId {
-        at: Place,
-        rule: String,
-        first: Place,
-    },
+    #[error("{at}: rule `{rule}`: id already used at {first}; rule ids must be unique across the policy set")]
+    DuplicateRuleId { at: Place, rule: String, first: Place },
     /// Two files define the same list.
-    #[error(
-        "{at}: list `{list}` is already defined at {first}; list names must be unique across the policy set"
-    )]
-    DuplicateList {
-        at: Place,
-        list: String,
-        first: Place,
-    },
+    #[error("{at}: list `{list}` is already defined at {first}; list names must be unique across the policy set")]
+    DuplicateList { at: Place, list: String, first: Place },
     /// A condition names a list nobody defined.
     #[error("{at}: rule `{rule}`: unknown list `{list}`; defined lists: {known}")]
-    UnknownList {
-        at: Place,
-        rule: String,
-        list: String,
-        known: String,
-    },
+    UnknownList { at: Place, rule: String, list: String, known: String },
     /// `decision: deny` with no `error:`.
-    #[error(
-        "{at}: rule `{rule}`: a deny needs `error: {{ code: N, message: \"...\" }}` (code 100 or more)"
-    )]
+    #[error("{at}: rule `{rule}`: a deny needs `error: {{ code: N, message: \"...\" }}` (code 100 or more)")]
     DenyWithoutError { at: Place, rule: String },
     /// Any other problem with one rule.
     #[error("{at}: rule `{rule}`: {message}")]
-    Rule {
-        at: Place,
-        rule: String,
-        message: String,
-    },
+    Rule { at: Place, rule: String, message: String },
     /// A problem with one list.
     #[error("{at}: list `{list}`: {message}")]
-    List {
-        at: Place,
-        list: String,
-        message: String,
-    },
+    List { at: Place, list: String, message: String },
     /// More than one file sets `default`.
     #[error("{at}: `default` is already set at {first}; at most one file of a set may set it")]
     DefaultTwice { at: Place, first: Place },
@@ -213,10 +179,7 @@ pub enum OnCommands {
     /// `on` omitted: every command.
     Every,
     /// Exact names and `*` globs.
-    Some {
-        exact: Vec<Box<str>>,
-        globs: Vec<Box<str>>,
-    },
+    Some { exact: Vec<Box<str>>, globs: Vec<Box<str>> },
 }
 
 impl OnCommands {
@@ -225,8 +188,7 @@ impl OnCommands {
         match self {
             OnCommands::Every => true,
             OnCommands::Some { exact, globs } => {
-                exact.iter().any(|c| **c == *command)
-                    || globs.iter().any(|g| glob_matches(g, command))
+                exact.iter().any(|c| **c == *command) || globs.iter().any(|g| glob_matches(g, command))
             }
         }
     }
@@ -260,11 +222,7 @@ pub struct Group(pub Vec<Cond>);
 #[derive(Debug)]
 pub enum Cond {
     /// A test of one field, possibly negated.
-    Field {
-        field: FieldPath,
-        test: Test,
-        is_negated: bool,
-    },
+    Field { field: FieldPath, test: Test, is_negated: bool },
     /// At least one group holds.
     Any(Vec<Group>),
     /// Every group holds.
@@ -326,9 +284,7 @@ impl FieldPath {
             let mut chars = text.chars().peekable();
             while let Some(c) = chars.next() {
                 if c == '~' && !matches!(chars.peek(), Some('0' | '1')) {
-                    return Err(format!(
-                        "field `{text}`: in a JSON pointer `~` must be followed by 0 or 1"
-                    ));
+                    return Err(format!("field `{text}`: in a JSON pointer `~` must be followed by 0 or 1"));
                 }
             }
             return Ok(FieldPath::Pointer(text.into()));
@@ -367,13 +323,8 @@ pub fn compile(
             Ok(raw) => parsed.push((src, raw)),
             Err(err) => {
                 let (line, message) = parse::split_yaml_error(&err);
-                errors.push(LoadError::Syntax {
-                    at: Place {
-                        file: src.path.clone(),
-                        line,
-                    },
-                    message,
-                });
+                let message = parse::name_rule_in_message(&src.text, message);
+                errors.push(LoadError::Syntax { at: Place { file: src.path.clone(), line }, message });
             }
         }
     }
@@ -386,55 +337,30 @@ pub fn compile(
     for (src, raw) in &parsed {
         let lines = RuleLines::new(&src.text, raw.rules.len());
         for (i, raw_rule) in raw.rules.iter().enumerate() {
-            let at = Place {
-                file: src.path.clone(),
-                line: lines.rule(i),
-            };
+            let at = Place { file: src.path.clone(), line: lines.rule(i) };
             if let Some(first) = first_place.get(&raw_rule.id) {
-                errors.push(LoadError::DuplicateRuleId {
-                    at,
-                    rule: raw_rule.id.clone(),
-                    first: first.clone(),
-                });
+                errors.push(LoadError::DuplicateRuleId { at, rule: raw_rule.id.clone(), first: first.clone() });
                 continue;
             }
             first_place.insert(raw_rule.id.clone(), at.clone());
-            let mut ctx = RuleCtx {
-                lines: &lines,
-                index: i,
-                at: &at,
-                rule: &raw_rule.id,
-                lists: &lists,
-                errors: &mut errors,
-            };
+            let mut ctx =
+                RuleCtx { lines: &lines, index: i, at: &at, rule: &raw_rule.id, lists: &lists, errors: &mut errors };
             if let Some(rule) = ctx.compile_rule(raw_rule) {
                 rules.push(rule);
             }
         }
         if let Some(d) = raw.default {
-            let at = Place {
-                file: src.path.clone(),
-                line: lines.top_level("default:"),
-            };
+            let at = Place { file: src.path.clone(), line: lines.top_level("default:") };
             if let Some((first, _)) = &default {
-                errors.push(LoadError::DefaultTwice {
-                    at,
-                    first: first.clone(),
-                });
+                errors.push(LoadError::DefaultTwice { at, first: first.clone() });
                 continue;
             }
             match compile_outcome(d, raw.error.as_ref()) {
                 Ok(outcome) => default = Some((at, outcome)),
-                Err(message) => errors.push(LoadError::Default {
-                    at,
-                    message: format!("default: {message}"),
-                }),
+                Err(message) => errors.push(LoadError::Default { at, message: format!("default: {message}") }),
             }
         } else if raw.error.is_some() {
-            let at = Place {
-                file: src.path.clone(),
-                line: lines.top_level("error:"),
-            };
+            let at = Place { file: src.path.clone(), line: lines.top_level("error:") };
             errors.push(LoadError::Default {
                 at,
                 message: "a top-level `error:` is only used with `default: deny`".into(),
@@ -447,13 +373,7 @@ pub fn compile(
     }
     let index = Index::build(&rules);
     let default = default.map_or(Outcome::Allow, |(_, o)| o);
-    Ok(PolicySet {
-        rules,
-        default,
-        index,
-        version: String::new(),
-        files: Vec::new(),
-    })
+    Ok(PolicySet { rules, default, index, version: String::new(), files: Vec::new() })
 }
 
 impl PolicySet {
@@ -470,11 +390,9 @@ fn compile_outcome(decision: RawDecision, error: Option<&RawError>) -> Result<Ou
         (RawDecision::Allow, Some(_)) => {
             Err("`error:` is only used with a deny; remove it or make the decision deny".into())
         }
-        (RawDecision::Deny, Some(e)) => Ok(Outcome::Deny(Arc::new(Refusal {
-            code: e.code,
-            message: e.message.clone(),
-            detail: e.detail.clone(),
-        }))),
+        (RawDecision::Deny, Some(e)) => {
+            Ok(Outcome::Deny(Arc::new(Refusal { code: e.code, message: e.message.clone(), detail: e.detail.clone() })))
+        }
         (RawDecision::Deny, None) => {
             Err("a deny needs `error: { code: N, message: \"...\" }` (code 100 or more)".into())
         }
@@ -491,29 +409,15 @@ fn compile_lists(
     let mut first_place: HashMap<&str, Place> = HashMap::new();
     for (src, raw) in parsed {
         for (name, raw_list) in &raw.lists {
-            let line = src
-                .text
-                .lines()
-                .position(|l| l.trim_start().starts_with(&format!("{name}:")))
-                .map_or(1, |i| i + 1);
-            let at = Place {
-                file: src.path.clone(),
-                line,
-            };
+            let line =
+                src.text.lines().position(|l| l.trim_start().starts_with(&format!("{name}:"))).map_or(1, |i| i + 1);
+            let at = Place { file: src.path.clone(), line };
             if let Some(first) = first_place.get(name.as_str()) {
-                errors.push(LoadError::DuplicateList {
-                    at,
-                    list: name.clone(),
-                    first: first.clone(),
-                });
+                errors.push(LoadError::DuplicateList { at, list: name.clone(), first: first.clone() });
                 continue;
             }
             first_place.insert(name, at.clone());
-            let list_err = |message: String| LoadError::List {
-                at: at.clone(),
-                list: name.clone(),
-                message,
-            };
+            let list_err = |message: String| LoadError::List { at: at.clone(), list: name.clone(), message };
             let ids = match raw_list {
                 RawList::Inline(values) => {
                     let mut ids = HashSet::with_capacity(values.len());
@@ -523,9 +427,8 @@ fn compile_lists(
                                 ids.insert(t.as_str().into());
                             }
                             Scalar::Bool(b) => {
-                                errors.push(list_err(format!(
-                                    "`{b}` is not an ID; list entries are strings or numbers"
-                                )));
+                                errors
+                                    .push(list_err(format!("`{b}` is not an ID; list entries are strings or numbers")));
                             }
                         }
                     }
@@ -534,9 +437,7 @@ fn compile_lists(
                 RawList::File(rel) => {
                     let rel_path = Path::new(rel);
                     if rel_path.is_absolute()
-                        || rel_path
-                            .components()
-                            .any(|c| matches!(c, std::path::Component::ParentDir))
+                        || rel_path.components().any(|c| matches!(c, std::path::Component::ParentDir))
                     {
                         errors.push(list_err(format!("file `{rel}` must be a relative path inside the policy directory, so that edits to it are seen")));
                         continue;
@@ -551,13 +452,7 @@ fn compile_lists(
                     }
                 }
             };
-            lists.insert(
-                name.clone(),
-                Arc::new(List {
-                    name: name.clone(),
-                    ids,
-                }),
-            );
+            lists.insert(name.clone(), Arc::new(List { name: name.clone(), ids }));
         }
     }
     lists
@@ -565,11 +460,7 @@ fn compile_lists(
 
 /// One ID a line; blank lines and lines starting with `#` are skipped; spaces trimmed.
 fn parse_list_file(text: &str) -> HashSet<Box<str>> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(Into::into)
-        .collect()
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(Into::into).collect()
 }
 
 /// What compiling one rule needs to know and report.
@@ -584,15 +475,8 @@ struct RuleCtx<'a, 'b> {
 
 impl RuleCtx<'_, '_> {
     fn fail(&mut self, needle: &str, message: String) {
-        let at = Place {
-            file: self.at.file.clone(),
-            line: self.lines.within_rule(self.index, needle),
-        };
-        self.errors.push(LoadError::Rule {
-            at,
-            rule: self.rule.to_string(),
-            message,
-        });
+        let at = Place { file: self.at.file.clone(), line: self.lines.within_rule(self.index, needle) };
+        self.errors.push(LoadError::Rule { at, rule: self.rule.to_string(), message });
     }
 
     fn compile_rule(&mut self, raw: &parse::RawRule) -> Option<Rule> {
@@ -600,31 +484,25 @@ impl RuleCtx<'_, '_> {
         if !is_valid_id(&raw.id) {
             self.fail(
                 "id:",
-                format!(
-                    "id `{}` may hold only letters, digits and `_ - . :`, and must not be empty",
-                    raw.id
-                ),
+                format!("id `{}` may hold only letters, digits and `_ - . :`, and must not be empty", raw.id),
             );
         }
         let on = match &raw.on {
             None => OnCommands::Every,
             Some(names) if names.is_empty() => {
-                self.fail(
-                    "on:",
-                    "`on` is empty, so the rule would never apply; list commands or remove `on`"
-                        .into(),
-                );
+                self.fail("on:", "`on` is empty, so the rule would never apply; list commands or remove `on`".into());
                 OnCommands::Every
             }
             Some(names) => {
                 let (mut exact, mut globs) = (Vec::new(), Vec::new());
                 for name in names {
                     if name.is_empty()
-                        || !name
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '*'))
+                        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '*'))
                     {
-                        self.fail(name, format!("command `{name}` may hold only letters, digits, `_`, `.` and the glob `*`"));
+                        self.fail(
+                            name,
+                            format!("command `{name}` may hold only letters, digits, `_`, `.` and the glob `*`"),
+                        );
                     } else if name.contains('*') {
                         globs.push(name.as_str().into());
                     } else {
@@ -640,10 +518,7 @@ impl RuleCtx<'_, '_> {
         };
         if let Some(cap) = &raw.rate_cap {
             if cap.max < 1 {
-                self.fail(
-                    "max:",
-                    format!("rate_cap max is {}; it must be at least 1", cap.max),
-                );
+                self.fail("max:", format!("rate_cap max is {}; it must be at least 1", cap.max));
             }
             if let Err(message) = crate::duration::parse(&cap.per) {
                 self.fail("per:", format!("rate_cap per: {message}"));
@@ -653,15 +528,15 @@ impl RuleCtx<'_, '_> {
                     self.fail(field, format!("rate_cap key: {message}"));
                 }
             }
-            self.fail("rate_cap", "rate caps are not available in this build yet; remove `rate_cap` or run the rule without it".into());
+            self.fail(
+                "rate_cap",
+                "rate caps are not available in this build yet; remove `rate_cap` or run the rule without it".into(),
+            );
         }
         let outcome = match compile_outcome(raw.decision, raw.error.as_ref()) {
             Ok(o) => o,
             Err(_) if raw.decision == RawDecision::Deny => {
-                self.errors.push(LoadError::DenyWithoutError {
-                    at: self.at.clone(),
-                    rule: self.rule.to_string(),
-                });
+                self.errors.push(LoadError::DenyWithoutError { at: self.at.clone(), rule: self.rule.to_string() });
                 Outcome::Allow
             }
             Err(message) => {
@@ -686,12 +561,8 @@ impl RuleCtx<'_, '_> {
         let mut conds = Vec::new();
         for entry in &raw.0 {
             match entry {
-                RawEntry::Any(groups) => conds.push(Cond::Any(
-                    groups.iter().map(|g| self.compile_group(g)).collect(),
-                )),
-                RawEntry::All(groups) => conds.push(Cond::All(
-                    groups.iter().map(|g| self.compile_group(g)).collect(),
-                )),
+                RawEntry::Any(groups) => conds.push(Cond::Any(groups.iter().map(|g| self.compile_group(g)).collect())),
+                RawEntry::All(groups) => conds.push(Cond::All(groups.iter().map(|g| self.compile_group(g)).collect())),
                 RawEntry::Not(group) => conds.push(Cond::Not(self.compile_group(group))),
                 RawEntry::Field { field, ops } => self.compile_ops(field, ops, &mut conds),
             }
@@ -704,13 +575,7 @@ impl RuleCtx<'_, '_> {
             Ok(p) => p,
             Err(message) => return self.fail(field, message),
         };
-        let mut push = |test: Test, is_negated: bool| {
-            conds.push(Cond::Field {
-                field: path.clone(),
-                test,
-                is_negated,
-            })
-        };
+        let mut push = |test: Test, is_negated: bool| conds.push(Cond::Field { field: path.clone(), test, is_negated });
         if let Some(v) = &ops.equals {
             push(Test::Equals(v.clone()), false);
         }
@@ -729,23 +594,15 @@ impl RuleCtx<'_, '_> {
         for (name, is_negated) in [(&ops.in_list, false), (&ops.not_in_list, true)] {
             let Some(name) = name else { continue };
             match self.lists.get(name) {
-                Some(list) => conds.push(Cond::Field {
-                    field: path.clone(),
-                    test: Test::InList(list.clone()),
-                    is_negated,
-                }),
+                Some(list) => {
+                    conds.push(Cond::Field { field: path.clone(), test: Test::InList(list.clone()), is_negated })
+                }
                 None => {
                     let mut known: Vec<&str> = self.lists.keys().map(String::as_str).collect();
                     known.sort_unstable();
-                    let known = if known.is_empty() {
-                        "none; define it under `lists:`".to_string()
-                    } else {
-                        known.join(", ")
-                    };
-                    let at = Place {
-                        file: self.at.file.clone(),
-                        line: self.lines.within_rule(self.index, name),
-                    };
+                    let known =
+                        if known.is_empty() { "none; define it under `lists:`".to_string() } else { known.join(", ") };
+                    let at = Place { file: self.at.file.clone(), line: self.lines.within_rule(self.index, name) };
                     self.errors.push(LoadError::UnknownList {
                         at,
                         rule: self.rule.to_string(),
@@ -758,18 +615,10 @@ impl RuleCtx<'_, '_> {
         for (pattern, is_negated) in [(&ops.regex, false), (&ops.not_regex, true)] {
             let Some(pattern) = pattern else { continue };
             match Regex::new(&pattern.0) {
-                Ok(re) => conds.push(Cond::Field {
-                    field: path.clone(),
-                    test: Test::Regex(re),
-                    is_negated,
-                }),
+                Ok(re) => conds.push(Cond::Field { field: path.clone(), test: Test::Regex(re), is_negated }),
                 Err(e) => self.fail(
                     &pattern.0,
-                    format!(
-                        "regex `{}`: {}",
-                        pattern.0,
-                        e.to_string().lines().last().unwrap_or("invalid")
-                    ),
+                    format!("regex `{}`: {}", pattern.0, e.to_string().lines().last().unwrap_or("invalid")),
                 ),
             }
         }
@@ -790,10 +639,7 @@ fn scalar_set(values: &[Scalar]) -> ScalarSet {
 }
 
 fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
 }
 
 #[cfg(test)]
@@ -802,15 +648,9 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_matches(
-            "callbackAfterRemoveBlack*",
-            "callbackAfterRemoveBlackCommand"
-        ));
+        assert!(glob_matches("callbackAfterRemoveBlack*", "callbackAfterRemoveBlackCommand"));
         assert!(glob_matches("*", "anything"));
-        assert!(glob_matches(
-            "callback*Black*Command",
-            "callbackBeforeAddBlackCommand"
-        ));
+        assert!(glob_matches("callback*Black*Command", "callbackBeforeAddBlackCommand"));
         assert!(glob_matches("*Command", "xCommand"));
         assert!(!glob_matches("*Command", "Commandx"));
         assert!(!glob_matches("a*b*c", "acb"));

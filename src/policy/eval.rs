@@ -81,23 +81,12 @@ impl PolicySet {
                 continue;
             }
             if rule.is_dry_run {
-                dry_run.push(DryRunHit {
-                    rule: rule.id.clone(),
-                    outcome: rule.outcome.clone(),
-                });
+                dry_run.push(DryRunHit { rule: rule.id.clone(), outcome: rule.outcome.clone() });
                 continue;
             }
-            return Decision {
-                outcome: rule.outcome.clone(),
-                rule: Some(rule.id.clone()),
-                dry_run,
-            };
+            return Decision { outcome: rule.outcome.clone(), rule: Some(rule.id.clone()), dry_run };
         }
-        Decision {
-            outcome: self.default.clone(),
-            rule: None,
-            dry_run,
-        }
+        Decision { outcome: self.default.clone(), rule: None, dry_run }
     }
 
     /// Decides one callback by looking at every rule in order, and says what happened to
@@ -114,32 +103,17 @@ impl PolicySet {
             } else if !rule.when.holds(&event.body) {
                 Step::NotHeld
             } else if rule.is_dry_run {
-                dry_run.push(DryRunHit {
-                    rule: rule.id.clone(),
-                    outcome: rule.outcome.clone(),
-                });
+                dry_run.push(DryRunHit { rule: rule.id.clone(), outcome: rule.outcome.clone() });
                 Step::HeldDryRun
             } else {
                 decided = Some(rule);
                 Step::Decided
             };
-            trace.push(TraceStep {
-                rule: rule.id.clone(),
-                at: rule.at.to_string(),
-                step,
-            });
+            trace.push(TraceStep { rule: rule.id.clone(), at: rule.at.to_string(), step });
         }
         let decision = match decided {
-            Some(rule) => Decision {
-                outcome: rule.outcome.clone(),
-                rule: Some(rule.id.clone()),
-                dry_run,
-            },
-            None => Decision {
-                outcome: self.default.clone(),
-                rule: None,
-                dry_run,
-            },
+            Some(rule) => Decision { outcome: rule.outcome.clone(), rule: Some(rule.id.clone()), dry_run },
+            None => Decision { outcome: self.default.clone(), rule: None, dry_run },
         };
         (decision, trace)
     }
@@ -155,11 +129,7 @@ impl Group {
 impl Cond {
     fn holds(&self, body: &Map<String, Value>) -> bool {
         match self {
-            Cond::Field {
-                field,
-                test,
-                is_negated,
-            } => {
+            Cond::Field { field, test, is_negated } => {
                 let value = lookup(body, field);
                 if let Test::Exists(should_exist) = test {
                     return value.is_some() == *should_exist;
@@ -219,11 +189,7 @@ pub(crate) fn lookup<'v>(body: &'v Map<String, Value>, field: &FieldPath) -> Opt
             } else {
                 body.get(first)?
             };
-            if tail.is_empty() {
-                Some(value)
-            } else {
-                value.pointer(tail)
-            }
+            if tail.is_empty() { Some(value) } else { value.pointer(tail) }
         }
     }
 }

@@ -40,20 +40,13 @@ enum Anchor<'a> {
 fn anchor(rule: &Rule) -> Option<Anchor<'_>> {
     let positive = || {
         rule.when.0.iter().filter_map(|c| match c {
-            Cond::Field {
-                field,
-                test,
-                is_negated: false,
-            } => Some((field, test)),
+            Cond::Field { field, test, is_negated: false } => Some((field, test)),
             _ => None,
         })
     };
     let texts = positive().find_map(|(field, test)| match test {
         Test::Equals(Scalar::Text(t)) => Some(Anchor::Texts(field, vec![t.as_str()])),
-        Test::In(set) if set.bools.is_empty() => Some(Anchor::Texts(
-            field,
-            set.texts.iter().map(|t| &**t).collect(),
-        )),
+        Test::In(set) if set.bools.is_empty() => Some(Anchor::Texts(field, set.texts.iter().map(|t| &**t).collect())),
         _ => None,
     });
     texts
@@ -88,11 +81,7 @@ impl Index {
                     }
                 }
                 Some(Anchor::List(field, list)) => {
-                    lists
-                        .entry((field, list.name.as_str()))
-                        .or_insert_with(|| (list.clone(), Vec::new()))
-                        .1
-                        .push(i);
+                    lists.entry((field, list.name.as_str())).or_insert_with(|| (list.clone(), Vec::new())).1.push(i);
                 }
                 Some(Anchor::Regex(field, pattern)) => {
                     let (patterns, ids) = regexes.entry(field).or_default();
@@ -110,10 +99,7 @@ impl Index {
             }
         }
         index.equals = equals.into_iter().map(|(f, m)| (f.clone(), m)).collect();
-        index.lists = lists
-            .into_iter()
-            .map(|((f, _), (l, ids))| (f.clone(), l, ids))
-            .collect();
+        index.lists = lists.into_iter().map(|((f, _), (l, ids))| (f.clone(), l, ids)).collect();
         for (field, (patterns, ids)) in regexes {
             match RegexSet::new(&patterns) {
                 Ok(set) => index.regexes.push((field.clone(), set, ids)),
@@ -144,11 +130,7 @@ impl Index {
         }
         for (field, set, ids) in &self.regexes {
             if let Some(text) = lookup(body, field).and_then(value_text) {
-                out.extend(
-                    set.matches(&text)
-                        .iter()
-                        .filter_map(|m| ids.get(m).copied()),
-                );
+                out.extend(set.matches(&text).iter().filter_map(|m| ids.get(m).copied()));
             }
         }
         if let Some(ids) = self.by_command.get(command) {

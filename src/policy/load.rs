@@ -16,26 +16,16 @@ pub fn is_policy_file_name(name: &str) -> bool {
 /// Loads every policy file directly in `dir`, in file-name order, with the list files they
 /// name. Fails whole: any error and no set is returned.
 pub fn load_dir(dir: &Path) -> Result<PolicySet, LoadErrors> {
-    let entries = std::fs::read_dir(dir).map_err(|source| {
-        LoadErrors(vec![LoadError::Dir {
-            dir: dir.to_path_buf(),
-            source,
-        }])
-    })?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|source| LoadErrors(vec![LoadError::Dir { dir: dir.to_path_buf(), source }]))?;
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| {
-            LoadErrors(vec![LoadError::Dir {
-                dir: dir.to_path_buf(),
-                source,
-            }])
-        })?;
+        let entry = entry.map_err(|source| LoadErrors(vec![LoadError::Dir { dir: dir.to_path_buf(), source }]))?;
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
         // Follow symlinks (ConfigMaps are made of them); skip directories.
-        if is_policy_file_name(&name) && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file())
-        {
+        if is_policy_file_name(&name) && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
             names.push(name);
         }
     }
@@ -61,11 +51,7 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, LoadErrors> {
     let mut files: Vec<PathBuf> = sources.iter().map(|s| s.path.clone()).collect();
     let mut read_list = |path: &Path| {
         let text = std::fs::read_to_string(path)?;
-        let rel = path
-            .strip_prefix(dir)
-            .unwrap_or(path)
-            .to_string_lossy()
-            .into_owned();
+        let rel = path.strip_prefix(dir).unwrap_or(path).to_string_lossy().into_owned();
         hash_file(&mut hasher, "list", &rel, text.as_bytes());
         files.push(path.to_path_buf());
         Ok(text)

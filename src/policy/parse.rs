@@ -185,6 +185,23 @@ pub fn split_yaml_error(err: &serde_yaml_ng::Error) -> (usize, String) {
     }
 }
 
+/// Rewrites a message that starts with serde's path `rules[N]…: ` to name the rule by its
+/// id, as every other rule message does: `rule `id`: when.f: …`. The id is read from a
+/// loose parse of the same text; when that fails the message is left as it is.
+pub fn name_rule_in_message(text: &str, message: String) -> String {
+    let Some(rest) = message.strip_prefix("rules[") else { return message };
+    let Some((index, rest)) = rest.split_once(']') else { return message };
+    let Ok(index) = index.parse::<usize>() else { return message };
+    let Ok(doc) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else { return message };
+    let Some(id) = doc.get("rules").and_then(|r| r.get(index)).and_then(|r| r.get("id")).and_then(|id| id.as_str())
+    else {
+        return message;
+    };
+    let rest = rest.strip_prefix('.').unwrap_or(rest);
+    let rest = rest.strip_prefix(": ").map_or_else(|| rest.to_string(), |r| r.to_string());
+    format!("rule `{id}`: {rest}")
+}
+
 /// The line on which each rule of a file starts, found from the text, so that checks made
 /// after parsing can name a line. Block-style YAML (the normal way to write rules) gets
 /// exact lines; anything else falls back to the line of `rules:`, or 1.
@@ -200,15 +217,10 @@ impl<'a> RuleLines<'a> {
     pub fn new(text: &'a str, rule_count: usize) -> RuleLines<'a> {
         let lines: Vec<&str> = text.lines().collect();
         let rules_at = lines.iter().position(|l| {
-            l.strip_prefix("rules:")
-                .is_some_and(|rest| rest.trim().is_empty() || rest.trim_start().starts_with('#'))
+            l.strip_prefix("rules:").is_some_and(|rest| rest.trim().is_empty() || rest.trim_start().starts_with('#'))
         });
         let Some(rules_at) = rules_at else {
-            return RuleLines {
-                lines,
-                starts: Vec::new(),
-                fallback: 1,
-            };
+            return RuleLines { lines, starts: Vec::new(), fallback: 1 };
         };
         let mut starts = Vec::new();
         let mut item_indent = None;
@@ -230,11 +242,7 @@ impl<'a> RuleLines<'a> {
         if starts.len() != rule_count {
             starts.clear();
         }
-        RuleLines {
-            lines,
-            starts,
-            fallback: rules_at + 1,
-        }
+        RuleLines { lines, starts, fallback: rules_at + 1 }
     }
 
     /// The line where rule `index` starts.
@@ -245,22 +253,13 @@ impl<'a> RuleLines<'a> {
     /// The first line of rule `index` that contains `needle`, or the rule's start.
     pub fn within_rule(&self, index: usize, needle: &str) -> usize {
         let start = self.rule(index);
-        let end = self
-            .starts
-            .get(index + 1)
-            .copied()
-            .unwrap_or(self.lines.len() + 1);
-        (start..end)
-            .find(|&n| self.lines.get(n - 1).is_some_and(|l| l.contains(needle)))
-            .unwrap_or(start)
+        let end = self.starts.get(index + 1).copied().unwrap_or(self.lines.len() + 1);
+        (start..end).find(|&n| self.lines.get(n - 1).is_some_and(|l| l.contains(needle))).unwrap_or(start)
     }
 
     /// The first line outside any rule that starts with `key`, as in `default:`.
     pub fn top_level(&self, key: &str) -> usize {
-        self.lines
-            .iter()
-            .position(|l| l.starts_with(key))
-            .map_or(1, |i| i + 1)
+        self.lines.iter().position(|l| l.starts_with(key)).map_or(1, |i| i + 1)
     }
 }
 
@@ -287,10 +286,7 @@ fn err_code<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
         )));
     }
     i32::try_from(code).map_err(|_| {
-        de::Error::custom(format_args!(
-            "errCode {code} does not fit OpenIM's 32-bit errCode; use at most {}",
-            i32::MAX
-        ))
+        de::Error::custom(format_args!("errCode {code} does not fit OpenIM's 32-bit errCode; use at most {}", i32::MAX))
     })
 }
 
@@ -316,10 +312,7 @@ impl<'de> Deserialize<'de> for Scalar {
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
                 // The same text serde_json gives a JSON float, so `1.5` matches `1.5`.
-                Ok(Scalar::Text(
-                    serde_json::Number::from_f64(v)
-                        .map_or_else(|| v.to_string(), |n| n.to_string()),
-                ))
+                Ok(Scalar::Text(serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string())))
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
                 Ok(Scalar::Bool(v))
@@ -334,10 +327,7 @@ impl<'de> Deserialize<'de> for Pattern {
         let text = String::deserialize(d)?;
         match regex_syntax::Parser::new().parse(&text) {
             Ok(_) => Ok(Pattern(text)),
-            Err(err) => Err(de::Error::custom(format_args!(
-                "bad regex `{text}`: {}",
-                regex_error_summary(&err)
-            ))),
+            Err(err) => Err(de::Error::custom(format_args!("bad regex `{text}`: {}", regex_error_summary(&err)))),
         }
     }
 }
@@ -351,12 +341,7 @@ fn regex_error_summary(err: &regex_syntax::Error) -> String {
         regex_syntax::Error::Translate(e) => {
             format!("{} at offset {}", e.kind(), e.span().start.offset)
         }
-        other => other
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or("invalid")
-            .to_string(),
+        other => other.to_string().lines().next().unwrap_or("invalid").to_string(),
     }
 }
 
@@ -472,9 +457,6 @@ mod tests {
         let text = "rules:\n  - id: a\n    when:\n      f: { regex: '(x' }\n    decision: allow\n";
         let (line, message) = split_yaml_error(&parse_file(text).unwrap_err());
         assert_eq!(line, 4, "{message}");
-        assert!(
-            message.contains("bad regex `(x`: unclosed group"),
-            "{message}"
-        );
+        assert!(message.contains("bad regex `(x`: unclosed group"), "{message}");
     }
 }

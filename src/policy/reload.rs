@@ -53,11 +53,7 @@ impl PolicyStore {
         Ok(PolicyStore {
             dir: dir.to_path_buf(),
             current: ArcSwap::from_pointee(set),
-            status: Mutex::new(ReloadStatus {
-                last_attempt: now,
-                last_success: now,
-                last_error: None,
-            }),
+            status: Mutex::new(ReloadStatus { last_attempt: now, last_success: now, last_error: None }),
             reload_lock: Mutex::new(()),
         })
     }
@@ -92,8 +88,7 @@ impl PolicyStore {
                 status.last_success = now;
                 status.last_error = None;
                 if set.version() == self.current.load().version() {
-                    metrics::counter!("callgate_policy_reloads_total", "result" => "unchanged")
-                        .increment(1);
+                    metrics::counter!("callgate_policy_reloads_total", "result" => "unchanged").increment(1);
                     tracing::debug!(version = set.version(), "policy files unchanged");
                     return Ok(Reloaded::Unchanged);
                 }
@@ -110,8 +105,7 @@ impl PolicyStore {
             }
             Err(errors) => {
                 status.last_error = Some(errors.to_string());
-                metrics::counter!("callgate_policy_reloads_total", "result" => "error")
-                    .increment(1);
+                metrics::counter!("callgate_policy_reloads_total", "result" => "error").increment(1);
                 tracing::error!(
                     serving = self.current.load().version(),
                     "policy set refused, the previous set stays in force:\n{errors}"
@@ -142,14 +136,13 @@ pub struct Watch {
 /// count) and reloads after each burst of changes. Must be called inside a tokio runtime.
 pub fn watch(store: Arc<PolicyStore>) -> notify::Result<Watch> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher =
-        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-            Ok(event) if is_change(&event.kind) => {
-                let _ = tx.send(());
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("policy watcher error: {e}"),
-        })?;
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+        Ok(event) if is_change(&event.kind) => {
+            let _ = tx.send(());
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("policy watcher error: {e}"),
+    })?;
     watcher.watch(store.dir(), RecursiveMode::Recursive)?;
     tokio::spawn(async move {
         while rx.recv().await.is_some() {

@@ -36,9 +36,7 @@ pub enum DecodeError {
     #[error("body could not be read: {0}")]
     BodyRead(String),
     /// Neither the URL nor the body names a command.
-    #[error(
-        "no callback command: POST to /openim/{{command}} or send `callbackCommand` in the body"
-    )]
+    #[error("no callback command: POST to /openim/{{command}} or send `callbackCommand` in the body")]
     NoCommand,
     /// The URL and the body name different commands.
     #[error("callback command in the URL is `{url}` but the body's `callbackCommand` is `{body}`")]
@@ -83,26 +81,16 @@ impl DecodeError {
 
 /// The command named in the URL, by path (`/openim/{command}`) or query (`?command=`).
 /// `None` when the URL names none.
-pub fn command_from_url<'a>(
-    path_command: Option<&'a str>,
-    query: &'a str,
-) -> Option<std::borrow::Cow<'a, str>> {
+pub fn command_from_url<'a>(path_command: Option<&'a str>, query: &'a str) -> Option<std::borrow::Cow<'a, str>> {
     if let Some(c) = path_command.filter(|c| !c.is_empty()) {
         return Some(c.into());
     }
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "command")
-        .map(|(_, v)| v)
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "command").map(|(_, v)| v)
 }
 
 /// Decodes one OpenIM callback. `url_command` is what [`command_from_url`] found.
-pub fn decode(
-    url_command: Option<&str>,
-    operation_id: &str,
-    raw: Bytes,
-) -> Result<Event, DecodeError> {
-    let value: Value =
-        serde_json::from_slice(&raw).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+pub fn decode(url_command: Option<&str>, operation_id: &str, raw: Bytes) -> Result<Event, DecodeError> {
+    let value: Value = serde_json::from_slice(&raw).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let Value::Object(body) = value else {
         return Err(DecodeError::NotObject(json_type(&value)));
     };
@@ -113,18 +101,13 @@ pub fn decode(
     };
     let command = match (url_command, body_command) {
         (Some(url), Some(body)) if url != body => {
-            return Err(DecodeError::CommandMismatch {
-                url: url.to_string(),
-                body: body.to_string(),
-            });
+            return Err(DecodeError::CommandMismatch { url: url.to_string(), body: body.to_string() });
         }
         (Some(c), _) | (None, Some(c)) => c,
         (None, None) => return Err(DecodeError::NoCommand),
     };
     if !is_valid_command(command) {
-        return Err(DecodeError::BadCommand(
-            command.chars().take(MAX_COMMAND_LEN).collect(),
-        ));
+        return Err(DecodeError::BadCommand(command.chars().take(MAX_COMMAND_LEN).collect()));
     }
     Ok(Event {
         source: Source::OpenIm,
@@ -138,8 +121,7 @@ pub fn decode(
 fn is_valid_command(c: &str) -> bool {
     !c.is_empty()
         && c.len() <= MAX_COMMAND_LEN
-        && c.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -191,13 +173,7 @@ pub fn encode_bad_request(err: &DecodeError) -> Bytes {
 /// An error answer (`actionCode` 1, not a refusal) with any code and message, for requests
 /// refused before decoding (unknown route, wrong method).
 pub fn encode_error(code: i32, message: &str) -> Bytes {
-    to_bytes(&Answer {
-        action_code: 1,
-        err_code: code,
-        err_msg: message,
-        err_dlt: "",
-        next_code: 0,
-    })
+    to_bytes(&Answer { action_code: 1, err_code: code, err_msg: message, err_dlt: "", next_code: 0 })
 }
 
 #[cfg(test)]
@@ -208,11 +184,7 @@ mod tests {
 
     #[test]
     fn refusal_bytes() {
-        let r = Refusal {
-            code: 20001,
-            message: "no \"way\"".into(),
-            detail: "d".into(),
-        };
+        let r = Refusal { code: 20001, message: "no \"way\"".into(), detail: "d".into() };
         assert_eq!(
             &encode(&Outcome::Deny(Arc::new(r)))[..],
             br#"{"actionCode":0,"errCode":20001,"errMsg":"no \"way\"","errDlt":"d","nextCode":1}"#
@@ -221,43 +193,20 @@ mod tests {
 
     #[test]
     fn command_sources() {
-        assert_eq!(
-            command_from_url(Some("a"), "command=b").as_deref(),
-            Some("a")
-        );
-        assert_eq!(
-            command_from_url(None, "contenttype=json&command=b").as_deref(),
-            Some("b")
-        );
-        assert_eq!(
-            command_from_url(Some(""), "contenttype=json").as_deref(),
-            None
-        );
+        assert_eq!(command_from_url(Some("a"), "command=b").as_deref(), Some("a"));
+        assert_eq!(command_from_url(None, "contenttype=json&command=b").as_deref(), Some("b"));
+        assert_eq!(command_from_url(Some(""), "contenttype=json").as_deref(), None);
     }
 
     #[test]
     fn decode_errors() {
-        let d = |url: Option<&str>, body: &'static str| {
-            decode(url, "", Bytes::from_static(body.as_bytes()))
-        };
+        let d = |url: Option<&str>, body: &'static str| decode(url, "", Bytes::from_static(body.as_bytes()));
         assert!(matches!(d(None, "nope"), Err(DecodeError::NotJson(_))));
-        assert!(matches!(
-            d(None, "[1]"),
-            Err(DecodeError::NotObject("an array"))
-        ));
+        assert!(matches!(d(None, "[1]"), Err(DecodeError::NotObject("an array"))));
         assert!(matches!(d(None, "{}"), Err(DecodeError::NoCommand)));
-        assert!(matches!(
-            d(Some("a"), r#"{"callbackCommand":"b"}"#),
-            Err(DecodeError::CommandMismatch { .. })
-        ));
-        assert!(matches!(
-            d(None, r#"{"callbackCommand":7}"#),
-            Err(DecodeError::CommandNotString)
-        ));
-        assert!(matches!(
-            d(Some("a b"), "{}"),
-            Err(DecodeError::BadCommand(_))
-        ));
+        assert!(matches!(d(Some("a"), r#"{"callbackCommand":"b"}"#), Err(DecodeError::CommandMismatch { .. })));
+        assert!(matches!(d(None, r#"{"callbackCommand":7}"#), Err(DecodeError::CommandNotString)));
+        assert!(matches!(d(Some("a b"), "{}"), Err(DecodeError::BadCommand(_))));
         let ok = d(Some("x"), r#"{"callbackCommand":"x","a":1}"#).unwrap();
         assert_eq!(ok.command, "x");
     }

@@ -10,23 +10,15 @@ use warp::{Filter, Rejection, Reply};
 use super::State;
 
 /// The admin routes.
-pub fn routes(
-    state: Arc<State>,
-) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let with_state = warp::any().map(move || state.clone());
-    let healthz = warp::path!("healthz")
-        .and(warp::get())
-        .map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
+    let healthz =
+        warp::path!("healthz").and(warp::get()).map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
     // A store exists only once a set has loaded, so a running admin listener is ready.
-    let readyz = warp::path!("readyz")
-        .and(warp::get())
-        .and(with_state.clone())
-        .map(|state: Arc<State>| {
-            warp::reply::json(
-                &json!({"status": "ready", "policy_version": state.policies.current().version()}),
-            )
+    let readyz = warp::path!("readyz").and(warp::get()).and(with_state.clone()).map(|state: Arc<State>| {
+        warp::reply::json(&json!({"status": "ready", "policy_version": state.policies.current().version()}))
             .into_response()
-        });
+    });
     let status = warp::path!("v1" / "status")
         .and(warp::get())
         .and(with_state.clone())
@@ -35,27 +27,26 @@ pub fn routes(
         let store = state.policies.clone();
         let result = tokio::task::spawn_blocking(move || store.reload()).await;
         match result {
-            Ok(Ok(outcome)) => warp::reply::json(&json!({"result": format!("{outcome:?}").to_lowercase(), "status": status_json(&state)})).into_response(),
+            Ok(Ok(outcome)) => warp::reply::json(
+                &json!({"result": format!("{outcome:?}").to_lowercase(), "status": status_json(&state)}),
+            )
+            .into_response(),
             Ok(Err(errors)) => {
                 let errors: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-                warp::reply::with_status(warp::reply::json(&json!({"result": "error", "errors": errors, "status": status_json(&state)})), StatusCode::UNPROCESSABLE_ENTITY)
-                    .into_response()
+                warp::reply::with_status(
+                    warp::reply::json(&json!({"result": "error", "errors": errors, "status": status_json(&state)})),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                )
+                .into_response()
             }
             Err(_) => warp::reply::with_status("reload task failed", StatusCode::INTERNAL_SERVER_ERROR).into_response(),
         }
     });
-    healthz
-        .or(readyz)
-        .unify()
-        .or(status)
-        .unify()
-        .or(reload)
-        .unify()
+    healthz.or(readyz).unify().or(status).unify().or(reload).unify()
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn status_json(state: &State) -> serde_json::Value {

@@ -13,11 +13,7 @@ pub enum BodyError {
 }
 
 /// Reads the whole body, refusing it as soon as it is known to exceed `limit` bytes.
-pub async fn read_limited<S, B>(
-    declared_len: Option<u64>,
-    stream: S,
-    limit: usize,
-) -> Result<Bytes, BodyError>
+pub async fn read_limited<S, B>(declared_len: Option<u64>, stream: S, limit: usize) -> Result<Bytes, BodyError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,

@@ -34,10 +34,7 @@ pub struct State {
 pub enum ServeError {
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     /// The policy directory could not be watched.
     #[error("cannot watch the policy directory: {0}")]
     Watch(#[from] notify::Error),
@@ -56,9 +53,7 @@ pub struct Bound {
 /// Binds both listeners, so that a port in use is an error before anything else starts.
 pub async fn bind(config: &Config) -> Result<Bound, ServeError> {
     let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind { addr, source })
+        TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
     };
     let callbacks = bind(config.listen).await?;
     let admin = bind(config.admin_listen).await?;
@@ -85,14 +80,8 @@ pub async fn serve(
     };
 
     let callbacks = openim::routes(state.clone()).recover(openim::recover);
-    let callbacks = warp::serve(callbacks)
-        .incoming(bound.callbacks)
-        .graceful(stopped(stop_rx.clone()))
-        .run();
-    let admin = warp::serve(admin::routes(state))
-        .incoming(bound.admin)
-        .graceful(stopped(stop_rx))
-        .run();
+    let callbacks = warp::serve(callbacks).incoming(bound.callbacks).graceful(stopped(stop_rx.clone())).run();
+    let admin = warp::serve(admin::routes(state)).incoming(bound.admin).graceful(stopped(stop_rx)).run();
     let callbacks = tokio::spawn(callbacks);
     let admin = tokio::spawn(admin);
 

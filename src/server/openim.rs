@@ -14,9 +14,7 @@ use crate::policy::Outcome;
 use crate::protocol::openim::{self, DecodeError};
 
 /// The callback routes.
-pub fn routes(
-    state: Arc<State>,
-) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     warp::path("openim")
         .and(warp::path::tail())
@@ -35,40 +33,22 @@ pub fn routes(
              body,
              state: Arc<State>| async move {
                 if method != Method::POST {
-                    return error_reply(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        1009,
-                        "callbacks must be POSTed",
-                    );
+                    return error_reply(StatusCode::METHOD_NOT_ALLOWED, 1009, "callbacks must be POSTed");
                 }
                 let raw = match read_limited(len, body, state.max_body_bytes).await {
                     Ok(raw) => raw,
                     Err(BodyError::TooLarge) => {
-                        return bad_request(&DecodeError::TooLarge {
-                            limit: state.max_body_bytes,
-                        });
+                        return bad_request(&DecodeError::TooLarge { limit: state.max_body_bytes });
                     }
                     Err(BodyError::Read(e)) => return bad_request(&DecodeError::BodyRead(e)),
                 };
-                handle(
-                    &state,
-                    tail.as_str(),
-                    &query,
-                    operation_id.as_deref().unwrap_or(""),
-                    raw,
-                )
+                handle(&state, tail.as_str(), &query, operation_id.as_deref().unwrap_or(""), raw)
             },
         )
 }
 
 /// Decode, decide, (record), reply.
-fn handle(
-    state: &State,
-    path_command: &str,
-    query: &str,
-    operation_id: &str,
-    raw: Bytes,
-) -> warp::reply::Response {
+fn handle(state: &State, path_command: &str, query: &str, operation_id: &str, raw: Bytes) -> warp::reply::Response {
     let started = Instant::now();
     let url_command = openim::command_from_url(Some(path_command), query);
     let event = match openim::decode(url_command.as_deref(), operation_id, raw) {
@@ -78,7 +58,8 @@ fn handle(
     let set = state.policies.current();
     let decision = set.decide(&event);
     let rule = decision.rule.as_deref().unwrap_or("(default)");
-    metrics::counter!("callgate_decisions_total", "outcome" => decision.outcome.as_str(), "rule" => rule.to_string()).increment(1);
+    metrics::counter!("callgate_decisions_total", "outcome" => decision.outcome.as_str(), "rule" => rule.to_string())
+        .increment(1);
     metrics::histogram!("callgate_decision_seconds").record(started.elapsed().as_secs_f64());
     for hit in &decision.dry_run {
         tracing::info!(command = %event.command, rule = %hit.rule, would = hit.outcome.as_str(), "dry-run rule held");
@@ -95,8 +76,7 @@ fn handle(
 }
 
 fn bad_request(err: &DecodeError) -> warp::reply::Response {
-    metrics::counter!("callgate_bad_requests_total", "source" => "openim", "reason" => err.kind())
-        .increment(1);
+    metrics::counter!("callgate_bad_requests_total", "source" => "openim", "reason" => err.kind()).increment(1);
     tracing::warn!(reason = err.kind(), "bad OpenIM callback: {err}");
     json_reply(StatusCode::BAD_REQUEST, openim::encode_bad_request(err))
 }
@@ -108,10 +88,7 @@ fn error_reply(status: StatusCode, code: i32, message: &str) -> warp::reply::Res
 fn json_reply(status: StatusCode, body: Bytes) -> warp::reply::Response {
     let mut response = warp::reply::Response::new(body.into());
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     response
 }
 

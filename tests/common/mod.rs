@@ -1,10 +1,7 @@
 //! Test harness: a real `callgate serve` process on random loopback ports, a temporary
 //! policy directory, and an HTTP client. Readiness is the server's own "serving" line on
 //! stdout, never a sleep.
-#![allow(
-    dead_code,
-    reason = "each test file uses a different part of the harness"
-)]
+#![allow(dead_code, reason = "each test file uses a different part of the harness")]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -17,9 +14,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The samples shipped in ../shared/samples.
 pub fn sample(rel: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/samples")
-        .join(rel);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples").join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("sample {}: {e}", path.display()))
 }
 
@@ -37,9 +32,7 @@ pub struct PolicyDir {
 impl PolicyDir {
     /// An empty directory.
     pub fn new() -> PolicyDir {
-        PolicyDir {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        PolicyDir { dir: tempfile::tempdir().unwrap() }
     }
 
     /// A directory holding one policy file.
@@ -126,18 +119,9 @@ impl Server {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) if line.contains("serving callbacks on") => {
-                    let urls: Vec<&str> = line
-                        .split_whitespace()
-                        .filter(|w| w.starts_with("http://"))
-                        .collect();
-                    let version = line
-                        .split("policy version ")
-                        .nth(1)
-                        .unwrap_or("")
-                        .split(' ')
-                        .next()
-                        .unwrap_or("")
-                        .to_string();
+                    let urls: Vec<&str> = line.split_whitespace().filter(|w| w.starts_with("http://")).collect();
+                    let version =
+                        line.split("policy version ").nth(1).unwrap_or("").split(' ').next().unwrap_or("").to_string();
                     return Ok(Server {
                         child,
                         base: urls[0].to_string(),
@@ -145,10 +129,7 @@ impl Server {
                         version,
                         log,
                         _scratch: scratch,
-                        client: reqwest::Client::builder()
-                            .timeout(Duration::from_secs(10))
-                            .build()
-                            .unwrap(),
+                        client: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
                     });
                 }
                 Ok(_) => continue,
@@ -171,10 +152,7 @@ impl Server {
 
     /// Sends a signal to the server process.
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args(["-s", sig, &self.pid().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-s", sig, &self.pid().to_string()]).status().unwrap();
         assert!(status.success());
     }
 
@@ -199,21 +177,13 @@ impl Server {
 
     /// GETs `path` on the admin listener as JSON.
     pub async fn admin_get(&self, path: &str) -> serde_json::Value {
-        let resp = self
-            .client
-            .get(format!("{}{path}", self.admin))
-            .send()
-            .await
-            .unwrap();
+        let resp = self.client.get(format!("{}{path}", self.admin)).send().await.unwrap();
         resp.json().await.unwrap()
     }
 
     /// The serving policy version, from `/v1/status`.
     pub async fn policy_version(&self) -> String {
-        self.admin_get("/v1/status").await["policy_version"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        self.admin_get("/v1/status").await["policy_version"].as_str().unwrap().to_string()
     }
 
     /// Waits until the serving policy version differs from `old`, polling status.
@@ -224,11 +194,7 @@ impl Server {
             if self.policy_version().await != old {
                 return started.elapsed();
             }
-            assert!(
-                started.elapsed() < limit,
-                "policy version still {old} after {limit:?}; logs:\n{}",
-                self.logs()
-            );
+            assert!(started.elapsed() < limit, "policy version still {old} after {limit:?}; logs:\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -247,9 +213,5 @@ pub const ALLOW: &str = r#"{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","
 /// The exact refusal answer for `code`, `msg`, `detail`.
 pub fn refusal(code: i32, msg: &str, detail: &str) -> String {
     let q = |s: &str| serde_json::to_string(s).unwrap();
-    format!(
-        r#"{{"actionCode":0,"errCode":{code},"errMsg":{},"errDlt":{},"nextCode":1}}"#,
-        q(msg),
-        q(detail)
-    )
+    format!(r#"{{"actionCode":0,"errCode":{code},"errMsg":{},"errDlt":{},"nextCode":1}}"#, q(msg), q(detail))
 }

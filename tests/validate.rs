@@ -1,0 +1,89 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a failure should panic")]
+//! `callgate validate` and `callgate check`: golden bad-policy cases and the trace.
+//!
+//! Each directory under tests/bad_policies/ is one policy set that must be refused, with
+//! `expected.txt` holding the exact messages (`{dir}` stands for the directory).
+
+use std::path::Path;
+use std::process::Command;
+
+fn callgate(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_callgate")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn every_bad_policy_is_refused_with_its_exact_message() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad_policies");
+    let mut cases = 0;
+    let mut failures = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let dir = entry.unwrap().path();
+        let expected = std::fs::read_to_string(dir.join("expected.txt")).unwrap();
+        let dir_text = dir.to_str().unwrap();
+        let (code, stdout) = callgate(&["validate", "--policies", dir_text]);
+        let expected_lines = expected.lines().count();
+        let want = format!("{expected}{expected_lines} error(s); the policy set would be refused\n");
+        let got = stdout.replace(dir_text, "{dir}");
+        if code != 1 || got != want {
+            failures.push(format!("{}: exit {code}\n--- want\n{want}--- got\n{got}", dir.display()));
+        }
+        cases += 1;
+    }
+    assert!(cases >= 25, "only {cases} cases found");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn shipped_policies_validate() {
+    let (code, stdout) = callgate(&["validate", "--policies", "policies"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.starts_with("ok: 4 rules in 2 files; version "), "{stdout}");
+}
+
+#[test]
+fn check_prints_decision_and_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = dir.path().join("unblock-bot.json");
+    std::fs::write(
+        &event,
+        r#"{"callbackCommand":"callbackAfterRemoveBlackCommand","ownerUserID":"u_1","blackUserID":"bot_guest_1"}"#,
+    )
+    .unwrap();
+    let guest = dir.path().join("unblock-guest.json");
+    std::fs::write(
+        &guest,
+        r#"{"callbackCommand":"callbackAfterRemoveBlackCommand","ownerUserID":"u_1","blackUserID":"guest_9"}"#,
+    )
+    .unwrap();
+    let (code, stdout) = callgate(&["check", "--policies", "policies", event.to_str().unwrap(), guest.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}");
+    let stdout = stdout.replace(dir.path().to_str().unwrap(), "{tmp}");
+    let want = "\
+{tmp}/unblock-bot.json: callbackAfterRemoveBlackCommand: deny, by rule `keep-system-accounts-blocked`: errCode 20001 \"system accounts cannot be unblocked\"
+  not held     staff-may-always-unblock                 policies/10-blocklist.yaml:13
+  decided      keep-system-accounts-blocked             policies/10-blocklist.yaml:19
+  not reached  staff-cannot-be-blocked                  policies/10-blocklist.yaml:26
+  not reached  trial-no-unblock-of-unverified           policies/10-blocklist.yaml:35
+{tmp}/unblock-guest.json: callbackAfterRemoveBlackCommand: allow, by the default
+  not held     staff-may-always-unblock                 policies/10-blocklist.yaml:13
+  not held     keep-system-accounts-blocked             policies/10-blocklist.yaml:19
+  skipped      staff-cannot-be-blocked                  policies/10-blocklist.yaml:26
+  dry run      trial-no-unblock-of-unverified           policies/10-blocklist.yaml:35
+  dry run: rule `trial-no-unblock-of-unverified` would deny
+";
+    assert_eq!(stdout, want);
+}
+
+#[test]
+fn check_decides_every_shared_sample() {
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples/openim");
+    let mut args = vec!["check".to_string(), "--policies".into(), "policies".into()];
+    for entry in std::fs::read_dir(samples).unwrap() {
+        args.push(entry.unwrap().path().to_str().unwrap().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stdout) = callgate(&args);
+    assert_eq!(code, 0);
+    assert_eq!(stdout.lines().filter(|l| l.contains(": allow, by the default")).count(), 52, "{stdout}");
+}
