@@ -119,7 +119,11 @@ impl Server {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) if line.contains("serving callbacks on") => {
-                    let urls: Vec<&str> = line.split_whitespace().filter(|w| w.starts_with("http://")).collect();
+                    let urls: Vec<&str> = line
+                        .split_whitespace()
+                        .filter(|w| w.starts_with("http://"))
+                        .map(|w| w.trim_end_matches(';'))
+                        .collect();
                     let version =
                         line.split("policy version ").nth(1).unwrap_or("").split(' ').next().unwrap_or("").to_string();
                     return Ok(Server {
