@@ -56,7 +56,8 @@ fn check_prints_decision_and_trace() {
         r#"{"callbackCommand":"callbackAfterRemoveBlackCommand","ownerUserID":"u_1","blackUserID":"guest_9"}"#,
     )
     .unwrap();
-    let (code, stdout) = callgate(&["check", "--policies", "policies", event.to_str().unwrap(), guest.to_str().unwrap()]);
+    let (code, stdout) =
+        callgate(&["check", "--policies", "policies", event.to_str().unwrap(), guest.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}");
     let stdout = stdout.replace(dir.path().to_str().unwrap(), "{tmp}");
     let want = "\
