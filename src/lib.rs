@@ -16,4 +16,5 @@ pub mod duration;
 pub mod event;
 pub mod policy;
 pub mod protocol;
+pub mod record;
 pub mod server;

@@ -1,0 +1,222 @@
+//! Records: one JSON object a line for every callback received, in size-rotated files under
+//! the data directory. Never decides anything.
+//!
+//! - this file: the [`Record`] line format
+//! - `writer`: the [`Recorder`] — one writer thread, group commit, rotation, crash repair
+//! - `query`: reading records back with filters (`callgate events`, `GET /v1/events`)
+
+mod query;
+mod writer;
+
+pub use query::{EventFilter, FilterError, query};
+pub use writer::{RecordError, Recorder, SEGMENT_PREFIX, SEGMENT_SUFFIX};
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::event::Event;
+use crate::policy::{Decision, Outcome};
+
+/// What a record says about a Tencent callback's origin, from its query string.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TencentMeta {
+    /// `SdkAppid`.
+    pub sdk_app_id: String,
+    /// `ClientIP`.
+    pub client_ip: String,
+    /// `OptPlatform`, kept as the string Tencent sent.
+    pub opt_platform: String,
+}
+
+/// The fields of a record, except the body, which is spliced in as received.
+#[derive(Serialize)]
+struct Head<'a> {
+    time: String,
+    source: &'static str,
+    command: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    operation_id: Option<&'a str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    tencent: Option<&'a TencentMeta>,
+    /// The answer sent: `allow`, `deny` or (Tencent) `ack`.
+    decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<i32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    dry_run: Vec<DryRunEntry<'a>>,
+    /// Under `serve --dry-run`: what enforcement would have answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    would: Option<Would<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy_version: Option<&'a str>,
+    latency_us: u64,
+}
+
+#[derive(Serialize)]
+struct DryRunEntry<'a> {
+    rule: &'a str,
+    would: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<i32>,
+}
+
+#[derive(Serialize)]
+struct Would<'a> {
+    decision: &'static str,
+    rule: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<i32>,
+}
+
+fn error_code(outcome: &Outcome) -> Option<i32> {
+    match outcome {
+        Outcome::Allow => None,
+        Outcome::Deny(r) => Some(r.code),
+    }
+}
+
+/// The record line of a decided OpenIM callback. `is_dry_run` is the server's `--dry-run`:
+/// the answer was allow and `would` shows what enforcement would have answered.
+pub fn openim_line(
+    event: &Event,
+    decision: &Decision,
+    is_dry_run: bool,
+    policy_version: &str,
+    latency: Duration,
+) -> Vec<u8> {
+    let answered = if is_dry_run { &Outcome::Allow } else { &decision.outcome };
+    let would = is_dry_run.then(|| Would {
+        decision: decision.outcome.as_str(),
+        rule: decision.rule.as_deref(),
+        error_code: error_code(&decision.outcome),
+    });
+    let head = Head {
+        time: now_rfc3339(),
+        source: event.source.as_str(),
+        command: &event.command,
+        operation_id: Some(&event.operation_id),
+        tencent: None,
+        decision: answered.as_str(),
+        rule: if is_dry_run { None } else { decision.rule.as_deref() },
+        error_code: error_code(answered),
+        dry_run: decision
+            .dry_run
+            .iter()
+            .map(|h| DryRunEntry { rule: &h.rule, would: h.outcome.as_str(), error_code: error_code(&h.outcome) })
+            .collect(),
+        would,
+        policy_version: Some(policy_version),
+        latency_us: latency.as_micros().try_into().unwrap_or(u64::MAX),
+    };
+    line(&head, event)
+}
+
+/// The record line of an acknowledged Tencent callback.
+pub fn tencent_line(event: &Event, meta: &TencentMeta, latency: Duration) -> Vec<u8> {
+    let head = Head {
+        time: now_rfc3339(),
+        source: event.source.as_str(),
+        command: &event.command,
+        operation_id: None,
+        tencent: Some(meta),
+        decision: "ack",
+        rule: None,
+        error_code: None,
+        dry_run: Vec::new(),
+        would: None,
+        policy_version: None,
+        latency_us: latency.as_micros().try_into().unwrap_or(u64::MAX),
+    };
+    line(&head, event)
+}
+
+/// Serialises `head`, then splices in `"body":` with the body as received, and a newline.
+/// The raw body was parsed as a JSON object when it was decoded, so it is valid JSON; only
+/// a body with line breaks between its tokens is written again compactly, because a record
+/// must be one line.
+fn line(head: &Head<'_>, event: &Event) -> Vec<u8> {
+    let raw = event.raw.trim_ascii();
+    let mut out = Vec::with_capacity(256 + raw.len());
+    // Serialising a struct of strings and numbers into a Vec cannot fail.
+    if serde_json::to_writer(&mut out, head).is_err() || out.pop() != Some(b'}') {
+        out.clear();
+        out.push(b'{');
+    } else {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"body\":");
+    if raw.is_empty() || raw.contains(&b'\n') || raw.contains(&b'\r') {
+        let _ = serde_json::to_writer(&mut out, &event.body);
+    } else {
+        out.extend_from_slice(raw);
+    }
+    out.extend_from_slice(b"}\n");
+    out
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{DryRunHit, Refusal};
+    use bytes::Bytes;
+    use serde_json::Value;
+    use std::sync::Arc;
+
+    fn event(raw: &'static str) -> Event {
+        let mut e = Event::openim("cmd", serde_json::from_str(raw).unwrap());
+        e.raw = Bytes::from_static(raw.as_bytes());
+        e.operation_id = "op1".into();
+        e
+    }
+
+    #[test]
+    fn openim_line_is_one_json_object_with_the_body_as_received() {
+        let refusal = Outcome::Deny(Arc::new(Refusal { code: 20001, message: "m".into(), detail: String::new() }));
+        let decision = Decision {
+            outcome: refusal.clone(),
+            rule: Some("r".into()),
+            dry_run: vec![DryRunHit { rule: "d".into(), outcome: refusal }],
+        };
+        let line = openim_line(&event("{\"a\": 1, \"b\":\"x\"}\n"), &decision, false, "v1", Duration::from_micros(7));
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        let text = std::str::from_utf8(&line).unwrap();
+        assert!(text.ends_with(",\"body\":{\"a\": 1, \"b\":\"x\"}}\n"), "{text}");
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["decision"], "deny");
+        assert_eq!(v["rule"], "r");
+        assert_eq!(v["error_code"], 20001);
+        assert_eq!(v["dry_run"][0]["rule"], "d");
+        assert_eq!(v["operation_id"], "op1");
+        assert_eq!(v["policy_version"], "v1");
+        assert_eq!(v["latency_us"], 7);
+    }
+
+    #[test]
+    fn server_dry_run_records_the_allow_and_what_would_have_been() {
+        let refusal = Outcome::Deny(Arc::new(Refusal { code: 150, message: "m".into(), detail: String::new() }));
+        let decision = Decision { outcome: refusal, rule: Some("r".into()), dry_run: vec![] };
+        let line = openim_line(&event("{}"), &decision, true, "v", Duration::ZERO);
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["decision"], "allow");
+        assert_eq!(v["would"]["decision"], "deny");
+        assert_eq!(v["would"]["rule"], "r");
+        assert_eq!(v["would"]["error_code"], 150);
+    }
+
+    #[test]
+    fn a_multi_line_body_is_written_on_one_line() {
+        let decision = Decision { outcome: Outcome::Allow, rule: None, dry_run: vec![] };
+        let line = openim_line(&event("{\n  \"a\": [1,\n 2]\n}\n"), &decision, false, "v", Duration::ZERO);
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["body"]["a"][1], 2);
+    }
+}

@@ -1,0 +1,175 @@
+//! Reading records back: the filters of `callgate events` and `GET /v1/events`.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use super::writer::{segment_files, segment_ms};
+
+/// Which records to return. Every filter given must match.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only records newer than this long ago.
+    pub since: Option<Duration>,
+    /// Only callbacks where some ID field (a key containing `id`, `account` or `user`, in
+    /// any case, at any depth, or a list under such a key) equals this.
+    pub user: Option<String>,
+    /// Only this command.
+    pub command: Option<String>,
+    /// `allow`, `deny`, `ack`, or `would_deny` (a dry run that would have refused).
+    pub decision: Option<String>,
+    /// `openim` or `tencent`.
+    pub source: Option<String>,
+    /// At most this many, the newest; 0 means no limit.
+    pub limit: usize,
+}
+
+/// A filter that cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// An unknown decision word.
+    #[error("unknown decision `{0}`: use allow, deny, ack or would_deny")]
+    Decision(String),
+    /// An unknown source.
+    #[error("unknown source `{0}`: use openim or tencent")]
+    Source(String),
+    /// The record directory could not be read.
+    #[error("cannot read records in `{dir}`: {message}")]
+    Read { dir: String, message: String },
+}
+
+impl EventFilter {
+    /// Checks the words of the filter.
+    pub fn validate(&self) -> Result<(), FilterError> {
+        if let Some(d) = &self.decision {
+            if !matches!(d.as_str(), "allow" | "deny" | "ack" | "would_deny") {
+                return Err(FilterError::Decision(d.clone()));
+            }
+        }
+        if let Some(s) = &self.source {
+            if !matches!(s.as_str(), "openim" | "tencent") {
+                return Err(FilterError::Source(s.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn matches(&self, record: &Value, cutoff: Option<SystemTime>) -> bool {
+        if let Some(cutoff) = cutoff {
+            let time = record["time"].as_str().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+            if time.is_none_or(|t| t < cutoff) {
+                return false;
+            }
+        }
+        if self.command.as_deref().is_some_and(|c| record["command"] != c) {
+            return false;
+        }
+        if self.source.as_deref().is_some_and(|s| record["source"] != s) {
+            return false;
+        }
+        match self.decision.as_deref() {
+            None => {}
+            Some("would_deny") => {
+                let dry_run_denies =
+                    record["dry_run"].as_array().is_some_and(|hits| hits.iter().any(|h| h["would"] == "deny"));
+                if record["would"]["decision"] != "deny" && !dry_run_denies {
+                    return false;
+                }
+            }
+            Some(d) => {
+                if record["decision"] != d {
+                    return false;
+                }
+            }
+        }
+        if let Some(user) = &self.user {
+            if !has_id(&record["body"], false, user) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn is_id_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("id") || key.contains("account") || key.contains("user")
+}
+
+/// Whether `value` holds `id` in an ID field; `under_id_key` says the value sits under one.
+fn has_id(value: &Value, under_id_key: bool, id: &str) -> bool {
+    match value {
+        Value::String(s) => under_id_key && s == id,
+        Value::Array(items) => items.iter().any(|v| has_id(v, under_id_key, id)),
+        Value::Object(map) => map.iter().any(|(k, v)| has_id(v, is_id_key(k), id)),
+        _ => false,
+    }
+}
+
+/// The record lines matching `filter`, oldest first (the newest `limit` of them).
+/// Lines that are not JSON (there should be none) are skipped.
+pub fn query(dir: &Path, filter: &EventFilter) -> Result<Vec<String>, FilterError> {
+    filter.validate()?;
+    let read_err = |e: std::io::Error| FilterError::Read { dir: dir.display().to_string(), message: e.to_string() };
+    let files = match segment_files(dir) {
+        Ok(files) => files,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(read_err(e)),
+    };
+    let cutoff = filter.since.and_then(|d| SystemTime::now().checked_sub(d));
+    let cutoff_ms = cutoff.and_then(|c| c.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
+    let mut out = VecDeque::new();
+    for (i, file) in files.iter().enumerate() {
+        // A file whose successor was created before the cutoff holds only older records.
+        let next_created = files.get(i + 1).and_then(|f| segment_ms(f));
+        if let (Some(cutoff_ms), Some(next)) = (cutoff_ms, next_created) {
+            if next < cutoff_ms {
+                continue;
+            }
+        }
+        let reader = BufReader::new(std::fs::File::open(file).map_err(read_err)?);
+        for line in reader.lines() {
+            let line = line.map_err(read_err)?;
+            let Ok(record) = serde_json::from_str::<Value>(&line) else { continue };
+            if filter.matches(&record, cutoff) {
+                out.push_back(line);
+                if filter.limit > 0 && out.len() > filter.limit {
+                    out.pop_front();
+                }
+            }
+        }
+    }
+    Ok(out.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn user_matches_id_fields_at_any_depth_only() {
+        let body = json!({"ownerUserID":"u1","PairList":[{"From_Account":"u2","To_Account":"u3"}],"userIDList":["u4"],"content":"u5"});
+        for id in ["u1", "u2", "u3", "u4"] {
+            assert!(has_id(&body, false, id), "{id}");
+        }
+        assert!(!has_id(&body, false, "u5"), "content is not an ID field");
+    }
+
+    #[test]
+    fn decision_filters() {
+        let f = |d: &str| EventFilter { decision: Some(d.into()), ..EventFilter::default() };
+        let dry = json!({"decision":"allow","would":{"decision":"deny"}});
+        let hit = json!({"decision":"allow","dry_run":[{"rule":"r","would":"deny"}]});
+        let deny = json!({"decision":"deny"});
+        assert!(f("would_deny").matches(&dry, None));
+        assert!(f("would_deny").matches(&hit, None));
+        assert!(!f("would_deny").matches(&deny, None));
+        assert!(f("deny").matches(&deny, None));
+        assert!(!f("deny").matches(&dry, None));
+        assert!(f("nope").validate().is_err());
+    }
+}

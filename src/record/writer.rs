@@ -1,0 +1,338 @@
+//! The [`Recorder`]: one writer thread appends record lines to size-rotated files.
+//!
+//! Group commit: the thread takes every line waiting in its queue, writes them with one
+//! `write`, and — when any of them waits for durability — makes them durable with one
+//! `fdatasync`. So durable records cost one sync per batch, not per record, and the batch
+//! grows by itself with load. A Tencent acknowledgement waits for its sync; an OpenIM
+//! decision does not wait at all.
+//!
+//! Files are `records-<unix ms at creation>.jsonl`; the newest is appended to. On start, a
+//! torn last line (a crash mid-write) is cut off and kept beside the file as `….torn`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+
+/// Record file names start with this.
+pub const SEGMENT_PREFIX: &str = "records-";
+/// Record file names end with this.
+pub const SEGMENT_SUFFIX: &str = ".jsonl";
+
+/// How many records may wait for the writer. Past this an OpenIM record is dropped and
+/// counted (its callback is still answered); a Tencent record waits for room.
+const QUEUE: usize = 65_536;
+/// The most records written by one `write`.
+const MAX_BATCH: usize = 4_096;
+/// Records that nobody waits for are made durable at least this often.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Why a record could not be written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordError {
+    /// The file system refused.
+    #[error("cannot write records in `{}`: {message}", dir.display())]
+    Io { dir: PathBuf, message: String },
+    /// The recorder has stopped.
+    #[error("the recorder has stopped")]
+    Stopped,
+    /// The queue was full and the record was not waited for.
+    #[error("the record queue is full")]
+    QueueFull,
+}
+
+enum Job {
+    Line { line: Vec<u8>, done: Option<oneshot::Sender<Result<(), RecordError>>> },
+    Stop(oneshot::Sender<()>),
+}
+
+/// Appends record lines; cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Recorder {
+    tx: mpsc::Sender<Job>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Recorder {
+    /// Opens (creating it if needed) the record directory, repairs a torn last line, and
+    /// starts the writer thread. `max_file_bytes` is the size at which a file is rotated.
+    pub fn open(dir: &Path, max_file_bytes: u64) -> Result<Recorder, RecordError> {
+        let segment = Segment::open_newest(dir, max_file_bytes)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("callgate-records".into())
+            .spawn(move || run(segment, rx))
+            .map_err(|e| io_error(dir, &e))?;
+        Ok(Recorder { tx, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Queues a line without waiting. A line that cannot be queued is counted and logged.
+    pub fn record(&self, line: Vec<u8>) {
+        if let Err(err) = self.tx.try_send(Job::Line { line, done: None }) {
+            let err = match err {
+                mpsc::error::TrySendError::Full(_) => RecordError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => RecordError::Stopped,
+            };
+            count_lost(1, &err);
+        }
+    }
+
+    /// Queues a line and waits until it is durable on disk.
+    pub async fn record_durable(&self, line: Vec<u8>) -> Result<(), RecordError> {
+        let (done, wait) = oneshot::channel();
+        self.tx.send(Job::Line { line, done: Some(done) }).await.map_err(|_| RecordError::Stopped)?;
+        wait.await.unwrap_or(Err(RecordError::Stopped))
+    }
+
+    /// Writes and syncs everything queued so far, then stops the writer. Later records
+    /// fail with [`RecordError::Stopped`] (and are counted).
+    pub async fn stop(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Job::Stop(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+        let thread = self.thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+fn io_error(dir: &Path, e: &std::io::Error) -> RecordError {
+    RecordError::Io { dir: dir.to_path_buf(), message: e.to_string() }
+}
+
+fn count_lost(n: usize, err: &RecordError) {
+    metrics::counter!("callgate_records_failed_total").increment(n as u64);
+    tracing::error!(records = n, "records lost: {err}");
+}
+
+/// The writer thread: batches, writes, syncs, answers, until stopped.
+fn run(mut segment: Segment, mut rx: mpsc::Receiver<Job>) {
+    // A timer of its own, so the thread can wait for work with a deadline.
+    let timer = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("record writer cannot start its timer: {e}; records are not written");
+            return;
+        }
+    };
+    let mut batch: Vec<(Vec<u8>, Option<oneshot::Sender<Result<(), RecordError>>>)> = Vec::new();
+    let mut buf = Vec::new();
+    let mut last_sync = Instant::now();
+    let mut is_dirty = false;
+    let mut was_failing = false;
+    loop {
+        // Wait for work, but wake up in time to sync records nobody waits for.
+        let first = if is_dirty {
+            let left = SYNC_EVERY.saturating_sub(last_sync.elapsed());
+            match timer.block_on(tokio::time::timeout(left, rx.recv())) {
+                Ok(job) => job,
+                Err(_idle) => {
+                    if segment.sync().is_ok() {
+                        is_dirty = false;
+                    }
+                    last_sync = Instant::now();
+                    continue;
+                }
+            }
+        } else {
+            rx.blocking_recv()
+        };
+        let Some(first) = first else {
+            let _ = segment.sync();
+            return;
+        };
+        let mut stop = None;
+        let mut next = Some(first);
+        while let Some(job) = next {
+            match job {
+                Job::Line { line, done } => batch.push((line, done)),
+                Job::Stop(done) => {
+                    stop = Some(done);
+                    break;
+                }
+            }
+            next = if batch.len() < MAX_BATCH { rx.try_recv().ok() } else { None };
+        }
+        if !batch.is_empty() {
+            buf.clear();
+            for (line, _) in &batch {
+                buf.extend_from_slice(line);
+            }
+            let needs_sync =
+                stop.is_some() || batch.iter().any(|(_, d)| d.is_some()) || last_sync.elapsed() >= SYNC_EVERY;
+            let mut result = segment.append(&buf);
+            if result.is_ok() {
+                is_dirty = true;
+                if needs_sync {
+                    result = segment.sync();
+                    last_sync = Instant::now();
+                    is_dirty = result.is_err();
+                }
+            }
+            metrics::counter!("callgate_records_written_total").increment(if result.is_ok() {
+                batch.len() as u64
+            } else {
+                0
+            });
+            match &result {
+                Ok(()) if was_failing => {
+                    tracing::info!("records are being written again");
+                    was_failing = false;
+                }
+                Ok(()) => {}
+                Err(err) => {
+                    was_failing = true;
+                    let unwaited = batch.iter().filter(|(_, d)| d.is_none()).count();
+                    metrics::counter!("callgate_records_failed_total").increment(batch.len() as u64);
+                    tracing::error!(records = batch.len(), not_waited_for = unwaited, "records not written: {err}");
+                }
+            }
+            for (_, done) in batch.drain(..) {
+                if let Some(done) = done {
+                    let _ = done.send(result.clone());
+                }
+            }
+        }
+        if let Some(done) = stop {
+            let _ = segment.sync();
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// The file being appended to.
+struct Segment {
+    dir: PathBuf,
+    path: PathBuf,
+    file: File,
+    /// Bytes known written whole; a failed write is cut back to this.
+    len: u64,
+    max_bytes: u64,
+}
+
+impl Segment {
+    /// Opens the newest record file for appending, after cutting off a torn last line; or
+    /// creates the first one.
+    fn open_newest(dir: &Path, max_bytes: u64) -> Result<Segment, RecordError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
+        let newest = segment_files(dir).map_err(|e| io_error(dir, &e))?.pop();
+        let Some(path) = newest else { return Segment::create(dir, max_bytes, 0) };
+        repair_torn_tail(&path).map_err(|e| io_error(dir, &e))?;
+        let mut file = OpenOptions::new().append(true).open(&path).map_err(|e| io_error(dir, &e))?;
+        let len = file.seek(SeekFrom::End(0)).map_err(|e| io_error(dir, &e))?;
+        Ok(Segment { dir: dir.to_path_buf(), path, file, len, max_bytes })
+    }
+
+    /// Creates a new file named after the current time (later than `after_ms`).
+    fn create(dir: &Path, max_bytes: u64, after_ms: u64) -> Result<Segment, RecordError> {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let ms = now_ms.max(after_ms + 1);
+        let path = dir.join(format!("{SEGMENT_PREFIX}{ms:013}{SEGMENT_SUFFIX}"));
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io_error(dir, &e))?;
+        // Make the new name itself durable, or a crash could lose the whole file.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(dir, &e))?;
+        Ok(Segment { dir: dir.to_path_buf(), path, file, len: 0, max_bytes })
+    }
+
+    fn created_ms(&self) -> u64 {
+        segment_ms(&self.path).unwrap_or(0)
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<(), RecordError> {
+        if self.len > 0 && self.len + bytes.len() as u64 > self.max_bytes {
+            self.sync()?;
+            *self = Segment::create(&self.dir, self.max_bytes, self.created_ms())?;
+        }
+        match self.file.write_all(bytes) {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Cut a partial write back so the file stays whole lines.
+                let _ = self.file.set_len(self.len);
+                Err(io_error(&self.dir, &e))
+            }
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), RecordError> {
+        self.file.sync_data().map_err(|e| io_error(&self.dir, &e))
+    }
+}
+
+/// The record files of `dir`, oldest first.
+pub(crate) fn segment_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| segment_ms(p).is_some()).collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The creation time in a record file's name.
+pub(crate) fn segment_ms(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_prefix(SEGMENT_PREFIX)?.strip_suffix(SEGMENT_SUFFIX)?.parse().ok()
+}
+
+/// Cuts a last line without its newline (a write torn by a crash) off `path`, keeping the
+/// cut bytes in `<path>.torn` so nothing is destroyed.
+fn repair_torn_tail(path: &Path) -> std::io::Result<()> {
+    let bytes = std::fs::read(path)?;
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let torn = &bytes[keep..];
+    let mut side = path.as_os_str().to_owned();
+    side.push(".torn");
+    std::fs::OpenOptions::new().create(true).append(true).open(&side)?.write_all(torn)?;
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.set_len(keep as u64)?;
+    file.sync_all()?;
+    tracing::warn!(file = %path.display(), bytes = torn.len(), kept_in = %Path::new(&side).display(), "cut off a torn last record (the process stopped mid-write)");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_tail_is_cut_and_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records-0000000000001.jsonl");
+        std::fs::write(&path, b"{\"a\":1}\n{\"b\":").unwrap();
+        repair_torn_tail(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n");
+        assert_eq!(std::fs::read(dir.path().join("records-0000000000001.jsonl.torn")).unwrap(), b"{\"b\":");
+    }
+
+    #[tokio::test]
+    async fn durable_records_are_on_disk_and_files_rotate() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::open(dir.path(), 100).unwrap();
+        for i in 0..10 {
+            recorder
+                .record_durable(format!("{{\"n\":{i},\"pad\":\"0123456789012345678901234567890\"}}\n").into_bytes())
+                .await
+                .unwrap();
+        }
+        recorder.stop().await;
+        let files = segment_files(dir.path()).unwrap();
+        assert!(files.len() >= 4, "{files:?}");
+        let all: String = files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+        assert_eq!(all.lines().count(), 10);
+        for f in &files {
+            assert!(std::fs::metadata(f).unwrap().len() <= 100);
+        }
+        assert!(matches!(recorder.record_durable(b"{}\n".to_vec()).await, Err(RecordError::Stopped)));
+    }
+}
