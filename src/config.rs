@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::protocol::tencent::TencentAuth;
+
 /// Where OpenIM and Tencent callbacks are served by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Where the admin API is served by default.
@@ -20,6 +22,10 @@ pub const DEFAULT_POLICIES: &str = "policies";
 pub const DEFAULT_DATA_DIR: &str = "data";
 /// The largest callback body accepted by default: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// How far a Tencent `RequestTime` may be from now by default.
+pub const DEFAULT_TENCENT_MAX_SKEW: &str = "60s";
+/// The size at which a record file is rotated by default: 64 MiB.
+pub const DEFAULT_RECORD_MAX_BYTES: u64 = 64 << 20;
 
 /// Every setting of `callgate serve`, each optional so sources can be merged.
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
@@ -52,6 +58,26 @@ pub struct Settings {
     /// Largest callback body in bytes [default: 1048576]
     #[arg(long, env = "CALLGATE_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
+
+    /// Tencent SdkAppid that callbacks must carry [default: accept any, with a warning]
+    #[arg(long, env = "CALLGATE_TENCENT_APP_ID", value_name = "ID")]
+    pub tencent_app_id: Option<String>,
+
+    /// Tencent callback-authentication token; when set, Sign and RequestTime are required
+    #[arg(long, env = "CALLGATE_TENCENT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub tencent_token: Option<String>,
+
+    /// How far a Tencent RequestTime may be from now [default: 60s]
+    #[arg(long, env = "CALLGATE_TENCENT_MAX_SKEW", value_name = "DURATION")]
+    pub tencent_max_skew: Option<String>,
+
+    /// Write records of every callback [default: true]
+    #[arg(long, env = "CALLGATE_RECORDS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub records: Option<bool>,
+
+    /// Size at which a record file is closed and a new one started [default: 67108864]
+    #[arg(long, env = "CALLGATE_RECORD_MAX_BYTES", value_name = "BYTES")]
+    pub record_max_bytes: Option<u64>,
 }
 
 /// How log lines are written.
@@ -82,6 +108,12 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Largest callback body in bytes.
     pub max_body_bytes: usize,
+    /// What Tencent callbacks must prove.
+    pub tencent: TencentAuth,
+    /// Whether records are written.
+    pub is_recording: bool,
+    /// Size at which a record file is rotated.
+    pub record_max_bytes: u64,
 }
 
 /// Why a configuration could not be built.
@@ -118,6 +150,11 @@ impl Settings {
             dry_run: self.dry_run.or(lower.dry_run),
             log_format: self.log_format.or(lower.log_format),
             max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
+            tencent_app_id: self.tencent_app_id.or(lower.tencent_app_id),
+            tencent_token: self.tencent_token.or(lower.tencent_token),
+            tencent_max_skew: self.tencent_max_skew.or(lower.tencent_max_skew),
+            records: self.records.or(lower.records),
+            record_max_bytes: self.record_max_bytes.or(lower.record_max_bytes),
         }
     }
 
@@ -134,7 +171,22 @@ impl Settings {
         if max_body_bytes == 0 {
             return Err(ConfigError::Value { key: "max_body_bytes", message: "must be at least 1".into() });
         }
+        let skew_text = self.tencent_max_skew.unwrap_or_else(|| DEFAULT_TENCENT_MAX_SKEW.to_string());
+        let max_skew = crate::duration::parse(&skew_text)
+            .map_err(|message| ConfigError::Value { key: "tencent_max_skew", message })?;
+        let record_max_bytes = self.record_max_bytes.unwrap_or(DEFAULT_RECORD_MAX_BYTES);
+        if record_max_bytes < 4096 {
+            return Err(ConfigError::Value { key: "record_max_bytes", message: "must be at least 4096".into() });
+        }
+        let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
         Ok(Config {
+            tencent: TencentAuth {
+                app_id: non_empty(self.tencent_app_id),
+                token: non_empty(self.tencent_token),
+                max_skew,
+            },
+            is_recording: self.records.unwrap_or(true),
+            record_max_bytes,
             listen: addr("listen", self.listen, DEFAULT_LISTEN)?,
             admin_listen: addr("admin_listen", self.admin_listen, DEFAULT_ADMIN_LISTEN)?,
             policies: self.policies.unwrap_or_else(|| DEFAULT_POLICIES.into()),

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use callgate::config::{DEFAULT_POLICIES, LogFormat, Settings};
 use callgate::event::Event;
 use callgate::policy::{self, Outcome, PolicyStore};
+use callgate::record::{self, EventFilter, Recorder};
 use callgate::server;
 
 /// A policy-gated callback decision engine for OpenIM and Tencent Cloud Chat.
@@ -47,6 +48,30 @@ enum Command {
         #[command(flatten)]
         policies: PoliciesArg,
     },
+    /// Print records (one JSON object a line, oldest first) matching every filter given
+    Events {
+        /// Record directory [default: ./data]
+        #[arg(long, env = "CALLGATE_DATA_DIR", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Only records newer than this, as in 30s, 15m, 1h, 7d
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// Only callbacks where an ID field (ownerUserID, From_Account, userIDList, …) is this
+        #[arg(long, value_name = "ID")]
+        user: Option<String>,
+        /// Only this callback command
+        #[arg(long, value_name = "COMMAND")]
+        command: Option<String>,
+        /// Only this answer: allow, deny, ack, or would_deny (a dry run that would refuse)
+        #[arg(long, value_name = "DECISION")]
+        decision: Option<String>,
+        /// Only this source: openim or tencent
+        #[arg(long, value_name = "SOURCE")]
+        source: Option<String>,
+        /// At most this many, the newest [default: no limit]
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -68,6 +93,14 @@ fn main() -> ExitCode {
         Command::Serve { config, settings } => serve(config.as_deref(), settings),
         Command::Check { policies, command, events } => check(&policies.dir(), command.as_deref(), &events),
         Command::Validate { policies } => validate(&policies.dir()),
+        Command::Events { data_dir, since, user, command, decision, source, limit } => {
+            let data_dir = data_dir.unwrap_or_else(|| callgate::config::DEFAULT_DATA_DIR.into());
+            events(
+                &data_dir,
+                since.as_deref(),
+                EventFilter { since: None, user, command, decision, source, limit: limit.unwrap_or(0) },
+            )
+        }
     };
     match result {
         Ok(code) => code,
@@ -101,10 +134,25 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
     if config.is_dry_run {
         tracing::warn!("dry run: every callback is answered allow; records show what the rules would have answered");
     }
+    if config.tencent.app_id.is_none() {
+        tracing::warn!(
+            "no Tencent app ID configured: Tencent callbacks from any SdkAppid are accepted; set --tencent-app-id"
+        );
+    }
+    let recorder = if config.is_recording {
+        let recorder = Recorder::open(&config.data_dir, config.record_max_bytes)?;
+        Some(Arc::new(recorder))
+    } else {
+        tracing::warn!("records are off: callbacks are decided and acknowledged but not recorded");
+        None
+    };
     let state = Arc::new(server::State {
         policies: Arc::new(store),
         is_dry_run: config.is_dry_run,
         max_body_bytes: config.max_body_bytes,
+        tencent: config.tencent.clone(),
+        recorder,
+        data_dir: config.data_dir.clone(),
     });
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -211,6 +259,16 @@ fn check(dir: &Path, command: Option<&str>, events: &[PathBuf]) -> Result<ExitCo
         for hit in &decision.dry_run {
             writeln!(out, "  dry run: rule `{}` would {}", hit.rule, hit.outcome.as_str())?;
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn events(data_dir: &Path, since: Option<&str>, mut filter: EventFilter) -> Result<ExitCode> {
+    filter.since = since.map(callgate::duration::parse).transpose().map_err(|m| anyhow::anyhow!("--since: {m}"))?;
+    let lines = record::query(data_dir, &filter)?;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        writeln!(out, "{line}")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -92,7 +92,7 @@ pub fn command_from_url<'a>(path_command: Option<&'a str>, query: &'a str) -> Op
 pub fn decode(url_command: Option<&str>, operation_id: &str, raw: Bytes) -> Result<Event, DecodeError> {
     let value: Value = serde_json::from_slice(&raw).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let Value::Object(body) = value else {
-        return Err(DecodeError::NotObject(json_type(&value)));
+        return Err(DecodeError::NotObject(super::json_type(&value)));
     };
     let body_command = match body.get("callbackCommand") {
         None => None,
@@ -106,7 +106,7 @@ pub fn decode(url_command: Option<&str>, operation_id: &str, raw: Bytes) -> Resu
         (Some(c), _) | (None, Some(c)) => c,
         (None, None) => return Err(DecodeError::NoCommand),
     };
-    if !is_valid_command(command) {
+    if !super::is_valid_command(command, MAX_COMMAND_LEN) {
         return Err(DecodeError::BadCommand(command.chars().take(MAX_COMMAND_LEN).collect()));
     }
     Ok(Event {
@@ -116,23 +116,6 @@ pub fn decode(url_command: Option<&str>, operation_id: &str, raw: Bytes) -> Resu
         body,
         raw,
     })
-}
-
-fn is_valid_command(c: &str) -> bool {
-    !c.is_empty()
-        && c.len() <= MAX_COMMAND_LEN
-        && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[derive(Serialize)]

@@ -7,16 +7,23 @@
 mod admin;
 mod body;
 mod openim;
+mod tencent;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use bytes::Bytes;
+use warp::http::{StatusCode, header};
 
 use tokio::net::TcpListener;
 use warp::Filter;
 
 use crate::config::Config;
 use crate::policy::PolicyStore;
+use crate::protocol::tencent::TencentAuth;
+use crate::record::Recorder;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -27,6 +34,12 @@ pub struct State {
     pub is_dry_run: bool,
     /// Largest callback body in bytes.
     pub max_body_bytes: usize,
+    /// What Tencent callbacks must prove.
+    pub tencent: TencentAuth,
+    /// Where records go; `None` when recording is off.
+    pub recorder: Option<Arc<Recorder>>,
+    /// The record directory, for queries.
+    pub data_dir: PathBuf,
 }
 
 /// Why the server could not start.
@@ -79,7 +92,8 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let callbacks = openim::routes(state.clone()).recover(openim::recover);
+    let recorder = state.recorder.clone();
+    let callbacks = openim::routes(state.clone()).or(tencent::routes(state.clone())).unify().recover(openim::recover);
     let callbacks = warp::serve(callbacks).incoming(bound.callbacks).graceful(stopped(stop_rx.clone())).run();
     let admin = warp::serve(admin::routes(state)).incoming(bound.admin).graceful(stopped(stop_rx)).run();
     let callbacks = tokio::spawn(callbacks);
@@ -90,5 +104,17 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = callbacks.await;
     let _ = admin.await;
+    if let Some(recorder) = recorder {
+        recorder.stop().await;
+        tracing::info!("records flushed");
+    }
     Ok(())
+}
+
+/// A JSON answer with a status.
+fn json_reply(status: StatusCode, body: Bytes) -> warp::reply::Response {
+    let mut response = warp::reply::Response::new(body.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response
 }

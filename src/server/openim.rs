@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use warp::http::{Method, StatusCode, header};
+use warp::http::{Method, StatusCode};
 use warp::{Filter, Rejection};
 
-use super::State;
 use super::body::{BodyError, read_limited};
+use super::{State, json_reply};
 use crate::policy::Outcome;
 use crate::protocol::openim::{self, DecodeError};
+use crate::record;
 
 /// The callback routes.
 pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
@@ -33,7 +34,9 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
              body,
              state: Arc<State>| async move {
                 if method != Method::POST {
-                    return error_reply(StatusCode::METHOD_NOT_ALLOWED, 1009, "callbacks must be POSTed");
+                    let mut reply = error_reply(StatusCode::METHOD_NOT_ALLOWED, 1009, "callbacks must be POSTed");
+                    reply.headers_mut().insert(warp::http::header::ALLOW, warp::http::HeaderValue::from_static("POST"));
+                    return reply;
                 }
                 let raw = match read_limited(len, body, state.max_body_bytes).await {
                     Ok(raw) => raw,
@@ -64,6 +67,9 @@ fn handle(state: &State, path_command: &str, query: &str, operation_id: &str, ra
     for hit in &decision.dry_run {
         tracing::info!(command = %event.command, rule = %hit.rule, would = hit.outcome.as_str(), "dry-run rule held");
     }
+    if let Some(recorder) = &state.recorder {
+        recorder.record(record::openim_line(&event, &decision, state.is_dry_run, set.version(), started.elapsed()));
+    }
     let answer = if state.is_dry_run {
         if let Outcome::Deny(_) = decision.outcome {
             tracing::info!(command = %event.command, rule, "dry run: would deny");
@@ -83,13 +89,6 @@ fn bad_request(err: &DecodeError) -> warp::reply::Response {
 
 fn error_reply(status: StatusCode, code: i32, message: &str) -> warp::reply::Response {
     json_reply(status, openim::encode_error(code, message))
-}
-
-fn json_reply(status: StatusCode, body: Bytes) -> warp::reply::Response {
-    let mut response = warp::reply::Response::new(body.into());
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-    response
 }
 
 /// Turns warp's own rejections (no route matched) into answers in OpenIM's format.

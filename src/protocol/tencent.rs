@@ -1,0 +1,326 @@
+//! Tencent Cloud Chat's callback wire format: the query string (`SdkAppid`,
+//! `CallbackCommand`, `ClientIP`, `OptPlatform`, and `Sign`/`RequestTime` when callback
+//! authentication is on), the JSON body, and the `ActionStatus` answers.
+//!
+//! Tencent's callbacks report what already happened; callgate checks that a callback is
+//! genuine, then acknowledges it. Checks run cheapest and most telling first: app ID, then
+//! signature, then the body.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::event::{Event, Source};
+use crate::record::TencentMeta;
+
+/// The acknowledgement.
+pub const OK: &[u8] = br#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#;
+
+/// The longest command name accepted.
+const MAX_COMMAND_LEN: usize = 128;
+
+/// What a Tencent callback must prove.
+#[derive(Debug, Clone)]
+pub struct TencentAuth {
+    /// The app ID callbacks must carry; `None` accepts any.
+    pub app_id: Option<String>,
+    /// The callback-authentication token; `None` means callbacks are not signed.
+    pub token: Option<String>,
+    /// How far `RequestTime` may be from now.
+    pub max_skew: Duration,
+}
+
+/// Why a Tencent callback was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TencentError {
+    /// No `SdkAppid` while an app ID is configured.
+    #[error("missing SdkAppid in the query")]
+    MissingAppId,
+    /// `SdkAppid` is not the configured one.
+    #[error("SdkAppid `{0}` is not this server's app")]
+    WrongAppId(String),
+    /// No `Sign` while a token is configured.
+    #[error("missing Sign in the query; callback authentication is on")]
+    MissingSign,
+    /// No `RequestTime` while a token is configured.
+    #[error("missing RequestTime in the query; callback authentication is on")]
+    MissingRequestTime,
+    /// `RequestTime` is not a number of seconds.
+    #[error("RequestTime `{0}` is not a Unix time in seconds")]
+    BadRequestTime(String),
+    /// `RequestTime` is too far from now.
+    #[error("RequestTime is {skew_secs} s from now; at most {max_secs} s is accepted")]
+    StaleRequestTime { skew_secs: u64, max_secs: u64 },
+    /// `Sign` does not match.
+    #[error("Sign does not match sha256(token + RequestTime)")]
+    WrongSign,
+    /// The body is not JSON.
+    #[error("body is not valid JSON: {0}")]
+    NotJson(String),
+    /// The body is JSON but not an object.
+    #[error("body must be a JSON object, got {0}")]
+    NotObject(&'static str),
+    /// The body is over the size limit.
+    #[error("body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The body could not be read.
+    #[error("body could not be read: {0}")]
+    BodyRead(String),
+    /// Neither query nor body names the command.
+    #[error("no CallbackCommand in the query or the body")]
+    NoCommand,
+    /// Query and body name different commands.
+    #[error("CallbackCommand in the query is `{query}` but the body's is `{body}`")]
+    CommandMismatch { query: String, body: String },
+    /// The command is not a plausible name.
+    #[error("CallbackCommand `{0}` is not valid: use letters, digits, `_` and `.`, at most 128")]
+    BadCommand(String),
+    /// A blocklist callback whose `PairList` is not a list of account pairs.
+    #[error("{command}: PairList must be a list of {{\"From_Account\":…,\"To_Account\":…}}: {message}")]
+    BadPairList { command: String, message: String },
+}
+
+impl TencentError {
+    /// The HTTP status: 401 for signature problems, 403 for another app, 413 for size, else 400.
+    pub fn status(&self) -> u16 {
+        match self {
+            TencentError::MissingSign
+            | TencentError::MissingRequestTime
+            | TencentError::BadRequestTime(_)
+            | TencentError::StaleRequestTime { .. }
+            | TencentError::WrongSign => 401,
+            TencentError::MissingAppId | TencentError::WrongAppId(_) => 403,
+            TencentError::TooLarge { .. } => 413,
+            _ => 400,
+        }
+    }
+
+    /// A short stable name, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TencentError::MissingAppId => "missing_app_id",
+            TencentError::WrongAppId(_) => "wrong_app_id",
+            TencentError::MissingSign => "missing_sign",
+            TencentError::MissingRequestTime => "missing_request_time",
+            TencentError::BadRequestTime(_) => "bad_request_time",
+            TencentError::StaleRequestTime { .. } => "stale_request_time",
+            TencentError::WrongSign => "wrong_sign",
+            TencentError::NotJson(_) => "not_json",
+            TencentError::NotObject(_) => "not_object",
+            TencentError::TooLarge { .. } => "too_large",
+            TencentError::BodyRead(_) => "body_read",
+            TencentError::NoCommand => "no_command",
+            TencentError::CommandMismatch { .. } => "command_mismatch",
+            TencentError::BadCommand(_) => "bad_command",
+            TencentError::BadPairList { .. } => "bad_pair_list",
+        }
+    }
+}
+
+/// The query parameters Tencent sends.
+#[derive(Debug, Default)]
+struct Query {
+    sdk_app_id: Option<String>,
+    command: Option<String>,
+    client_ip: String,
+    opt_platform: String,
+    sign: Option<String>,
+    request_time: Option<String>,
+}
+
+impl Query {
+    fn parse(raw: &str) -> Query {
+        let mut q = Query::default();
+        for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+            let v = v.into_owned();
+            match &*k {
+                "SdkAppid" | "SdkAppId" => q.sdk_app_id = Some(v),
+                "CallbackCommand" => q.command = Some(v),
+                "ClientIP" => q.client_ip = v,
+                "OptPlatform" => q.opt_platform = v,
+                "Sign" => q.sign = Some(v),
+                "RequestTime" => q.request_time = Some(v),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// `lowercase_hex(sha256(token + request_time))`, Tencent's callback signature.
+pub fn sign(token: &str, request_time: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(token.as_bytes());
+    h.update(request_time.as_bytes());
+    hex::encode(h.finalize())
+}
+
+fn check_auth(auth: &TencentAuth, q: &Query, now: SystemTime) -> Result<(), TencentError> {
+    if let Some(app_id) = &auth.app_id {
+        match &q.sdk_app_id {
+            None => return Err(TencentError::MissingAppId),
+            Some(got) if got != app_id => return Err(TencentError::WrongAppId(got.chars().take(64).collect())),
+            Some(_) => {}
+        }
+    }
+    let Some(token) = &auth.token else { return Ok(()) };
+    let sign_given = q.sign.as_deref().ok_or(TencentError::MissingSign)?;
+    let time_text = q.request_time.as_deref().ok_or(TencentError::MissingRequestTime)?;
+    let time: i64 =
+        time_text.parse().map_err(|_| TencentError::BadRequestTime(time_text.chars().take(32).collect()))?;
+    let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let skew_secs = now_secs.abs_diff(time);
+    if skew_secs > auth.max_skew.as_secs() {
+        return Err(TencentError::StaleRequestTime { skew_secs, max_secs: auth.max_skew.as_secs() });
+    }
+    let expected = sign(token, time_text);
+    let given = sign_given.to_ascii_lowercase();
+    if !bool::from(expected.as_bytes().ct_eq(given.as_bytes())) {
+        return Err(TencentError::WrongSign);
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Pair {
+    #[serde(rename = "From_Account")]
+    _from: String,
+    #[serde(rename = "To_Account")]
+    _to: String,
+}
+
+/// Decodes and verifies one Tencent callback; `now` is the time `RequestTime` is checked
+/// against.
+pub fn decode(
+    auth: &TencentAuth,
+    query: &str,
+    raw: Bytes,
+    now: SystemTime,
+) -> Result<(Event, TencentMeta), TencentError> {
+    let q = Query::parse(query);
+    check_auth(auth, &q, now)?;
+    let value: Value = serde_json::from_slice(&raw).map_err(|e| TencentError::NotJson(e.to_string()))?;
+    let Value::Object(body) = value else {
+        return Err(TencentError::NotObject(super::json_type(&value)));
+    };
+    let body_command = body.get("CallbackCommand").and_then(Value::as_str);
+    let command = match (q.command.as_deref(), body_command) {
+        (Some(qc), Some(bc)) if qc != bc => {
+            return Err(TencentError::CommandMismatch { query: qc.into(), body: bc.into() });
+        }
+        (Some(c), _) | (None, Some(c)) => c.to_string(),
+        (None, None) => return Err(TencentError::NoCommand),
+    };
+    if !super::is_valid_command(&command, MAX_COMMAND_LEN) {
+        return Err(TencentError::BadCommand(command.chars().take(MAX_COMMAND_LEN).collect()));
+    }
+    if matches!(command.as_str(), "Sns.CallbackBlackListAdd" | "Sns.CallbackBlackListDelete") {
+        let pairs = body.get("PairList").unwrap_or(&Value::Null);
+        if let Err(e) = Vec::<Pair>::deserialize(pairs) {
+            return Err(TencentError::BadPairList { command, message: e.to_string() });
+        }
+    }
+    let meta = TencentMeta {
+        sdk_app_id: q.sdk_app_id.unwrap_or_default(),
+        client_ip: q.client_ip,
+        opt_platform: q.opt_platform,
+    };
+    let event = Event { source: Source::Tencent, command, operation_id: String::new(), body, raw };
+    Ok((event, meta))
+}
+
+/// The answer to a refused callback.
+pub fn encode_fail(message: &str) -> Bytes {
+    let body = serde_json::json!({"ActionStatus": "FAIL", "ErrorCode": 1, "ErrorInfo": message});
+    // `json!` orders keys alphabetically, which is the order Tencent documents.
+    Bytes::from(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_669_872_112;
+
+    fn auth() -> TencentAuth {
+        TencentAuth {
+            app_id: Some("1400000000".into()),
+            token: Some("xxxxyyyy".into()),
+            max_skew: Duration::from_secs(60),
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn body() -> Bytes {
+        Bytes::from_static(
+            br#"{"CallbackCommand":"Sns.CallbackBlackListDelete","PairList":[{"From_Account":"a","To_Account":"b"}]}"#,
+        )
+    }
+
+    const SIGNED: &str = "SdkAppid=1400000000&CallbackCommand=Sns.CallbackBlackListDelete&contenttype=json&ClientIP=1.2.3.4&OptPlatform=iOS&RequestTime=1669872112&Sign=17773bc39a671d7b9aa835458704d2a6db81360a5940292b587d6d760d484061";
+
+    #[test]
+    fn documented_test_vector() {
+        assert_eq!(sign("xxxxyyyy", "1669872112"), "17773bc39a671d7b9aa835458704d2a6db81360a5940292b587d6d760d484061");
+    }
+
+    #[test]
+    fn a_signed_fresh_callback_is_accepted() {
+        let (event, meta) = decode(&auth(), SIGNED, body(), at(NOW + 59)).unwrap();
+        assert_eq!(event.command, "Sns.CallbackBlackListDelete");
+        assert_eq!(
+            (meta.sdk_app_id.as_str(), meta.client_ip.as_str(), meta.opt_platform.as_str()),
+            ("1400000000", "1.2.3.4", "iOS")
+        );
+    }
+
+    #[test]
+    fn each_check_refuses() {
+        let d = |q: &str, t: u64| decode(&auth(), q, body(), at(t)).map(|_| ()).unwrap_err().kind();
+        assert_eq!(d(&SIGNED.replace("SdkAppid=1400000000&", ""), NOW), "missing_app_id");
+        assert_eq!(d(&SIGNED.replace("SdkAppid=1400000000", "SdkAppid=1"), NOW), "wrong_app_id");
+        assert_eq!(d(&SIGNED[..SIGNED.find("&Sign").unwrap()], NOW), "missing_sign");
+        assert_eq!(d(&SIGNED.replace("&RequestTime=1669872112", ""), NOW), "missing_request_time");
+        assert_eq!(d(&SIGNED.replace("RequestTime=1669872112", "RequestTime=soon"), NOW), "bad_request_time");
+        assert_eq!(d(SIGNED, NOW + 61), "stale_request_time");
+        assert_eq!(d(SIGNED, NOW - 61), "stale_request_time");
+        assert_eq!(d(&SIGNED.replace("Sign=1", "Sign=2"), NOW), "wrong_sign");
+        assert_eq!(
+            d(&SIGNED.replace("Sns.CallbackBlackListDelete", "Sns.CallbackBlackListAdd"), NOW),
+            "command_mismatch"
+        );
+    }
+
+    #[test]
+    fn both_app_id_spellings_are_accepted() {
+        assert!(decode(&auth(), &SIGNED.replace("SdkAppid=", "SdkAppId="), body(), at(NOW)).is_ok());
+    }
+
+    #[test]
+    fn body_checks() {
+        let open = TencentAuth { app_id: None, token: None, max_skew: Duration::from_secs(60) };
+        let d = |q: &str, b: &'static str| {
+            decode(&open, q, Bytes::from_static(b.as_bytes()), at(NOW)).map(|_| ()).unwrap_err().kind()
+        };
+        assert_eq!(d("", "nope"), "not_json");
+        assert_eq!(d("", "[]"), "not_object");
+        assert_eq!(d("", "{}"), "no_command");
+        assert_eq!(d("CallbackCommand=a%20b", "{}"), "bad_command");
+        assert_eq!(
+            d("CallbackCommand=Sns.CallbackBlackListAdd", r#"{"PairList":[{"From_Account":"a"}]}"#),
+            "bad_pair_list"
+        );
+        assert_eq!(d("CallbackCommand=Sns.CallbackBlackListAdd", "{}"), "bad_pair_list");
+        assert!(
+            decode(&open, "CallbackCommand=Group.CallbackAfterNewMemberJoin", Bytes::from_static(b"{}"), at(NOW))
+                .is_ok()
+        );
+    }
+}

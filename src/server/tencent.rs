@@ -1,0 +1,62 @@
+//! `POST /tencent`: Tencent Cloud Chat callbacks, verified, recorded durably, then acknowledged.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection};
+
+use super::body::{BodyError, read_limited};
+use super::{State, json_reply};
+use crate::protocol::tencent::{self, TencentError};
+use crate::record;
+
+/// The Tencent callback route.
+pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    warp::path!("tencent")
+        .and(warp::post())
+        .and(query)
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .and(warp::any().map(move || state.clone()))
+        .then(|query: String, len: Option<u64>, body, state: Arc<State>| async move {
+            let started = Instant::now();
+            let raw = match read_limited(len, body, state.max_body_bytes).await {
+                Ok(raw) => raw,
+                Err(BodyError::TooLarge) => return fail(&TencentError::TooLarge { limit: state.max_body_bytes }),
+                Err(BodyError::Read(e)) => return fail(&TencentError::BodyRead(e)),
+            };
+            handle(&state, &query, raw, started).await
+        })
+}
+
+/// Decode and verify, record (durably), acknowledge.
+async fn handle(state: &State, query: &str, raw: Bytes, started: Instant) -> warp::reply::Response {
+    let (event, meta) = match tencent::decode(&state.tencent, query, raw, SystemTime::now()) {
+        Ok(decoded) => decoded,
+        Err(err) => return fail(&err),
+    };
+    if let Some(recorder) = &state.recorder {
+        let line = record::tencent_line(&event, &meta, started.elapsed());
+        if let Err(err) = recorder.record_durable(line).await {
+            // Not acknowledged: Tencent must not believe an unrecorded event was kept.
+            tracing::error!(command = %event.command, "Tencent callback not acknowledged: {err}");
+            metrics::counter!("callgate_tencent_unrecorded_total").increment(1);
+            return json_reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                tencent::encode_fail(&format!("cannot record the callback: {err}")),
+            );
+        }
+    }
+    metrics::counter!("callgate_tencent_callbacks_total").increment(1);
+    json_reply(StatusCode::OK, Bytes::from_static(tencent::OK))
+}
+
+fn fail(err: &TencentError) -> warp::reply::Response {
+    metrics::counter!("callgate_bad_requests_total", "source" => "tencent", "reason" => err.kind()).increment(1);
+    tracing::warn!(reason = err.kind(), "Tencent callback refused: {err}");
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    json_reply(status, tencent::encode_fail(&err.to_string()))
+}
