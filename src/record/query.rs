@@ -79,11 +79,8 @@ impl EventFilter {
                     return false;
                 }
             }
-            Some(d) => {
-                if record["decision"] != d {
-                    return false;
-                }
-            }
+            Some(d) if record["decision"] != d => return false,
+            Some(_) => {}
         }
         if let Some(user) = &self.user {
             if !has_id(&record["body"], false, user) {

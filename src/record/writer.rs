@@ -45,8 +45,11 @@ pub enum RecordError {
     QueueFull,
 }
 
+/// Told when a durable record is on disk, or why it is not.
+type Done = oneshot::Sender<Result<(), RecordError>>;
+
 enum Job {
-    Line { line: Vec<u8>, done: Option<oneshot::Sender<Result<(), RecordError>>> },
+    Line { line: Vec<u8>, done: Option<Done> },
     Stop(oneshot::Sender<()>),
 }
 
@@ -121,7 +124,7 @@ fn run(mut segment: Segment, mut rx: mpsc::Receiver<Job>) {
             return;
         }
     };
-    let mut batch: Vec<(Vec<u8>, Option<oneshot::Sender<Result<(), RecordError>>>)> = Vec::new();
+    let mut batch: Vec<(Vec<u8>, Option<Done>)> = Vec::new();
     let mut buf = Vec::new();
     let mut last_sync = Instant::now();
     let mut is_dirty = false;
