@@ -80,12 +80,13 @@ impl DecodeError {
 }
 
 /// The command named in the URL, by path (`/openim/{command}`) or query (`?command=`).
-/// `None` when the URL names none.
+/// `None` when the URL names none. Slashes around the path command are ignored, so a
+/// `webhooks.yml` url ending in `/` (OpenIM then posts to `/openim//{command}`) still works.
 pub fn command_from_url<'a>(path_command: Option<&'a str>, query: &'a str) -> Option<std::borrow::Cow<'a, str>> {
-    if let Some(c) = path_command.filter(|c| !c.is_empty()) {
+    if let Some(c) = path_command.map(|c| c.trim_matches('/')).filter(|c| !c.is_empty()) {
         return Some(c.into());
     }
-    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "command").map(|(_, v)| v)
+    form_urlencoded::parse(query.as_bytes()).find(|(k, v)| k == "command" && !v.is_empty()).map(|(_, v)| v)
 }
 
 /// Decodes one OpenIM callback. `url_command` is what [`command_from_url`] found.
@@ -179,6 +180,8 @@ mod tests {
         assert_eq!(command_from_url(Some("a"), "command=b").as_deref(), Some("a"));
         assert_eq!(command_from_url(None, "contenttype=json&command=b").as_deref(), Some("b"));
         assert_eq!(command_from_url(Some(""), "contenttype=json").as_deref(), None);
+        assert_eq!(command_from_url(Some("/a/"), "").as_deref(), Some("a"));
+        assert_eq!(command_from_url(Some(""), "command=").as_deref(), None);
     }
 
     #[test]

@@ -133,7 +133,7 @@ fn run(mut segment: Segment, mut rx: mpsc::Receiver<Job>) {
         // Wait for work, but wake up in time to sync records nobody waits for.
         let first = if is_dirty {
             let left = SYNC_EVERY.saturating_sub(last_sync.elapsed());
-            match timer.block_on(tokio::time::timeout(left, rx.recv())) {
+            match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
                 Ok(job) => job,
                 Err(_idle) => {
                     if segment.sync().is_ok() {
@@ -163,13 +163,9 @@ fn run(mut segment: Segment, mut rx: mpsc::Receiver<Job>) {
             next = if batch.len() < MAX_BATCH { rx.try_recv().ok() } else { None };
         }
         if !batch.is_empty() {
-            buf.clear();
-            for (line, _) in &batch {
-                buf.extend_from_slice(line);
-            }
             let needs_sync =
                 stop.is_some() || batch.iter().any(|(_, d)| d.is_some()) || last_sync.elapsed() >= SYNC_EVERY;
-            let mut result = segment.append(&buf);
+            let mut result = segment.append(batch.iter().map(|(line, _)| line.as_slice()), &mut buf);
             if result.is_ok() {
                 is_dirty = true;
                 if needs_sync {
@@ -248,10 +244,27 @@ impl Segment {
         segment_ms(&self.path).unwrap_or(0)
     }
 
-    fn append(&mut self, bytes: &[u8]) -> Result<(), RecordError> {
-        if self.len > 0 && self.len + bytes.len() as u64 > self.max_bytes {
-            self.sync()?;
-            *self = Segment::create(&self.dir, self.max_bytes, self.created_ms())?;
+    /// Appends whole lines, starting a new file before a line that would take this one
+    /// past its size (a single line larger than that gets a file of its own). `buf` is
+    /// scratch space, so a batch costs one `write` per file it touches.
+    fn append<'a>(&mut self, lines: impl Iterator<Item = &'a [u8]>, buf: &mut Vec<u8>) -> Result<(), RecordError> {
+        buf.clear();
+        for line in lines {
+            let is_full = self.len + (buf.len() + line.len()) as u64 > self.max_bytes;
+            if is_full && self.len + buf.len() as u64 > 0 {
+                self.write(buf)?;
+                buf.clear();
+                self.sync()?;
+                *self = Segment::create(&self.dir, self.max_bytes, self.created_ms())?;
+            }
+            buf.extend_from_slice(line);
+        }
+        self.write(buf)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), RecordError> {
+        if bytes.is_empty() {
+            return Ok(());
         }
         match self.file.write_all(bytes) {
             Ok(()) => {

@@ -76,6 +76,7 @@ pub struct Server {
     /// The policy version printed at start.
     pub version: String,
     log: PathBuf,
+    data: PathBuf,
     _scratch: tempfile::TempDir,
     pub client: reqwest::Client,
 }
@@ -88,15 +89,25 @@ impl Server {
 
     /// Starts a server; returns its stderr if it exits or stalls before it is ready.
     pub fn try_start(policies: &Path, extra: &[&str]) -> Result<Server, String> {
+        Server::try_start_with_data(policies, None, extra)
+    }
+
+    /// Starts a server whose records go to `data` (which outlives it), as for a restart.
+    pub fn start_with_data(policies: &Path, data: &Path, extra: &[&str]) -> Server {
+        Server::try_start_with_data(policies, Some(data), extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_with_data(policies: &Path, data: Option<&Path>, extra: &[&str]) -> Result<Server, String> {
         let scratch = tempfile::tempdir().unwrap();
         let log = scratch.path().join("stderr.log");
+        let data = data.map_or_else(|| scratch.path().join("data"), Path::to_path_buf);
         let mut child = Command::new(env!("CARGO_BIN_EXE_callgate"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--policies")
             .arg(policies)
             .arg("--data-dir")
-            .arg(scratch.path().join("data"))
+            .arg(&data)
             .args(extra)
             .env_remove("CALLGATE_CONFIG")
             .env("CALLGATE_LOG", "debug")
@@ -132,6 +143,7 @@ impl Server {
                         admin: urls[1].to_string(),
                         version,
                         log,
+                        data,
                         _scratch: scratch,
                         client: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
                     });
@@ -158,6 +170,36 @@ impl Server {
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill").args(["-s", sig, &self.pid().to_string()]).status().unwrap();
         assert!(status.success());
+    }
+
+    /// The record directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.signal("TERM");
+        self.child.wait().unwrap().code()
+    }
+
+    /// POSTs a Tencent callback with `query`; returns status and body text.
+    pub async fn post_tencent(&self, query: &str, body: &str) -> (u16, String) {
+        let resp = self
+            .client
+            .post(format!("{}/tencent?{query}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
     /// Everything the server logged so far.
@@ -218,4 +260,17 @@ pub const ALLOW: &str = r#"{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","
 pub fn refusal(code: i32, msg: &str, detail: &str) -> String {
     let q = |s: &str| serde_json::to_string(s).unwrap();
     format!(r#"{{"actionCode":0,"errCode":{code},"errMsg":{},"errDlt":{},"nextCode":1}}"#, q(msg), q(detail))
+}
+
+/// Runs `callgate events --data-dir DIR ARGS…` and returns the records as JSON values.
+pub fn events(data: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .arg("events")
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "events failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
