@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use std::time::Duration;
+
 use crate::protocol::tencent::TencentAuth;
+use crate::ratecap::OnError;
 
 /// Where OpenIM and Tencent callbacks are served by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -26,6 +29,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 pub const DEFAULT_TENCENT_MAX_SKEW: &str = "60s";
 /// The size at which a record file is rotated by default: 64 MiB.
 pub const DEFAULT_RECORD_MAX_BYTES: u64 = 64 << 20;
+/// How long a Redis call may take by default.
+pub const DEFAULT_REDIS_TIMEOUT: &str = "50ms";
+/// How many rate-cap keys the in-memory store tracks at most by default.
+pub const DEFAULT_CAP_MAX_KEYS: usize = 1_000_000;
 
 /// Every setting of `callgate serve`, each optional so sources can be merged.
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
@@ -78,6 +85,22 @@ pub struct Settings {
     /// Size at which a record file is closed and a new one started [default: 67108864]
     #[arg(long, env = "CALLGATE_RECORD_MAX_BYTES", value_name = "BYTES")]
     pub record_max_bytes: Option<u64>,
+
+    /// Redis for rate caps shared by several instances, as redis://host:6379/0 [default: caps in memory]
+    #[arg(long, env = "CALLGATE_REDIS_URL", value_name = "URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// How long a Redis call may take before the cap answers per --on-error [default: 50ms]
+    #[arg(long, env = "CALLGATE_REDIS_TIMEOUT", value_name = "DURATION")]
+    pub redis_timeout: Option<String>,
+
+    /// What a rate cap answers when its store cannot: allow (fail open) or deny [default: allow]
+    #[arg(long, env = "CALLGATE_ON_ERROR", value_name = "ANSWER")]
+    pub on_error: Option<OnError>,
+
+    /// Most rate-cap keys tracked in memory; past it new keys answer per --on-error [default: 1000000]
+    #[arg(long, env = "CALLGATE_CAP_MAX_KEYS", value_name = "N")]
+    pub cap_max_keys: Option<usize>,
 }
 
 /// How log lines are written.
@@ -114,6 +137,14 @@ pub struct Config {
     pub is_recording: bool,
     /// Size at which a record file is rotated.
     pub record_max_bytes: u64,
+    /// Redis URL for shared rate caps; `None` keeps caps in memory.
+    pub redis_url: Option<String>,
+    /// Timeout of each Redis call.
+    pub redis_timeout: Duration,
+    /// What a cap answers when its store cannot.
+    pub on_error: OnError,
+    /// Most keys the in-memory cap store tracks.
+    pub cap_max_keys: usize,
 }
 
 /// Why a configuration could not be built.
@@ -155,6 +186,10 @@ impl Settings {
             tencent_max_skew: self.tencent_max_skew.or(lower.tencent_max_skew),
             records: self.records.or(lower.records),
             record_max_bytes: self.record_max_bytes.or(lower.record_max_bytes),
+            redis_url: self.redis_url.or(lower.redis_url),
+            redis_timeout: self.redis_timeout.or(lower.redis_timeout),
+            on_error: self.on_error.or(lower.on_error),
+            cap_max_keys: self.cap_max_keys.or(lower.cap_max_keys),
         }
     }
 
@@ -179,6 +214,13 @@ impl Settings {
             return Err(ConfigError::Value { key: "record_max_bytes", message: "must be at least 4096".into() });
         }
         let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+        let timeout_text = self.redis_timeout.unwrap_or_else(|| DEFAULT_REDIS_TIMEOUT.to_string());
+        let redis_timeout = crate::duration::parse(&timeout_text)
+            .map_err(|message| ConfigError::Value { key: "redis_timeout", message })?;
+        let cap_max_keys = self.cap_max_keys.unwrap_or(DEFAULT_CAP_MAX_KEYS);
+        if cap_max_keys == 0 {
+            return Err(ConfigError::Value { key: "cap_max_keys", message: "must be at least 1".into() });
+        }
         Ok(Config {
             tencent: TencentAuth {
                 app_id: non_empty(self.tencent_app_id),
@@ -186,6 +228,10 @@ impl Settings {
                 max_skew,
             },
             is_recording: self.records.unwrap_or(true),
+            redis_url: non_empty(self.redis_url),
+            redis_timeout,
+            on_error: self.on_error.unwrap_or_default(),
+            cap_max_keys,
             record_max_bytes,
             listen: addr("listen", self.listen, DEFAULT_LISTEN)?,
             admin_listen: addr("admin_listen", self.admin_listen, DEFAULT_ADMIN_LISTEN)?,

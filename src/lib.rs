@@ -9,6 +9,7 @@
 //! - [`protocol`]: OpenIM (and later Tencent) wire formats; no rules
 //! - [`policy`]: YAML policies → `PolicySet`; evaluation; live reload
 //! - [`server`]: the warp listeners; the only module that knows HTTP
+//! - [`ratecap`]: rolling-window counts for rate caps, in memory or in Redis
 //! - [`duration`]: the `30s`/`1m` syntax shared by policies and config
 
 pub mod config;
@@ -16,5 +17,6 @@ pub mod duration;
 pub mod event;
 pub mod policy;
 pub mod protocol;
+pub mod ratecap;
 pub mod record;
 pub mod server;

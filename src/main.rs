@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use callgate::config::{DEFAULT_POLICIES, LogFormat, Settings};
 use callgate::event::Event;
 use callgate::policy::{self, Outcome, PolicyStore};
+use callgate::ratecap::{CapStore, MemoryCaps, RedisCaps};
 use callgate::record::{self, EventFilter, Recorder};
 use callgate::server;
 
@@ -146,6 +147,13 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
         tracing::warn!("records are off: callbacks are decided and acknowledged but not recorded");
         None
     };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    // The Redis client binds to the runtime it is made in.
+    let _in_runtime = runtime.enter();
+    let caps = Arc::new(match &config.redis_url {
+        Some(url) => CapStore::Redis(RedisCaps::new(url, config.redis_timeout).context("--redis-url")?),
+        None => CapStore::Memory(MemoryCaps::new(config.cap_max_keys)),
+    });
     let state = Arc::new(server::State {
         policies: Arc::new(store),
         is_dry_run: config.is_dry_run,
@@ -153,9 +161,10 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
         tencent: config.tencent.clone(),
         recorder,
         data_dir: config.data_dir.clone(),
+        caps,
+        on_error: config.on_error,
     });
 
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let bound = server::bind(&config).await?;
         // Tests and scripts wait for this line; a closed stdout must not stop the server.
@@ -245,7 +254,7 @@ fn check(dir: &Path, command: Option<&str>, events: &[PathBuf]) -> Result<ExitCo
                 .map(str::to_string)
                 .with_context(|| format!("`{}` has no string `callbackCommand`; pass --command", path.display()))?,
         };
-        let (decision, trace) = set.explain(&Event::openim(command.clone(), body));
+        let (decision, trace) = set.explain(&Event::openim(command.clone(), body), &Default::default());
         let by = decision.rule.as_deref().map_or("the default".to_string(), |r| format!("rule `{r}`"));
         match &decision.outcome {
             Outcome::Allow => writeln!(out, "{}: {command}: allow, by {by}", path.display())?,
@@ -254,7 +263,8 @@ fn check(dir: &Path, command: Option<&str>, events: &[PathBuf]) -> Result<ExitCo
             }
         }
         for step in &trace {
-            writeln!(out, "  {:<12} {:<40} {}", step.step.as_str(), step.rule, step.at)?;
+            let cap = step.cap.map_or(String::new(), |(count, max)| format!("  (cap {count}/{max} in window)"));
+            writeln!(out, "  {:<12} {:<40} {}{cap}", step.step.as_str(), step.rule, step.at)?;
         }
         for hit in &decision.dry_run {
             writeln!(out, "  dry run: rule `{}` would {}", hit.rule, hit.outcome.as_str())?;

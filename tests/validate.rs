@@ -38,7 +38,7 @@ fn every_bad_policy_is_refused_with_its_exact_message() {
 fn shipped_policies_validate() {
     let (code, stdout) = callgate(&["validate", "--policies", "policies"]);
     assert_eq!(code, 0, "{stdout}");
-    assert!(stdout.starts_with("ok: 4 rules in 2 files; version "), "{stdout}");
+    assert!(stdout.starts_with("ok: 5 rules in 2 files; version "), "{stdout}");
 }
 
 #[test]
@@ -66,11 +66,13 @@ fn check_prints_decision_and_trace() {
   decided      keep-system-accounts-blocked             policies/10-blocklist.yaml:19
   not reached  staff-cannot-be-blocked                  policies/10-blocklist.yaml:26
   not reached  trial-no-unblock-of-unverified           policies/10-blocklist.yaml:35
+  not reached  unblock-rate                             policies/10-blocklist.yaml:45
 {tmp}/unblock-guest.json: callbackAfterRemoveBlackCommand: allow, by the default
   not held     staff-may-always-unblock                 policies/10-blocklist.yaml:13
   not held     keep-system-accounts-blocked             policies/10-blocklist.yaml:19
   skipped      staff-cannot-be-blocked                  policies/10-blocklist.yaml:26
   dry run      trial-no-unblock-of-unverified           policies/10-blocklist.yaml:35
+  under cap    unblock-rate                             policies/10-blocklist.yaml:45  (cap 0/10 in window)
   dry run: rule `trial-no-unblock-of-unverified` would deny
 ";
     assert_eq!(stdout, want);

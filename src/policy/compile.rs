@@ -137,10 +137,27 @@ pub struct Rule {
     pub on: OnCommands,
     /// Its conditions.
     pub when: Group,
+    /// A rate cap that must also hold (be exceeded) for the rule to hold.
+    pub rate_cap: Option<RateCap>,
     /// What it decides when it holds.
     pub outcome: Outcome,
     /// Whether it only reports ("would …") instead of deciding.
     pub is_dry_run: bool,
+}
+
+/// `rate_cap:` compiled: the rule holds when allowing the callback would make more than
+/// `max` allowed callbacks with the same key values within `per`.
+#[derive(Debug)]
+pub struct RateCap {
+    /// The fields whose values, with the rule id, make the key.
+    pub fields: Vec<FieldPath>,
+    /// The field names as written, joined by `,`: part of the key, so counts are kept
+    /// across reloads only while the key fields stay the same.
+    pub field_names: String,
+    /// Allowed callbacks per window.
+    pub max: u64,
+    /// The window.
+    pub per: std::time::Duration,
 }
 
 /// What a rule or the default decides.
@@ -516,23 +533,7 @@ impl RuleCtx<'_, '_> {
             Some(group) => self.compile_group(group),
             None => Group::default(),
         };
-        if let Some(cap) = &raw.rate_cap {
-            if cap.max < 1 {
-                self.fail("max:", format!("rate_cap max is {}; it must be at least 1", cap.max));
-            }
-            if let Err(message) = crate::duration::parse(&cap.per) {
-                self.fail("per:", format!("rate_cap per: {message}"));
-            }
-            for field in cap.key.iter().flatten() {
-                if let Err(message) = FieldPath::parse(field) {
-                    self.fail(field, format!("rate_cap key: {message}"));
-                }
-            }
-            self.fail(
-                "rate_cap",
-                "rate caps are not available in this build yet; remove `rate_cap` or run the rule without it".into(),
-            );
-        }
+        let rate_cap = raw.rate_cap.as_ref().and_then(|cap| self.compile_rate_cap(cap));
         let outcome = match compile_outcome(raw.decision, raw.error.as_ref()) {
             Ok(o) => o,
             Err(_) if raw.decision == RawDecision::Deny => {
@@ -552,9 +553,38 @@ impl RuleCtx<'_, '_> {
             at: self.at.clone(),
             on,
             when,
+            rate_cap,
             outcome,
             is_dry_run: raw.mode == RawMode::DryRun,
         })
+    }
+
+    fn compile_rate_cap(&mut self, cap: &parse::RawRateCap) -> Option<RateCap> {
+        let errors_before = self.errors.len();
+        if cap.max < 1 {
+            self.fail("max:", format!("rate_cap max is {}; it must be at least 1", cap.max));
+        }
+        let per = match crate::duration::parse(&cap.per) {
+            Ok(per) => Some(per),
+            Err(message) => {
+                self.fail("per:", format!("rate_cap per: {message}"));
+                None
+            }
+        };
+        let names = cap.key.clone().unwrap_or_default();
+        let mut fields = Vec::with_capacity(names.len());
+        for name in &names {
+            match FieldPath::parse(name) {
+                Ok(f) => fields.push(f),
+                Err(message) => self.fail(name, format!("rate_cap key: {message}")),
+            }
+        }
+        match per {
+            Some(per) if self.errors.len() == errors_before => {
+                Some(RateCap { fields, field_names: names.join(","), max: cap.max, per })
+            }
+            _ => None,
+        }
     }
 
     fn compile_group(&mut self, raw: &RawGroup) -> Group {

@@ -1,14 +1,16 @@
-//! (PolicySet, Event) → Decision: first-match evaluation, dry-run hits, and the trace that
-//! `check` and `explain` show. No I/O.
+//! (PolicySet, Event) → Decision: first-match evaluation, dry-run hits, rate caps, and the
+//! trace that `check` and `explain` show. No I/O but through the cap store.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::compile::{Cond, FieldPath, Group, Outcome, PolicySet, Rule, Test};
+use super::compile::{Cond, FieldPath, Group, Outcome, PolicySet, RateCap, Rule, Test};
 use super::parse::Scalar;
 use crate::event::Event;
+use crate::ratecap::{CapCheck, CapOutcome, CapStore, OnError, cap_key};
 
 /// What the policy set decided for one callback.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +21,8 @@ pub struct Decision {
     pub rule: Option<Arc<str>>,
     /// Dry-run rules that held on the way, with what each would have decided.
     pub dry_run: Vec<DryRunHit>,
+    /// Rate caps checked on the way, with their counts.
+    pub caps: Vec<CapHit>,
 }
 
 /// A rule in `mode: dry_run` that held.
@@ -30,6 +34,19 @@ pub struct DryRunHit {
     pub outcome: Outcome,
 }
 
+/// A rate cap checked for a callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapHit {
+    /// The rule's id.
+    pub rule: Arc<str>,
+    /// Allowed callbacks in the window before this one.
+    pub count: u64,
+    /// The cap.
+    pub max: u64,
+    /// Whether allowing this callback would have exceeded the cap.
+    pub is_exceeded: bool,
+}
+
 /// What happened to one rule during an explained evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -37,6 +54,8 @@ pub enum Step {
     Skipped,
     /// The conditions did not hold.
     NotHeld,
+    /// The conditions held but the rate cap was not exceeded.
+    UnderCap,
     /// A dry-run rule held; evaluation went on.
     HeldDryRun,
     /// The rule held and decided.
@@ -51,6 +70,7 @@ impl Step {
         match self {
             Step::Skipped => "skipped",
             Step::NotHeld => "not held",
+            Step::UnderCap => "under cap",
             Step::HeldDryRun => "dry run",
             Step::Decided => "decided",
             Step::NotReached => "not reached",
@@ -67,55 +87,210 @@ pub struct TraceStep {
     pub at: String,
     /// What happened.
     pub step: Step,
+    /// For a rate-capped rule whose conditions held: (count in the window, max).
+    pub cap: Option<(u64, u64)>,
+}
+
+/// A rule reached while planning, in rule order.
+#[derive(Debug, Clone, Copy)]
+enum Reached {
+    /// A dry-run rule (without a cap) that held.
+    DryRun(usize),
+    /// A rate-capped rule whose conditions held: whether it holds is up to its cap, the
+    /// `usize` after it indexes `Plan::checks`.
+    Cap(usize, usize),
+}
+
+/// The first half of a decision: every rule that could decide has been looked at, except
+/// that rate caps are yet to be checked. [`Plan::cap_checks`] go to a cap store, whose
+/// answer [`Plan::finish`] turns into the [`Decision`].
+#[derive(Debug)]
+pub struct Plan<'s> {
+    set: &'s PolicySet,
+    reached: Vec<Reached>,
+    checks: Vec<CapCheck>,
+    /// The first enforced rule without a cap that held.
+    stop: Option<usize>,
+}
+
+impl Plan<'_> {
+    /// The caps to check, in rule order; empty for most callbacks.
+    pub fn cap_checks(&self) -> &[CapCheck] {
+        &self.checks
+    }
+
+    /// The answer when no cap decides: the stop rule's, or the default's.
+    pub fn is_allow_if_no_cap_decides(&self) -> bool {
+        let outcome = self.stop.and_then(|i| self.set.rules.get(i)).map_or(&self.set.default, |r| &r.outcome);
+        *outcome == Outcome::Allow
+    }
+
+    /// The decision, given what the cap store found (`None`: caps treated as not exceeded,
+    /// for offline use).
+    pub fn finish(self, caps: Option<&CapOutcome>) -> Decision {
+        let rules = &self.set.rules;
+        let mut dry_run = Vec::new();
+        let mut cap_hits = Vec::new();
+        for reached in &self.reached {
+            match *reached {
+                Reached::DryRun(i) => {
+                    dry_run.push(DryRunHit { rule: rules[i].id.clone(), outcome: rules[i].outcome.clone() })
+                }
+                Reached::Cap(i, k) => {
+                    let rule = &rules[i];
+                    let counted = caps.and_then(|c| c.counts.get(k).copied().flatten());
+                    if let (Some((count, is_exceeded)), Some(check)) = (counted, self.checks.get(k)) {
+                        cap_hits.push(CapHit { rule: rule.id.clone(), count, max: check.max, is_exceeded });
+                    }
+                    if caps.and_then(|c| c.decided_by) == Some(k) {
+                        return Decision {
+                            outcome: rule.outcome.clone(),
+                            rule: Some(rule.id.clone()),
+                            dry_run,
+                            caps: cap_hits,
+                        };
+                    }
+                    let is_exceeded = match (counted, caps) {
+                        (Some((_, e)), _) => e,
+                        // The store failed with on_error=deny: an enforced cap decided above;
+                        // a dry-run cap would have held.
+                        (None, Some(c)) => c.decided_by.is_some() && rule.is_dry_run,
+                        (None, None) => false,
+                    };
+                    if is_exceeded && rule.is_dry_run {
+                        dry_run.push(DryRunHit { rule: rule.id.clone(), outcome: rule.outcome.clone() });
+                    }
+                }
+            }
+        }
+        match self.stop.and_then(|i| rules.get(i)) {
+            Some(rule) => {
+                Decision { outcome: rule.outcome.clone(), rule: Some(rule.id.clone()), dry_run, caps: cap_hits }
+            }
+            None => Decision { outcome: self.set.default.clone(), rule: None, dry_run, caps: cap_hits },
+        }
+    }
 }
 
 impl PolicySet {
-    /// Decides one callback. The fast path: only indexed candidates are checked.
-    pub fn decide(&self, event: &Event) -> Decision {
-        let mut dry_run = Vec::new();
+    /// Plans the decision of one callback. The fast path: only indexed candidates are
+    /// checked, and planning stops at the first enforced rule without a cap that holds.
+    pub fn plan(&self, event: &Event) -> Plan<'_> {
+        let mut plan = Plan { set: self, reached: Vec::new(), checks: Vec::new(), stop: None };
         for i in self.index.candidates(&event.command, &event.body) {
-            let Some(rule) = self.rules.get(i as usize) else {
-                continue;
-            };
+            let i = i as usize;
+            let Some(rule) = self.rules.get(i) else { continue };
             if !rule.on.matches(&event.command) || !rule.when.holds(&event.body) {
                 continue;
             }
-            if rule.is_dry_run {
-                dry_run.push(DryRunHit { rule: rule.id.clone(), outcome: rule.outcome.clone() });
-                continue;
+            if let Some(cap) = &rule.rate_cap {
+                plan.reached.push(Reached::Cap(i, plan.checks.len()));
+                plan.checks.push(cap_check(rule, cap, &event.body));
+            } else if rule.is_dry_run {
+                plan.reached.push(Reached::DryRun(i));
+            } else {
+                plan.stop = Some(i);
+                break;
             }
-            return Decision { outcome: rule.outcome.clone(), rule: Some(rule.id.clone()), dry_run };
         }
-        Decision { outcome: self.default.clone(), rule: None, dry_run }
+        plan
+    }
+
+    /// Decides one callback without a cap store: caps are treated as never exceeded and
+    /// nothing is counted. For offline tools and benchmarks; the server uses
+    /// [`PolicySet::decide_with_caps`].
+    pub fn decide(&self, event: &Event) -> Decision {
+        self.plan(event).finish(None)
+    }
+
+    /// Decides one callback, checking (and counting) rate caps in `caps`. When the store
+    /// fails, its caps answer per `on_error`; the failure is counted.
+    pub async fn decide_with_caps(&self, event: &Event, caps: &CapStore, on_error: OnError) -> Decision {
+        let plan = self.plan(event);
+        if plan.cap_checks().is_empty() {
+            return plan.finish(None);
+        }
+        let outcome = match caps.check(plan.cap_checks(), plan.is_allow_if_no_cap_decides()).await {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                metrics::counter!("callgate_ratecap_errors_total", "reason" => err.kind()).increment(1);
+                tracing::debug!("rate cap answered per on_error={on_error:?}: {err}");
+                on_error.outcome(plan.cap_checks())
+            }
+        };
+        plan.finish(Some(&outcome))
+    }
+
+    /// The rate caps whose rules' conditions hold for `event`, reached or not, for
+    /// [`PolicySet::explain`] to be given their counts.
+    pub fn cap_checks_for(&self, event: &Event) -> Vec<CapCheck> {
+        self.rules
+            .iter()
+            .filter(|r| r.on.matches(&event.command) && r.when.holds(&event.body))
+            .filter_map(|r| r.rate_cap.as_ref().map(|cap| cap_check(r, cap, &event.body)))
+            .collect()
     }
 
     /// Decides one callback by looking at every rule in order, and says what happened to
-    /// each. Always agrees with [`PolicySet::decide`]; slower, for `check` and `explain`.
-    pub fn explain(&self, event: &Event) -> (Decision, Vec<TraceStep>) {
+    /// each. `cap_counts` gives the count in each cap's window by key (missing: 0); nothing
+    /// is counted. Always agrees with [`PolicySet::decide`] given the same counts; slower,
+    /// for `check` and `explain`.
+    pub fn explain(&self, event: &Event, cap_counts: &HashMap<String, u64>) -> (Decision, Vec<TraceStep>) {
         let mut dry_run = Vec::new();
+        let mut caps = Vec::new();
         let mut trace = Vec::with_capacity(self.rules.len());
         let mut decided: Option<&Rule> = None;
         for rule in &self.rules {
+            let mut cap = None;
             let step = if decided.is_some() {
                 Step::NotReached
             } else if !rule.on.matches(&event.command) {
                 Step::Skipped
             } else if !rule.when.holds(&event.body) {
                 Step::NotHeld
-            } else if rule.is_dry_run {
-                dry_run.push(DryRunHit { rule: rule.id.clone(), outcome: rule.outcome.clone() });
-                Step::HeldDryRun
             } else {
-                decided = Some(rule);
-                Step::Decided
+                let is_held = match &rule.rate_cap {
+                    None => true,
+                    Some(rc) => {
+                        let check = cap_check(rule, rc, &event.body);
+                        let count = cap_counts.get(&check.key).copied().unwrap_or(0);
+                        let is_exceeded = count + 1 > rc.max;
+                        cap = Some((count, rc.max));
+                        caps.push(CapHit { rule: rule.id.clone(), count, max: rc.max, is_exceeded });
+                        is_exceeded
+                    }
+                };
+                if !is_held {
+                    Step::UnderCap
+                } else if rule.is_dry_run {
+                    dry_run.push(DryRunHit { rule: rule.id.clone(), outcome: rule.outcome.clone() });
+                    Step::HeldDryRun
+                } else {
+                    decided = Some(rule);
+                    Step::Decided
+                }
             };
-            trace.push(TraceStep { rule: rule.id.clone(), at: rule.at.to_string(), step });
+            trace.push(TraceStep { rule: rule.id.clone(), at: rule.at.to_string(), step, cap });
         }
         let decision = match decided {
-            Some(rule) => Decision { outcome: rule.outcome.clone(), rule: Some(rule.id.clone()), dry_run },
-            None => Decision { outcome: self.default.clone(), rule: None, dry_run },
+            Some(rule) => Decision { outcome: rule.outcome.clone(), rule: Some(rule.id.clone()), dry_run, caps },
+            None => Decision { outcome: self.default.clone(), rule: None, dry_run, caps },
         };
         (decision, trace)
+    }
+}
+
+/// The cap check of a rate-capped rule for one callback body.
+fn cap_check(rule: &Rule, cap: &RateCap, body: &Map<String, Value>) -> CapCheck {
+    let values: Vec<Cow<'_, str>> =
+        cap.fields.iter().map(|f| lookup(body, f).and_then(value_text).unwrap_or(Cow::Borrowed(""))).collect();
+    let values: Vec<&str> = values.iter().map(|v| v.as_ref()).collect();
+    CapCheck {
+        key: cap_key(&rule.id, cap.per, &cap.field_names, &values),
+        max: cap.max,
+        per: cap.per,
+        is_dry_run: rule.is_dry_run,
+        is_allow_when_exceeded: rule.outcome == Outcome::Allow,
     }
 }
 

@@ -115,17 +115,17 @@ impl Index {
     pub(crate) fn candidates(&self, command: &str, body: &Map<String, Value>) -> RuleIds {
         let mut out = RuleIds::with_capacity(8);
         for (field, by_text) in &self.equals {
-            if let Some(text) = lookup(body, field).and_then(value_text) {
-                if let Some(ids) = by_text.get(&*text) {
-                    out.extend_from_slice(ids);
-                }
+            if let Some(text) = lookup(body, field).and_then(value_text)
+                && let Some(ids) = by_text.get(&*text)
+            {
+                out.extend_from_slice(ids);
             }
         }
         for (field, list, ids) in &self.lists {
-            if let Some(text) = lookup(body, field).and_then(value_text) {
-                if list.ids.contains(&*text) {
-                    out.extend_from_slice(ids);
-                }
+            if let Some(text) = lookup(body, field).and_then(value_text)
+                && list.ids.contains(&*text)
+            {
+                out.extend_from_slice(ids);
             }
         }
         for (field, set, ids) in &self.regexes {

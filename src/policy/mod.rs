@@ -17,6 +17,6 @@ mod parse;
 mod reload;
 
 pub use compile::{LoadError, LoadErrors, Outcome, Place, PolicySet, Refusal};
-pub use eval::{Decision, DryRunHit, Step, TraceStep};
+pub use eval::{CapHit, Decision, DryRunHit, Plan, Step, TraceStep};
 pub use load::load_dir;
 pub use reload::{PolicyStore, ReloadStatus, Reloaded, Watch, watch};

@@ -47,6 +47,8 @@ struct Head<'a> {
     error_code: Option<i32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     dry_run: Vec<DryRunEntry<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    caps: Vec<CapEntry<'a>>,
     /// Under `serve --dry-run`: what enforcement would have answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     would: Option<Would<'a>>,
@@ -61,6 +63,14 @@ struct DryRunEntry<'a> {
     would: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error_code: Option<i32>,
+}
+
+#[derive(Serialize)]
+struct CapEntry<'a> {
+    rule: &'a str,
+    count: u64,
+    max: u64,
+    exceeded: bool,
 }
 
 #[derive(Serialize)]
@@ -107,6 +117,11 @@ pub fn openim_line(
             .iter()
             .map(|h| DryRunEntry { rule: &h.rule, would: h.outcome.as_str(), error_code: error_code(&h.outcome) })
             .collect(),
+        caps: decision
+            .caps
+            .iter()
+            .map(|c| CapEntry { rule: &c.rule, count: c.count, max: c.max, exceeded: c.is_exceeded })
+            .collect(),
         would,
         policy_version: Some(policy_version),
         latency_us: latency.as_micros().try_into().unwrap_or(u64::MAX),
@@ -126,6 +141,7 @@ pub fn tencent_line(event: &Event, meta: &TencentMeta, latency: Duration) -> Vec
         rule: None,
         error_code: None,
         dry_run: Vec::new(),
+        caps: Vec::new(),
         would: None,
         policy_version: None,
         latency_us: latency.as_micros().try_into().unwrap_or(u64::MAX),
@@ -183,6 +199,7 @@ mod tests {
             outcome: refusal.clone(),
             rule: Some("r".into()),
             dry_run: vec![DryRunHit { rule: "d".into(), outcome: refusal }],
+            caps: vec![crate::policy::CapHit { rule: "c".into(), count: 3, max: 10, is_exceeded: false }],
         };
         let line = openim_line(&event("{\"a\": 1, \"b\":\"x\"}\n"), &decision, false, "v1", Duration::from_micros(7));
         assert_eq!(line.last(), Some(&b'\n'));
@@ -194,6 +211,7 @@ mod tests {
         assert_eq!(v["rule"], "r");
         assert_eq!(v["error_code"], 20001);
         assert_eq!(v["dry_run"][0]["rule"], "d");
+        assert_eq!(v["caps"][0], serde_json::json!({"rule":"c","count":3,"max":10,"exceeded":false}));
         assert_eq!(v["operation_id"], "op1");
         assert_eq!(v["policy_version"], "v1");
         assert_eq!(v["latency_us"], 7);
@@ -202,7 +220,7 @@ mod tests {
     #[test]
     fn server_dry_run_records_the_allow_and_what_would_have_been() {
         let refusal = Outcome::Deny(Arc::new(Refusal { code: 150, message: "m".into(), detail: String::new() }));
-        let decision = Decision { outcome: refusal, rule: Some("r".into()), dry_run: vec![] };
+        let decision = Decision { outcome: refusal, rule: Some("r".into()), dry_run: vec![], caps: vec![] };
         let line = openim_line(&event("{}"), &decision, true, "v", Duration::ZERO);
         let v: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["decision"], "allow");
@@ -213,7 +231,7 @@ mod tests {
 
     #[test]
     fn a_multi_line_body_is_written_on_one_line() {
-        let decision = Decision { outcome: Outcome::Allow, rule: None, dry_run: vec![] };
+        let decision = Decision { outcome: Outcome::Allow, rule: None, dry_run: vec![], caps: vec![] };
         let line = openim_line(&event("{\n  \"a\": [1,\n 2]\n}\n"), &decision, false, "v", Duration::ZERO);
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
         let v: Value = serde_json::from_slice(&line).unwrap();

@@ -44,15 +44,15 @@ pub enum FilterError {
 impl EventFilter {
     /// Checks the words of the filter.
     pub fn validate(&self) -> Result<(), FilterError> {
-        if let Some(d) = &self.decision {
-            if !matches!(d.as_str(), "allow" | "deny" | "ack" | "would_deny") {
-                return Err(FilterError::Decision(d.clone()));
-            }
+        if let Some(d) = &self.decision
+            && !matches!(d.as_str(), "allow" | "deny" | "ack" | "would_deny")
+        {
+            return Err(FilterError::Decision(d.clone()));
         }
-        if let Some(s) = &self.source {
-            if !matches!(s.as_str(), "openim" | "tencent") {
-                return Err(FilterError::Source(s.clone()));
-            }
+        if let Some(s) = &self.source
+            && !matches!(s.as_str(), "openim" | "tencent")
+        {
+            return Err(FilterError::Source(s.clone()));
         }
         Ok(())
     }
@@ -82,10 +82,10 @@ impl EventFilter {
             Some(d) if record["decision"] != d => return false,
             Some(_) => {}
         }
-        if let Some(user) = &self.user {
-            if !has_id(&record["body"], false, user) {
-                return false;
-            }
+        if let Some(user) = &self.user
+            && !has_id(&record["body"], false, user)
+        {
+            return false;
         }
         true
     }
@@ -122,10 +122,10 @@ pub fn query(dir: &Path, filter: &EventFilter) -> Result<Vec<String>, FilterErro
     for (i, file) in files.iter().enumerate() {
         // A file whose successor was created before the cutoff holds only older records.
         let next_created = files.get(i + 1).and_then(|f| segment_ms(f));
-        if let (Some(cutoff_ms), Some(next)) = (cutoff_ms, next_created) {
-            if next < cutoff_ms {
-                continue;
-            }
+        if let (Some(cutoff_ms), Some(next)) = (cutoff_ms, next_created)
+            && next < cutoff_ms
+        {
+            continue;
         }
         let reader = BufReader::new(std::fs::File::open(file).map_err(read_err)?);
         for line in reader.lines() {

@@ -23,6 +23,7 @@ use warp::Filter;
 use crate::config::Config;
 use crate::policy::PolicyStore;
 use crate::protocol::tencent::TencentAuth;
+use crate::ratecap::{CapStore, OnError};
 use crate::record::Recorder;
 
 /// What every handler shares.
@@ -40,6 +41,10 @@ pub struct State {
     pub recorder: Option<Arc<Recorder>>,
     /// The record directory, for queries.
     pub data_dir: PathBuf,
+    /// Where rate caps are counted.
+    pub caps: Arc<CapStore>,
+    /// What a cap answers when its store cannot.
+    pub on_error: OnError,
 }
 
 /// Why the server could not start.
@@ -87,6 +92,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let _watch = crate::policy::watch(state.policies.clone())?;
+    if let CapStore::Memory(_) = &*state.caps {
+        let caps = state.caps.clone();
+        tokio::spawn(async move {
+            // Reclaim keys whose windows have emptied, so memory follows live keys only.
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                if let CapStore::Memory(m) = &*caps {
+                    m.sweep();
+                    metrics::gauge!("callgate_ratecap_keys").set(m.key_count() as f64);
+                }
+            }
+        });
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

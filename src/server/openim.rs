@@ -45,13 +45,19 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
                     }
                     Err(BodyError::Read(e)) => return bad_request(&DecodeError::BodyRead(e)),
                 };
-                handle(&state, tail.as_str(), &query, operation_id.as_deref().unwrap_or(""), raw)
+                handle(&state, tail.as_str(), &query, operation_id.as_deref().unwrap_or(""), raw).await
             },
         )
 }
 
 /// Decode, decide, (record), reply.
-fn handle(state: &State, path_command: &str, query: &str, operation_id: &str, raw: Bytes) -> warp::reply::Response {
+async fn handle(
+    state: &State,
+    path_command: &str,
+    query: &str,
+    operation_id: &str,
+    raw: Bytes,
+) -> warp::reply::Response {
     let started = Instant::now();
     let url_command = openim::command_from_url(Some(path_command), query);
     let event = match openim::decode(url_command.as_deref(), operation_id, raw) {
@@ -59,7 +65,7 @@ fn handle(state: &State, path_command: &str, query: &str, operation_id: &str, ra
         Err(err) => return bad_request(&err),
     };
     let set = state.policies.current();
-    let decision = set.decide(&event);
+    let decision = set.decide_with_caps(&event, &state.caps, state.on_error).await;
     let rule = decision.rule.as_deref().unwrap_or("(default)");
     metrics::counter!("callgate_decisions_total", "outcome" => decision.outcome.as_str(), "rule" => rule.to_string())
         .increment(1);

@@ -1,0 +1,251 @@
+//! The in-memory cap store: for each key, the times of the allowed callbacks still in its
+//! window. Exact, and bounded: at most `max` times per key, at most `max_keys` keys, and
+//! keys whose window has emptied are reclaimed by [`MemoryCaps::sweep`].
+//!
+//! Keys are spread over shards, each behind a std `Mutex`: a check holds its shards for a
+//! few hash lookups and never across an `.await`, so a blocking lock is the cheap, right tool.
+
+use std::collections::hash_map::{DefaultHasher, Entry};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use super::{CapCheck, CapError, CapOutcome, resolve};
+
+const SHARDS: usize = 64;
+
+/// The allowed times (ms since the store's start) of one key, oldest first, and its window.
+#[derive(Debug)]
+struct Window {
+    times: VecDeque<u64>,
+    per_ms: u64,
+}
+
+impl Window {
+    /// Drops times that left the window `(now - per, now]`.
+    fn prune(&mut self, now: u64) {
+        while self.times.front().is_some_and(|&t| t + self.per_ms <= now) {
+            self.times.pop_front();
+        }
+    }
+}
+
+type Shard = HashMap<Box<str>, Window>;
+
+/// Exact rolling-window counts in this process.
+#[derive(Debug)]
+pub struct MemoryCaps {
+    shards: Box<[Mutex<Shard>]>,
+    keys: AtomicUsize,
+    max_keys: usize,
+    started: Instant,
+}
+
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // Every write to a shard is whole, so a poisoned one is still consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn shard_of(key: &str) -> usize {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() as usize) % SHARDS
+}
+
+impl MemoryCaps {
+    /// A store tracking at most `max_keys` keys.
+    pub fn new(max_keys: usize) -> MemoryCaps {
+        MemoryCaps {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            keys: AtomicUsize::new(0),
+            max_keys,
+            started: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// How many keys are tracked.
+    pub fn key_count(&self) -> usize {
+        self.keys.load(Ordering::Relaxed)
+    }
+
+    /// See [`super::CapStore::check`].
+    pub fn check(&self, checks: &[CapCheck], allow_if_none_decides: bool) -> Result<CapOutcome, CapError> {
+        self.check_at(checks, allow_if_none_decides, self.now_ms())
+    }
+
+    /// [`MemoryCaps::check`] at a given time (ms since the store started), for tests of the
+    /// window edges.
+    pub fn check_at(&self, checks: &[CapCheck], allow_if_none_decides: bool, now: u64) -> Result<CapOutcome, CapError> {
+        // Lock every shard involved, in index order so concurrent checks cannot deadlock,
+        // and hold them all: the check and the counting are one atomic step.
+        let mut shard_ids: Vec<usize> = checks.iter().map(|c| shard_of(&c.key)).collect();
+        shard_ids.sort_unstable();
+        shard_ids.dedup();
+        let mut guards: Vec<MutexGuard<'_, Shard>> = shard_ids.iter().map(|&i| lock(&self.shards[i])).collect();
+        let positions: Vec<usize> =
+            checks.iter().map(|c| shard_ids.binary_search(&shard_of(&c.key)).unwrap_or(0)).collect();
+
+        let counts: Vec<u64> = checks
+            .iter()
+            .zip(&positions)
+            .map(|(c, &p)| match guards[p].get_mut(c.key.as_str()) {
+                Some(w) => {
+                    w.prune(now);
+                    w.times.len() as u64
+                }
+                None => 0,
+            })
+            .collect();
+        let (outcome, to_count) = resolve(checks, |i| counts[i], allow_if_none_decides);
+        // Refuse before changing anything, so a full store never counts half a callback.
+        let new_keys = to_count.iter().filter(|&&i| !guards[positions[i]].contains_key(checks[i].key.as_str())).count();
+        if new_keys > 0 && self.keys.load(Ordering::Relaxed) + new_keys > self.max_keys {
+            return Err(CapError::Full(self.max_keys));
+        }
+        for i in to_count {
+            let check = &checks[i];
+            let map = &mut guards[positions[i]];
+            let per_ms = check.per.as_millis() as u64;
+            match map.entry(check.key.as_str().into()) {
+                Entry::Occupied(mut e) => {
+                    let w = e.get_mut();
+                    w.per_ms = per_ms;
+                    w.times.push_back(now);
+                }
+                Entry::Vacant(e) => {
+                    self.keys.fetch_add(1, Ordering::Relaxed);
+                    let mut times = VecDeque::with_capacity(1);
+                    times.push_back(now);
+                    e.insert(Window { times, per_ms });
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The counts of `checks` in their windows, counting nothing.
+    pub fn peek(&self, checks: &[CapCheck]) -> Vec<u64> {
+        let now = self.now_ms();
+        checks
+            .iter()
+            .map(|c| {
+                let mut map = lock(&self.shards[shard_of(&c.key)]);
+                map.get_mut(c.key.as_str()).map_or(0, |w| {
+                    w.prune(now);
+                    w.times.len() as u64
+                })
+            })
+            .collect()
+    }
+
+    /// Removes every key whose window has emptied; returns how many. Run it periodically.
+    pub fn sweep(&self) -> usize {
+        self.sweep_at(self.now_ms())
+    }
+
+    /// [`MemoryCaps::sweep`] at a given time.
+    pub fn sweep_at(&self, now: u64) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut map = lock(shard);
+            let before = map.len();
+            map.retain(|_, w| {
+                w.prune(now);
+                !w.times.is_empty()
+            });
+            removed += before - map.len();
+        }
+        self.keys.fetch_sub(removed, Ordering::Relaxed);
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cap(key: &str, max: u64, per_ms: u64) -> CapCheck {
+        CapCheck {
+            key: key.into(),
+            max,
+            per: Duration::from_millis(per_ms),
+            is_dry_run: false,
+            is_allow_when_exceeded: false,
+        }
+    }
+
+    fn allowed(store: &MemoryCaps, c: &CapCheck, at: u64) -> bool {
+        store.check_at(std::slice::from_ref(c), true, at).unwrap().decided_by.is_none()
+    }
+
+    #[test]
+    fn window_edges_are_exact() {
+        let store = MemoryCaps::new(100);
+        let c = cap("k", 2, 1000);
+        assert!(allowed(&store, &c, 0));
+        assert!(allowed(&store, &c, 500));
+        assert!(!allowed(&store, &c, 999), "third within (−1 s, now] is refused");
+        assert!(allowed(&store, &c, 1000), "the callback at 0 left the window exactly 1 s later");
+        assert!(!allowed(&store, &c, 1499));
+        assert!(allowed(&store, &c, 1500));
+        assert!(!allowed(&store, &c, 1999));
+    }
+
+    #[test]
+    fn refused_callbacks_do_not_count() {
+        let store = MemoryCaps::new(100);
+        let c = cap("k", 1, 1000);
+        assert!(allowed(&store, &c, 0));
+        for t in 1..1000 {
+            assert!(!allowed(&store, &c, t));
+        }
+        assert!(allowed(&store, &c, 1000), "refusals in between did not extend the window");
+        // A callback that a later rule refuses is not counted either.
+        let other = cap("other", 1, 1000);
+        store.check_at(std::slice::from_ref(&other), false, 0).unwrap();
+        assert!(allowed(&store, &other, 1));
+    }
+
+    #[test]
+    fn the_key_bound_holds_and_sweeping_frees_room() {
+        let store = MemoryCaps::new(3);
+        for k in ["a", "b", "c"] {
+            assert!(allowed(&store, &cap(k, 5, 1000), 0));
+        }
+        assert!(matches!(store.check_at(&[cap("d", 5, 1000)], true, 10), Err(CapError::Full(3))));
+        assert!(allowed(&store, &cap("a", 5, 1000), 10), "known keys still count when full");
+        assert_eq!(store.sweep_at(999), 0);
+        assert_eq!(store.sweep_at(1010), 3);
+        assert_eq!(store.key_count(), 0);
+        assert!(allowed(&store, &cap("d", 5, 1000), 1010));
+    }
+
+    #[test]
+    fn concurrent_checks_never_exceed_the_cap() {
+        let store = std::sync::Arc::new(MemoryCaps::new(100));
+        let allowed_total = std::sync::Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, total) = (store.clone(), allowed_total.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        if store.check(&[cap("hot", 50, 60_000)], true).unwrap().decided_by.is_none() {
+                            total.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(allowed_total.load(Ordering::Relaxed), 50);
+    }
+}
