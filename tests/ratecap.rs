@@ -1,0 +1,213 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a failure should panic")]
+//! Rate caps over real HTTP, each behaviour against both stores: in memory, and a real
+//! `redis-server` started on a random port. Window edges are unit-tested in
+//! `src/ratecap/memory.rs`, where the clock can be set.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const UNBLOCK: &str = "/openim/callbackAfterRemoveBlackCommand";
+
+fn unblock(owner: &str, black: &str) -> String {
+    format!(
+        r#"{{"callbackCommand":"callbackAfterRemoveBlackCommand","ownerUserID":"{owner}","blackUserID":"{black}"}}"#
+    )
+}
+
+fn cap_policy(max: u64, per: &str) -> String {
+    format!(
+        "rules:\n  - id: no-sys\n    when:\n      blackUserID: {{ regex: '^sys_' }}\n    decision: deny\n    error: {{ code: 150, message: no }}\n  - id: unblock-rate\n    on: [\"callbackAfterRemoveBlack*\"]\n    rate_cap: {{ key: [ownerUserID], max: {max}, per: {per} }}\n    decision: deny\n    error: {{ code: 20002, message: too many }}\n"
+    )
+}
+
+fn capped() -> String {
+    refusal(20002, "too many", "")
+}
+
+/// The stores to run each test against: memory, and Redis (kept alive by the returned value).
+fn backends() -> Vec<(&'static str, Option<RedisServer>)> {
+    vec![("memory", None), ("redis", Some(RedisServer::start()))]
+}
+
+fn start(dir: &PolicyDir, redis: Option<&RedisServer>, extra: &[&str]) -> Server {
+    let url = redis.map(RedisServer::url);
+    let mut args: Vec<&str> = extra.to_vec();
+    if let Some(url) = &url {
+        args.extend(["--redis-url", url]);
+    }
+    Server::start(dir.path(), &args)
+}
+
+#[tokio::test]
+async fn a_cap_allows_max_per_key_and_refused_callbacks_do_not_count() {
+    for (name, redis) in backends() {
+        let dir = PolicyDir::with("10.yaml", &cap_policy(3, "1m"));
+        let mut server = start(&dir, redis.as_ref(), &[]);
+        // Refused by an earlier rule: never counted against the cap.
+        for _ in 0..5 {
+            assert_eq!(server.post(UNBLOCK, &unblock("u_1", "sys_1")).await.1, refusal(150, "no", ""), "{name}");
+        }
+        for i in 0..3 {
+            assert_eq!(server.post(UNBLOCK, &unblock("u_1", &format!("u_{i}"))).await.1, ALLOW, "{name}: call {i}");
+        }
+        // The fourth would make 4 in the window: refused, and refusals are not counted.
+        for _ in 0..3 {
+            assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_9")).await.1, capped(), "{name}");
+        }
+        // Other keys have their own count.
+        assert_eq!(server.post(UNBLOCK, &unblock("u_2", "u_9")).await.1, ALLOW, "{name}");
+        // Other commands are not capped by this rule.
+        assert_eq!(server.post("/openim/callbackBeforeAddBlackCommand", r#"{"ownerUserID":"u_1"}"#).await.1, ALLOW);
+
+        assert_eq!(server.terminate(), Some(0));
+        let records = events(server.data_dir(), &["--user", "u_1", "--command", "callbackAfterRemoveBlackCommand"]);
+        let caps: Vec<(u64, bool)> = records
+            .iter()
+            .filter(|r| r["body"]["blackUserID"] != "sys_1")
+            .map(|r| (r["caps"][0]["count"].as_u64().unwrap(), r["caps"][0]["exceeded"].as_bool().unwrap()))
+            .collect();
+        assert_eq!(caps, vec![(0, false), (1, false), (2, false), (3, true), (3, true), (3, true)], "{name}");
+        assert_eq!(records.last().unwrap()["rule"], "unblock-rate");
+        assert_eq!(records.last().unwrap()["caps"][0]["max"], 3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_for_one_key_never_exceed_the_cap() {
+    for (name, redis) in backends() {
+        let dir = PolicyDir::with("10.yaml", &cap_policy(25, "1h"));
+        let server = Arc::new(start(&dir, redis.as_ref(), &[]));
+        let mut tasks = Vec::new();
+        for t in 0..10 {
+            let server = server.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut allowed = 0;
+                for i in 0..20 {
+                    let (_, body) = server.post(UNBLOCK, &unblock("hot", &format!("u_{t}_{i}"))).await;
+                    allowed += usize::from(body == ALLOW);
+                }
+                allowed
+            }));
+        }
+        let mut allowed = 0;
+        for t in tasks {
+            allowed += t.await.unwrap();
+        }
+        assert_eq!(allowed, 25, "{name}: 200 concurrent requests, cap 25");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_sharing_redis_hold_one_global_cap() {
+    let redis = RedisServer::start();
+    let dir = PolicyDir::with("10.yaml", &cap_policy(10, "1h"));
+    let a = Arc::new(start(&dir, Some(&redis), &[]));
+    let b = Arc::new(start(&dir, Some(&redis), &[]));
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let server = if t % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut allowed = 0;
+            for i in 0..10 {
+                let (_, body) = server.post(UNBLOCK, &unblock("shared", &format!("u_{t}_{i}"))).await;
+                allowed += usize::from(body == ALLOW);
+            }
+            allowed
+        }));
+    }
+    let mut allowed = 0;
+    for t in tasks {
+        allowed += t.await.unwrap();
+    }
+    assert_eq!(allowed, 10, "80 requests over two instances, one cap of 10");
+}
+
+#[tokio::test]
+async fn counts_survive_a_reload_that_keeps_rule_key_and_window() {
+    for (name, redis) in backends() {
+        let dir = PolicyDir::with("10.yaml", &cap_policy(3, "1h"));
+        let server = start(&dir, redis.as_ref(), &[]);
+        for i in 0..2 {
+            assert_eq!(server.post(UNBLOCK, &unblock("u_1", &format!("u_{i}"))).await.1, ALLOW);
+        }
+        // Another rule added, the cap's max raised: same rule id, key and window.
+        let v = server.policy_version().await;
+        dir.write("10.yaml", &format!("{}  - id: extra\n    on: [other]\n    decision: allow\n", cap_policy(4, "1h")));
+        server.wait_for_new_version(&v, Duration::from_secs(10)).await;
+        assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_7")).await.1, ALLOW, "{name}");
+        assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_8")).await.1, ALLOW, "{name}");
+        assert_eq!(
+            server.post(UNBLOCK, &unblock("u_1", "u_9")).await.1,
+            capped(),
+            "{name}: 4 counted across the reload"
+        );
+
+        // A new window is a new cap: counting starts again.
+        let v = server.policy_version().await;
+        dir.write("10.yaml", &cap_policy(4, "2h"));
+        server.wait_for_new_version(&v, Duration::from_secs(10)).await;
+        assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_10")).await.1, ALLOW, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_dry_run_cap_reports_would_deny_and_allows() {
+    let dir = PolicyDir::with(
+        "10.yaml",
+        &cap_policy(1, "1h").replace("    error: { code: 20002", "    mode: dry_run\n    error: { code: 20002"),
+    );
+    let mut server = Server::start(dir.path(), &[]);
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_2")).await.1, ALLOW);
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_3")).await.1, ALLOW);
+    assert_eq!(server.terminate(), Some(0));
+    let would = events(server.data_dir(), &["--decision", "would_deny"]);
+    assert_eq!(would.len(), 1);
+    assert_eq!(would[0]["dry_run"][0]["rule"], "unblock-rate");
+    assert_eq!(would[0]["caps"][0], serde_json::json!({"rule":"unblock-rate","count":1,"max":1,"exceeded":true}));
+}
+
+/// Redis killed mid-test: caps answer per on_error (fast), the outage is logged once, and
+/// callgate goes back to Redis by itself when it returns.
+#[tokio::test]
+async fn redis_killed_and_restarted() {
+    let mut redis = RedisServer::start();
+    let dir = PolicyDir::with("10.yaml", &cap_policy(2, "1h"));
+    let open = start(&dir, Some(&redis), &[]);
+    let closed = start(&dir, Some(&redis), &["--on-error", "deny"]);
+    assert_eq!(open.post(UNBLOCK, &unblock("u_1", "a")).await.1, ALLOW);
+
+    redis.kill();
+    let mut slowest = Duration::ZERO;
+    for i in 0..50 {
+        let started = Instant::now();
+        assert_eq!(open.post(UNBLOCK, &unblock("u_1", &format!("x{i}"))).await.1, ALLOW, "on_error allow");
+        slowest = slowest.max(started.elapsed());
+    }
+    for _ in 0..5 {
+        assert_eq!(closed.post(UNBLOCK, &unblock("u_5", "x")).await.1, capped(), "on_error deny");
+    }
+    // Each call is bounded by the 50 ms timeout, and the open circuit skips Redis entirely.
+    assert!(slowest < Duration::from_secs(1), "slowest answer with redis down: {slowest:?}");
+    assert_eq!(open.logs().matches("rate caps answer per on_error until it is back").count(), 1, "{}", open.logs());
+    // Rules without caps are unaffected by the outage.
+    assert_eq!(open.post(UNBLOCK, &unblock("u_1", "sys_1")).await.1, refusal(150, "no", ""));
+
+    redis.restart();
+    let started = Instant::now();
+    loop {
+        // The restarted Redis is empty: u_9 is allowed twice, then capped.
+        let (_, body) = closed.post(UNBLOCK, &unblock("u_9", "x")).await;
+        if body == ALLOW {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "callgate did not go back to redis: {}", closed.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(closed.post(UNBLOCK, &unblock("u_9", "y")).await.1, ALLOW);
+    assert_eq!(closed.post(UNBLOCK, &unblock("u_9", "z")).await.1, capped());
+    assert!(closed.logs().contains("redis is back"), "{}", closed.logs());
+}
