@@ -286,6 +286,7 @@ fn cap_check(rule: &Rule, cap: &RateCap, body: &Map<String, Value>) -> CapCheck 
         cap.fields.iter().map(|f| lookup(body, f).and_then(value_text).unwrap_or(Cow::Borrowed(""))).collect();
     let values: Vec<&str> = values.iter().map(|v| v.as_ref()).collect();
     CapCheck {
+        rule: rule.id.clone(),
         key: cap_key(&rule.id, cap.per, &cap.field_names, &values),
         max: cap.max,
         per: cap.per,

@@ -173,6 +173,7 @@ mod tests {
 
     fn cap(key: &str, max: u64, per_ms: u64) -> CapCheck {
         CapCheck {
+            rule: "r".into(),
             key: key.into(),
             max,
             per: Duration::from_millis(per_ms),

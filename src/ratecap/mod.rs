@@ -22,6 +22,8 @@ use std::time::Duration;
 /// One cap to check for one callback.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapCheck {
+    /// The rule whose cap this is (for messages and tests; the key already holds it).
+    pub rule: std::sync::Arc<str>,
     /// The rule id, window and key values, as one string; see [`cap_key`].
     pub key: String,
     /// Allowed callbacks per window.
@@ -178,7 +180,14 @@ mod tests {
     use super::*;
 
     fn check(max: u64, is_dry_run: bool) -> CapCheck {
-        CapCheck { key: "k".into(), max, per: Duration::from_secs(60), is_dry_run, is_allow_when_exceeded: false }
+        CapCheck {
+            rule: "r".into(),
+            key: "k".into(),
+            max,
+            per: Duration::from_secs(60),
+            is_dry_run,
+            is_allow_when_exceeded: false,
+        }
     }
 
     #[test]
