@@ -12,7 +12,7 @@ use callgate::config::{DEFAULT_POLICIES, LogFormat, Settings};
 use callgate::event::Event;
 use callgate::policy::{self, Outcome, PolicyStore};
 use callgate::ratecap::{CapStore, MemoryCaps, RedisCaps};
-use callgate::record::{self, EventFilter, Recorder};
+use callgate::record::{self, EventFilter, Recorder, StreamSink};
 use callgate::server;
 
 /// A policy-gated callback decision engine for OpenIM and Tencent Cloud Chat.
@@ -49,6 +49,13 @@ enum Command {
         #[command(flatten)]
         policies: PoliciesArg,
     },
+    /// Run the test cases in the policy directory's tests/*.yaml; exit 1 on any failure
+    Test {
+        #[command(flatten)]
+        policies: PoliciesArg,
+    },
+    /// Print the JSON Schema (draft-07) of a policy file, for editors
+    Schema,
     /// Print records (one JSON object a line, oldest first) matching every filter given
     Events {
         /// Record directory [default: ./data]
@@ -94,6 +101,8 @@ fn main() -> ExitCode {
         Command::Serve { config, settings } => serve(config.as_deref(), settings),
         Command::Check { policies, command, events } => check(&policies.dir(), command.as_deref(), &events),
         Command::Validate { policies } => validate(&policies.dir()),
+        Command::Test { policies } => test(&policies.dir()),
+        Command::Schema => schema(),
         Command::Events { data_dir, since, user, command, decision, source, limit } => {
             let data_dir = data_dir.unwrap_or_else(|| callgate::config::DEFAULT_DATA_DIR.into());
             events(
@@ -125,6 +134,8 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
     };
     let config = settings.or(file).resolve()?;
     init_logging(config.log_format);
+    // Before anything records a metric.
+    let metrics = server::install_metrics().context("cannot install the metrics recorder")?;
 
     let store = PolicyStore::open(&config.policies)
         .map_err(|errors| anyhow::anyhow!("the policy set did not load:\n{errors}"))?;
@@ -140,13 +151,6 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
             "no Tencent app ID configured: Tencent callbacks from any SdkAppid are accepted; set --tencent-app-id"
         );
     }
-    let recorder = if config.is_recording {
-        let recorder = Recorder::open(&config.data_dir, config.record_max_bytes)?;
-        Some(Arc::new(recorder))
-    } else {
-        tracing::warn!("records are off: callbacks are decided and acknowledged but not recorded");
-        None
-    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     // The Redis client binds to the runtime it is made in.
     let _in_runtime = runtime.enter();
@@ -154,6 +158,16 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
         Some(url) => CapStore::Redis(RedisCaps::new(url, config.redis_timeout).context("--redis-url")?),
         None => CapStore::Memory(MemoryCaps::new(config.cap_max_keys)),
     });
+    let recorder = if config.is_recording {
+        let stream = match &config.redis_url {
+            Some(url) => Some(StreamSink::spawn(url, config.redis_timeout).context("--redis-url")?),
+            None => None,
+        };
+        Some(Arc::new(Recorder::open(&config.data_dir, config.record_max_bytes, stream)?))
+    } else {
+        tracing::warn!("records are off: callbacks are decided and acknowledged but not recorded");
+        None
+    };
     let state = Arc::new(server::State {
         policies: Arc::new(store),
         is_dry_run: config.is_dry_run,
@@ -163,6 +177,7 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
         data_dir: config.data_dir.clone(),
         caps,
         on_error: config.on_error,
+        metrics: Some(metrics),
     });
 
     runtime.block_on(async {
@@ -270,6 +285,52 @@ fn check(dir: &Path, command: Option<&str>, events: &[PathBuf]) -> Result<ExitCo
             writeln!(out, "  dry run: rule `{}` would {}", hit.rule, hit.outcome.as_str())?;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn test(dir: &Path) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let set = match policy::load_dir(dir) {
+        Ok(set) => set,
+        Err(errors) => {
+            for e in &errors.0 {
+                writeln!(out, "{e}")?;
+            }
+            writeln!(out, "{} error(s); the policy set did not load, so no test was run", errors.0.len())?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let run = match policy::run_cases(&set, dir) {
+        Ok(run) => run,
+        Err(errors) => {
+            for e in &errors {
+                writeln!(out, "{e}")?;
+            }
+            writeln!(out, "{} error(s) in the test files; no test was run", errors.len())?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if run.files.is_empty() {
+        let cases_dir = dir.join(policy::CASES_DIR);
+        writeln!(out, "no test files in `{}`; add *.yaml files of cases (README: Policy tests)", cases_dir.display())?;
+    }
+    for report in &run.reports {
+        let Some(failure) = &report.failure else { continue };
+        writeln!(out, "{}: test `{}`: {failure}", report.at, report.name)?;
+        for step in &report.trace {
+            let cap = step.cap.map_or(String::new(), |(count, max)| format!("  (cap {count}/{max} in window)"));
+            writeln!(out, "  {:<12} {:<40} {}{cap}", step.step.as_str(), step.rule, step.at)?;
+        }
+        for hit in &report.decision.dry_run {
+            writeln!(out, "  dry run: rule `{}` would {}", hit.rule, hit.outcome.as_str())?;
+        }
+    }
+    writeln!(out, "{} passed, {} failed", run.passed(), run.failed())?;
+    Ok(if run.failed() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn schema() -> Result<ExitCode> {
+    std::io::stdout().lock().write_all(policy::SCHEMA.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,9 +6,13 @@
 //! - `eval`: `PolicySet::decide` and `PolicySet::explain`
 //! - `load`: a directory → a `PolicySet` with its version
 //! - `reload`: the live set, swapped whole; the file watcher
+//! - `cases`: the test cases kept beside the policies, run by `callgate test`
+//!
+//! [`SCHEMA`] is the JSON Schema of a policy file, for editors.
 //!
 //! Nothing here knows about HTTP or any IM server's wire format.
 
+mod cases;
 mod compile;
 mod eval;
 mod index;
@@ -16,7 +20,13 @@ mod load;
 mod parse;
 mod reload;
 
+pub use cases::{CASES_DIR, CaseError, CaseReport, CaseRun, run_cases};
 pub use compile::{LoadError, LoadErrors, Outcome, Place, PolicySet, Refusal};
 pub use eval::{CapHit, Decision, DryRunHit, Plan, Step, TraceStep};
 pub use load::load_dir;
 pub use reload::{PolicyStore, ReloadStatus, Reloaded, Watch, watch};
+
+/// The JSON Schema (draft-07) of one policy file, as `schema/policy.schema.json` holds it
+/// and `callgate schema` prints it. Editors use it to complete and check policy files; the
+/// loader stays the judge (cross-file checks such as duplicate ids are beyond a schema).
+pub const SCHEMA: &str = include_str!("../../schema/policy.schema.json");

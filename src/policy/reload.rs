@@ -50,6 +50,7 @@ impl PolicyStore {
     pub fn open(dir: &Path) -> Result<PolicyStore, LoadErrors> {
         let set = load_dir(dir)?;
         let now = SystemTime::now();
+        note_loaded(&set, now);
         Ok(PolicyStore {
             dir: dir.to_path_buf(),
             current: ArcSwap::from_pointee(set),
@@ -99,6 +100,7 @@ impl PolicyStore {
                     took_ms = started.elapsed().as_millis() as u64,
                     "policy set loaded"
                 );
+                note_loaded(&set, now);
                 self.current.store(Arc::new(set));
                 metrics::counter!("callgate_policy_reloads_total", "result" => "ok").increment(1);
                 Ok(Reloaded::Swapped)
@@ -114,6 +116,12 @@ impl PolicyStore {
             }
         }
     }
+}
+
+fn note_loaded(set: &PolicySet, at: SystemTime) {
+    let secs = at.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!("callgate_policy_last_success_timestamp_seconds").set(secs);
+    metrics::gauge!("callgate_policy_rules").set(set.rule_count() as f64);
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

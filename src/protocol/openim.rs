@@ -17,6 +17,69 @@ use crate::policy::Outcome;
 /// The longest command name accepted.
 const MAX_COMMAND_LEN: usize = 128;
 
+/// Every callback command the OpenIM server defines (`pkg/callbackstruct/constant.go`,
+/// main branch). Other commands are decided all the same; this list only bounds metric
+/// labels, so that a caller cannot grow them without limit.
+pub const COMMANDS: [&str; 52] = [
+    "callbackAfterAddFriendAgreeCommand",
+    "callbackAfterAddFriendCommand",
+    "callbackAfterCreateGroupChatConversationsCommand",
+    "callbackAfterCreateGroupCommand",
+    "callbackAfterCreateSingleChatConversationsCommand",
+    "callbackAfterDeleteFriendCommand",
+    "callbackAfterDisMissGroupCommand",
+    "callbackAfterGroupMsgReadCommand",
+    "callbackAfterImportFriendsCommand",
+    "callbackAfterJoinGroupCommand",
+    "callbackAfterKickGroupCommand",
+    "callbackAfterMsgSaveDBCommand",
+    "callbackAfterQuitGroupCommand",
+    "callbackAfterRemoveBlackCommand",
+    "callbackAfterSendGroupMsgCommand",
+    "callbackAfterSendSingleMsgCommand",
+    "callbackAfterSetFriendRemarkCommand",
+    "callbackAfterSetGroupInfoCommand",
+    "callbackAfterSetGroupInfoExCommand",
+    "callbackAfterSetGroupMemberInfoCommand",
+    "callbackAfterSingleMsgReadCommand",
+    "callbackAfterTransferGroupOwnerCommand",
+    "callbackAfterUpdateUserInfoCommand",
+    "callbackAfterUpdateUserInfoExCommand",
+    "callbackAfterUserKickOffCommand",
+    "callbackAfterUserOfflineCommand",
+    "callbackAfterUserOnlineCommand",
+    "callbackAfterUserRegisterCommand",
+    "callbackBeforeAddBlackCommand",
+    "callbackBeforeAddFriendAgreeCommand",
+    "callbackBeforeAddFriendCommand",
+    "callbackBeforeAfterMsgCommand",
+    "callbackBeforeCreateGroupChatConversationsCommand",
+    "callbackBeforeCreateGroupCommand",
+    "callbackBeforeCreateSingleChatConversationsCommand",
+    "callbackBeforeGroupOnlinePushCommand",
+    "callbackBeforeImportFriendsCommand",
+    "callbackBeforeInviteJoinGroupCommand",
+    "callbackBeforeJoinGroupCommand",
+    "callbackBeforeMembersJoinGroupCommand",
+    "callbackBeforeMsgModifyCommand",
+    "callbackBeforeOfflinePushCommand",
+    "callbackBeforeOnlinePushCommand",
+    "callbackBeforeSendGroupMsgCommand",
+    "callbackBeforeSendSingleMsgCommand",
+    "callbackBeforeSetFriendRemarkCommand",
+    "callbackBeforeSetGroupInfoCommand",
+    "callbackBeforeSetGroupInfoExCommand",
+    "callbackBeforeSetGroupMemberInfoCommand",
+    "callbackBeforeUpdateUserInfoCommand",
+    "callbackBeforeUpdateUserInfoExCommand",
+    "callbackBeforeUserRegisterCommand",
+];
+
+/// The command as a metric label: itself when OpenIM defines it, else `other`.
+pub fn command_label(command: &str) -> &'static str {
+    COMMANDS.iter().find(|c| **c == command).copied().unwrap_or("other")
+}
+
 /// The answer that lets the operation go on.
 pub const ALLOW: &[u8] = br#"{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}"#;
 

@@ -4,11 +4,14 @@
 //! - this file: the [`Record`] line format
 //! - `writer`: the [`Recorder`] — one writer thread, group commit, rotation, crash repair
 //! - `query`: reading records back with filters (`callgate events`, `GET /v1/events`)
+//! - `stream`: a copy of every written record to a Redis Stream, when Redis is configured
 
 mod query;
+mod stream;
 mod writer;
 
 pub use query::{EventFilter, FilterError, query};
+pub use stream::{STREAM_KEY, STREAM_MAX_LEN, StreamSink};
 pub use writer::{RecordError, Recorder, SEGMENT_PREFIX, SEGMENT_SUFFIX};
 
 use std::time::{Duration, SystemTime};

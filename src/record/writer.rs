@@ -18,6 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::stream::StreamSink;
+
 /// Record file names start with this.
 pub const SEGMENT_PREFIX: &str = "records-";
 /// Record file names end with this.
@@ -63,12 +65,13 @@ pub struct Recorder {
 impl Recorder {
     /// Opens (creating it if needed) the record directory, repairs a torn last line, and
     /// starts the writer thread. `max_file_bytes` is the size at which a file is rotated.
-    pub fn open(dir: &Path, max_file_bytes: u64) -> Result<Recorder, RecordError> {
+    /// Records written are also copied to `stream` when given.
+    pub fn open(dir: &Path, max_file_bytes: u64, stream: Option<StreamSink>) -> Result<Recorder, RecordError> {
         let segment = Segment::open_newest(dir, max_file_bytes)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("callgate-records".into())
-            .spawn(move || run(segment, rx))
+            .spawn(move || run(segment, rx, stream))
             .map_err(|e| io_error(dir, &e))?;
         Ok(Recorder { tx, thread: Mutex::new(Some(thread)) })
     }
@@ -115,7 +118,7 @@ fn count_lost(n: usize, err: &RecordError) {
 }
 
 /// The writer thread: batches, writes, syncs, answers, until stopped.
-fn run(mut segment: Segment, mut rx: mpsc::Receiver<Job>) {
+fn run(mut segment: Segment, mut rx: mpsc::Receiver<Job>, stream: Option<StreamSink>) {
     // A timer of its own, so the thread can wait for work with a deadline.
     let timer = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
         Ok(rt) => rt,
@@ -179,6 +182,11 @@ fn run(mut segment: Segment, mut rx: mpsc::Receiver<Job>) {
             } else {
                 0
             });
+            if let (Ok(()), Some(stream)) = (&result, &stream) {
+                for (line, _) in &batch {
+                    stream.send(line);
+                }
+            }
             match &result {
                 Ok(()) if was_failing => {
                     tracing::info!("records are being written again");
@@ -334,7 +342,7 @@ mod tests {
     #[tokio::test]
     async fn durable_records_are_on_disk_and_files_rotate() {
         let dir = tempfile::tempdir().unwrap();
-        let recorder = Recorder::open(dir.path(), 100).unwrap();
+        let recorder = Recorder::open(dir.path(), 100, None).unwrap();
         for i in 0..10 {
             recorder
                 .record_durable(format!("{{\"n\":{i},\"pad\":\"0123456789012345678901234567890\"}}\n").into_bytes())

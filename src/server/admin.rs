@@ -7,12 +7,24 @@ use serde_json::json;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use std::collections::HashMap;
+
 use super::State;
+use crate::policy::Outcome;
+use crate::protocol::openim;
 use crate::record::{self, EventFilter};
 
 /// The admin routes.
 pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let with_state = warp::any().map(move || state.clone());
+    let metrics = warp::path!("metrics").and(warp::get()).and(with_state.clone()).map(|state: Arc<State>| {
+        let mut text = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+        // The version as an info metric: one series, replaced on reload, never left behind.
+        let version = state.policies.current().version().to_string();
+        text.push_str("# HELP callgate_policy_info The serving policy set.\n# TYPE callgate_policy_info gauge\n");
+        text.push_str(&format!("callgate_policy_info{{version=\"{version}\"}} 1\n"));
+        warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
+    });
     let healthz =
         warp::path!("healthz").and(warp::get()).map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
     // A store exists only once a set has loaded, so a running admin listener is ready.
@@ -46,12 +58,74 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
                 }
             }
         });
+    let explain = warp::path!("v1" / "explain")
+        .and(warp::post())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::body::content_length_limit(1 << 20))
+        .and(warp::body::bytes())
+        .and(with_state.clone())
+        .then(
+            |query: String, body: bytes::Bytes, state: Arc<State>| async move { explain(&query, body, &state).await },
+        );
     let events = warp::path!("v1" / "events")
         .and(warp::get())
         .and(warp::query::<EventsQuery>())
         .and(with_state)
         .then(|q: EventsQuery, state: Arc<State>| async move { events(q, &state).await });
-    healthz.or(readyz).unify().or(status).unify().or(reload).unify().or(events).unify()
+    metrics
+        .or(healthz)
+        .unify()
+        .or(readyz)
+        .unify()
+        .or(status)
+        .unify()
+        .or(reload)
+        .unify()
+        .or(events)
+        .unify()
+        .or(explain)
+        .unify()
+}
+
+/// Decides a posted OpenIM callback without recording or counting it, and says why.
+async fn explain(query: &str, body: bytes::Bytes, state: &State) -> warp::reply::Response {
+    let url_command = openim::command_from_url(None, query);
+    let event = match openim::decode(url_command.as_deref(), "", body) {
+        Ok(event) => event,
+        Err(err) => {
+            return warp::reply::with_status(
+                warp::reply::json(&json!({"error": err.to_string()})),
+                StatusCode::BAD_REQUEST,
+            )
+            .into_response();
+        }
+    };
+    let set = state.policies.current();
+    let checks = set.cap_checks_for(&event);
+    let counts = match state.caps.peek(&checks).await {
+        Ok(counts) => checks.iter().map(|c| c.key.clone()).zip(counts).collect(),
+        Err(err) => {
+            tracing::warn!("explain: cap counts unavailable: {err}");
+            HashMap::new()
+        }
+    };
+    let (decision, trace) = set.explain(&event, &counts);
+    let error = match &decision.outcome {
+        Outcome::Allow => None,
+        Outcome::Deny(r) => Some(json!({"code": r.code, "message": r.message, "detail": r.detail})),
+    };
+    warp::reply::json(&json!({
+        "command": event.command,
+        "decision": decision.outcome.as_str(),
+        "rule": decision.rule.as_deref(),
+        "error": error,
+        "dry_run": decision.dry_run.iter().map(|h| json!({"rule": &*h.rule, "would": h.outcome.as_str()})).collect::<Vec<_>>(),
+        "caps": decision.caps.iter().map(|c| json!({"rule": &*c.rule, "count": c.count, "max": c.max, "exceeded": c.is_exceeded})).collect::<Vec<_>>(),
+        "answer_under_dry_run": state.is_dry_run.then_some("allow"),
+        "trace": trace.iter().map(|t| json!({"rule": &*t.rule, "at": t.at, "step": t.step.as_str(), "cap": t.cap.map(|(count, max)| json!({"count": count, "max": max}))})).collect::<Vec<_>>(),
+        "policy_version": set.version(),
+    }))
+    .into_response()
 }
 
 /// The filters of `GET /v1/events`, as for `callgate events`.

@@ -23,6 +23,8 @@ use warp::Filter;
 use crate::config::Config;
 use crate::policy::PolicyStore;
 use crate::protocol::tencent::TencentAuth;
+use metrics_exporter_prometheus::PrometheusHandle;
+
 use crate::ratecap::{CapStore, OnError};
 use crate::record::Recorder;
 
@@ -45,6 +47,8 @@ pub struct State {
     pub caps: Arc<CapStore>,
     /// What a cap answers when its store cannot.
     pub on_error: OnError,
+    /// Renders `/metrics`; `None` when no recorder is installed (as in library use).
+    pub metrics: Option<PrometheusHandle>,
 }
 
 /// Why the server could not start.
@@ -92,6 +96,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let _watch = crate::policy::watch(state.policies.clone())?;
+    if let Some(handle) = state.metrics.clone() {
+        tokio::spawn(async move {
+            // Histograms are drained into the exporter's buckets on upkeep.
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     if let CapStore::Memory(_) = &*state.caps {
         let caps = state.caps.clone();
         tokio::spawn(async move {
@@ -128,6 +142,18 @@ pub async fn serve(
         tracing::info!("records flushed");
     }
     Ok(())
+}
+
+/// Installs the process-wide Prometheus recorder; every `metrics::` call from then on is
+/// exported at the admin `/metrics`.
+pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    // Decisions take microseconds; the buckets reach OpenIM's 5 s timeout.
+    let buckets =
+        [0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full("callgate_decision_seconds".into()), &buckets)?
+        .install_recorder()
 }
 
 /// A JSON answer with a status.

@@ -10,7 +10,7 @@ use warp::{Filter, Rejection};
 
 use super::body::{BodyError, read_limited};
 use super::{State, json_reply};
-use crate::policy::Outcome;
+use crate::policy::{Decision, Outcome};
 use crate::protocol::openim::{self, DecodeError};
 use crate::record;
 
@@ -66,25 +66,35 @@ async fn handle(
     };
     let set = state.policies.current();
     let decision = set.decide_with_caps(&event, &state.caps, state.on_error).await;
-    let rule = decision.rule.as_deref().unwrap_or("(default)");
-    metrics::counter!("callgate_decisions_total", "outcome" => decision.outcome.as_str(), "rule" => rule.to_string())
-        .increment(1);
-    metrics::histogram!("callgate_decision_seconds").record(started.elapsed().as_secs_f64());
-    for hit in &decision.dry_run {
-        tracing::info!(command = %event.command, rule = %hit.rule, would = hit.outcome.as_str(), "dry-run rule held");
-    }
+    let latency = started.elapsed();
     if let Some(recorder) = &state.recorder {
-        recorder.record(record::openim_line(&event, &decision, state.is_dry_run, set.version(), started.elapsed()));
+        recorder.record(record::openim_line(&event, &decision, state.is_dry_run, set.version(), latency));
     }
-    let answer = if state.is_dry_run {
-        if let Outcome::Deny(_) = decision.outcome {
-            tracing::info!(command = %event.command, rule, "dry run: would deny");
-        }
-        Outcome::Allow
-    } else {
-        decision.outcome
+    observe(&event.command, &decision, state.is_dry_run, latency);
+    let answer = if state.is_dry_run { &Outcome::Allow } else { &decision.outcome };
+    json_reply(StatusCode::OK, openim::encode(answer))
+}
+
+/// Metrics and logs of one decision. Labels stay bounded: commands OpenIM does not define
+/// count as `other`, and rule ids come from the policy set.
+fn observe(command: &str, decision: &Decision, is_dry_run: bool, latency: std::time::Duration) {
+    let rule = decision.rule.as_deref().unwrap_or("(default)");
+    let outcome = match (&decision.outcome, is_dry_run) {
+        (Outcome::Deny(_), true) => "would_deny",
+        (outcome, _) => outcome.as_str(),
     };
-    json_reply(StatusCode::OK, openim::encode(&answer))
+    let command_label = openim::command_label(command);
+    metrics::counter!("callgate_decisions_total", "command" => command_label, "rule" => rule.to_string(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("callgate_decision_seconds").record(latency.as_secs_f64());
+    for hit in &decision.dry_run {
+        metrics::counter!("callgate_dry_run_hits_total", "rule" => hit.rule.to_string(), "would" => hit.outcome.as_str())
+            .increment(1);
+        tracing::info!(command, rule = %hit.rule, would = hit.outcome.as_str(), "dry-run rule held");
+    }
+    if outcome == "would_deny" {
+        tracing::info!(command, rule, "dry run: would deny");
+    }
 }
 
 fn bad_request(err: &DecodeError) -> warp::reply::Response {

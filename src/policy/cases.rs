@@ -1,0 +1,463 @@
+//! Policy test cases: the files in `tests/` beside the policies, each a list of callbacks
+//! with the decision the policy set must reach, run by `callgate test`.
+//!
+//! This module reads and checks the case files and evaluates each case with
+//! [`PolicySet::explain`]; it returns structured results and prints nothing. The file
+//! format is documented in the README ("Policy tests").
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::compile::{Outcome, Place, PolicySet};
+use super::eval::{Decision, TraceStep};
+use super::load::is_policy_file_name;
+use super::parse::{self, RawDecision};
+use crate::event::Event;
+
+/// The directory, inside the policy directory, that holds the test files. The server loads
+/// only files directly in the policy directory, so cases are never taken for policies.
+pub const CASES_DIR: &str = "tests";
+
+/// What `expect.rule` says when the default, not a rule, must decide.
+const DEFAULT_RULE: &str = "default";
+
+/// Why the test files could not be run. Each message starts with `file:line:`.
+#[derive(Debug, thiserror::Error)]
+pub enum CaseError {
+    /// The test directory exists but cannot be listed.
+    #[error("{}: cannot read the test directory: {source}", dir.display())]
+    Dir { dir: PathBuf, source: std::io::Error },
+    /// A test file could not be read.
+    #[error("{}:1: cannot read the file: {source}", file.display())]
+    Read { file: PathBuf, source: std::io::Error },
+    /// The YAML is malformed or has an unknown key or a wrong type.
+    #[error("{at}: {message}")]
+    Syntax { at: Place, message: String },
+    /// A case that cannot be run against this policy set as written.
+    #[error("{at}: test `{name}`: {message}")]
+    Case { at: Place, name: String, message: String },
+}
+
+/// The outcome of running every test file.
+#[derive(Debug)]
+pub struct CaseRun {
+    /// The test files found, in the order run.
+    pub files: Vec<PathBuf>,
+    /// One report per case, in file order, then case order.
+    pub reports: Vec<CaseReport>,
+}
+
+impl CaseRun {
+    /// How many cases passed.
+    pub fn passed(&self) -> usize {
+        self.reports.iter().filter(|r| r.failure.is_none()).count()
+    }
+
+    /// How many cases failed.
+    pub fn failed(&self) -> usize {
+        self.reports.len() - self.passed()
+    }
+}
+
+/// What happened to one case.
+#[derive(Debug)]
+pub struct CaseReport {
+    /// Where the case starts.
+    pub at: Place,
+    /// The case's name.
+    pub name: String,
+    /// The decision the policy set reached.
+    pub decision: Decision,
+    /// What happened to each rule, as `callgate check` shows it.
+    pub trace: Vec<TraceStep>,
+    /// `expected …, got …` when the case failed; `None` when it passed.
+    pub failure: Option<String>,
+}
+
+/// One case as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCase {
+    name: String,
+    /// Decide as this command; by default the callback's `callbackCommand`.
+    command: Option<String>,
+    /// The callback body.
+    callback: Map<String, Value>,
+    /// Rule id → allowed callbacks already in that rule's window for this callback's key.
+    #[serde(default)]
+    caps: BTreeMap<String, u64>,
+    expect: Expect,
+}
+
+/// What a case expects; every field but `decision` is checked only when given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    decision: RawDecision,
+    /// The rule that decides, or `default`.
+    rule: Option<String>,
+    error_code: Option<i64>,
+    error_message: Option<String>,
+    /// The dry-run rules that held, as a set.
+    dry_run: Option<BTreeSet<String>>,
+}
+
+/// A case checked against the policy set, ready to run.
+struct Case {
+    at: Place,
+    name: String,
+    command: String,
+    body: Map<String, Value>,
+    caps: BTreeMap<String, u64>,
+    expect: Expect,
+}
+
+/// Reads every `*.yaml`/`*.yml` file in `policy_dir/tests`, in file-name order, checks each
+/// case against `set`, and runs them all. No test directory means no cases. Fails whole
+/// when any file or case is malformed: then no case is run.
+pub fn run_cases(set: &PolicySet, policy_dir: &Path) -> Result<CaseRun, Vec<CaseError>> {
+    let files = case_files(&policy_dir.join(CASES_DIR)).map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    let mut cases = Vec::new();
+    for file in &files {
+        match std::fs::read_to_string(file) {
+            Ok(text) => read_cases(set, file, &text, &mut cases, &mut errors),
+            Err(source) => errors.push(CaseError::Read { file: file.clone(), source }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let reports = cases.into_iter().map(|case| run_case(set, case)).collect();
+    Ok(CaseRun { files, reports })
+}
+
+fn case_files(dir: &Path) -> Result<Vec<PathBuf>, CaseError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(CaseError::Dir { dir: dir.to_path_buf(), source }),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| CaseError::Dir { dir: dir.to_path_buf(), source })?;
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        if is_policy_file_name(&name) && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names.into_iter().map(|n| dir.join(n)).collect())
+}
+
+/// Parses one test file and checks its cases against `set`, appending to `cases` or
+/// `errors`.
+fn read_cases(set: &PolicySet, file: &Path, text: &str, cases: &mut Vec<Case>, errors: &mut Vec<CaseError>) {
+    let raw: Vec<RawCase> = match serde_yaml_ng::from_str::<Option<Vec<RawCase>>>(text) {
+        Ok(raw) => raw.unwrap_or_default(),
+        Err(err) => {
+            let (line, message) = parse::split_yaml_error(&err);
+            let message = name_case_in_message(text, message);
+            errors.push(CaseError::Syntax { at: Place { file: file.to_path_buf(), line }, message });
+            return;
+        }
+    };
+    let lines = CaseLines::new(text, raw.len());
+    for (i, raw_case) in raw.into_iter().enumerate() {
+        let mut fail = |needle: &str, message: String| {
+            let at = Place { file: file.to_path_buf(), line: lines.within_case(i, needle) };
+            errors.push(CaseError::Case { at, name: raw_case.name.clone(), message });
+        };
+        if check_rule_ids(&raw_case, set, &mut fail) > 0 {
+            continue;
+        }
+        let command = match (&raw_case.command, raw_case.callback.get("callbackCommand")) {
+            (Some(command), None) => command.clone(),
+            (None, Some(Value::String(body_command))) => body_command.clone(),
+            (Some(command), Some(Value::String(body_command))) if command == body_command => command.clone(),
+            (Some(command), Some(Value::String(body_command))) => {
+                fail(
+                    "command:",
+                    format!(
+                        "`command: {command}` disagrees with the callback's callbackCommand `{body_command}`; callgate refuses such a request"
+                    ),
+                );
+                continue;
+            }
+            (_, Some(_)) => {
+                fail("callbackCommand", "the callback's `callbackCommand` is not a string".into());
+                continue;
+            }
+            (None, None) => {
+                fail(
+                    "callback:",
+                    "the callback has no `callbackCommand`; add it, or give the case a `command:`".into(),
+                );
+                continue;
+            }
+        };
+        cases.push(Case {
+            at: Place { file: file.to_path_buf(), line: lines.case(i) },
+            name: raw_case.name,
+            command,
+            body: raw_case.callback,
+            caps: raw_case.caps,
+            expect: raw_case.expect,
+        });
+    }
+}
+
+/// Checks the rule ids a case names against the set, reporting each problem through
+/// `fail(needle, message)`; returns how many it found.
+fn check_rule_ids(case: &RawCase, set: &PolicySet, fail: &mut dyn FnMut(&str, String)) -> usize {
+    let mut count = 0;
+    let mut report = |needle: &str, message: String| {
+        count += 1;
+        fail(needle, message);
+    };
+    let rule = |id: &str| set.rules.iter().find(|r| &*r.id == id);
+    let expect = &case.expect;
+    match expect.rule.as_deref() {
+        Some(DEFAULT_RULE) if rule(DEFAULT_RULE).is_some() => report(
+            "rule:",
+            "`rule: default` means the default decides, but a rule is also named `default`; rename that rule".into(),
+        ),
+        Some(DEFAULT_RULE) | None => {}
+        Some(id) => match rule(id) {
+            None => report(id, format!("expect.rule: no rule `{id}` in the policy set; {}", known_rules(set))),
+            Some(r) if r.is_dry_run => report(
+                id,
+                format!("expect.rule: rule `{id}` is in dry run and never decides; list it under `expect.dry_run`"),
+            ),
+            Some(_) => {}
+        },
+    }
+    if expect.decision == RawDecision::Allow && (expect.error_code.is_some() || expect.error_message.is_some()) {
+        report("error_", "expect: `error_code` and `error_message` are only checked with `decision: deny`".into());
+    }
+    for id in expect.dry_run.iter().flatten() {
+        match rule(id) {
+            None => report(id, format!("expect.dry_run: no rule `{id}` in the policy set; {}", known_rules(set))),
+            Some(r) if !r.is_dry_run => report(
+                id,
+                format!("expect.dry_run: rule `{id}` is not in dry run (`mode: dry_run`), so it never appears here"),
+            ),
+            Some(_) => {}
+        }
+    }
+    for id in case.caps.keys() {
+        match rule(id) {
+            None => report(id, format!("caps: no rule `{id}` in the policy set; {}", known_rules(set))),
+            Some(r) if r.rate_cap.is_none() => {
+                report(id, format!("caps: rule `{id}` has no `rate_cap`, so a count for it means nothing"))
+            }
+            Some(_) => {}
+        }
+    }
+    count
+}
+
+fn known_rules(set: &PolicySet) -> String {
+    if set.rules.is_empty() {
+        return "the set has no rules".into();
+    }
+    let ids: Vec<&str> = set.rules.iter().map(|r| &*r.id).collect();
+    format!("rules: {}", ids.join(", "))
+}
+
+fn run_case(set: &PolicySet, case: Case) -> CaseReport {
+    let event = Event::openim(case.command, case.body);
+    let cap_counts: HashMap<String, u64> = set
+        .cap_checks_for(&event)
+        .into_iter()
+        .filter_map(|check| case.caps.get(&*check.rule).map(|&count| (check.key, count)))
+        .collect();
+    let (decision, trace) = set.explain(&event, &cap_counts);
+    let failure = (!case.expect.is_met_by(&decision))
+        .then(|| format!("expected {}, got {}", case.expect.describe(), case.expect.describe_actual(&decision)));
+    CaseReport { at: case.at, name: case.name, decision, trace, failure }
+}
+
+impl Expect {
+    fn is_met_by(&self, decision: &Decision) -> bool {
+        let refusal = match &decision.outcome {
+            Outcome::Allow => None,
+            Outcome::Deny(r) => Some(r),
+        };
+        let is_decision_met = match self.decision {
+            RawDecision::Allow => refusal.is_none(),
+            RawDecision::Deny => refusal.is_some(),
+        };
+        let is_rule_met = match self.rule.as_deref() {
+            None => true,
+            Some(DEFAULT_RULE) => decision.rule.is_none(),
+            Some(id) => decision.rule.as_deref() == Some(id),
+        };
+        let is_code_met = self.error_code.is_none_or(|code| refusal.is_some_and(|r| i64::from(r.code) == code));
+        let is_message_met = self.error_message.as_ref().is_none_or(|m| refusal.is_some_and(|r| r.message == *m));
+        let is_dry_run_met = self.dry_run.as_ref().is_none_or(|want| *want == dry_run_ids(decision));
+        is_decision_met && is_rule_met && is_code_met && is_message_met && is_dry_run_met
+    }
+
+    /// The expectation in words, only what is checked:
+    /// ``deny by rule `x` (errCode 20001, no dry run held)``.
+    fn describe(&self) -> String {
+        let mut text = match self.decision {
+            RawDecision::Allow => "allow".to_string(),
+            RawDecision::Deny => "deny".to_string(),
+        };
+        match self.rule.as_deref() {
+            None => {}
+            Some(DEFAULT_RULE) => text.push_str(" by the default"),
+            Some(id) => {
+                let _ = write!(text, " by rule `{id}`");
+            }
+        }
+        let mut details = Vec::new();
+        if let Some(code) = self.error_code {
+            details.push(format!("errCode {code}"));
+        }
+        if let Some(message) = &self.error_message {
+            details.push(format!("errMsg {message:?}"));
+        }
+        if let Some(ids) = &self.dry_run {
+            details.push(describe_dry_run(ids));
+        }
+        with_details(text, &details)
+    }
+
+    /// The decision in the same words, with the details this expectation checks.
+    fn describe_actual(&self, decision: &Decision) -> String {
+        let mut text = decision.outcome.as_str().to_string();
+        match decision.rule.as_deref() {
+            None => text.push_str(" by the default"),
+            Some(id) => {
+                let _ = write!(text, " by rule `{id}`");
+            }
+        }
+        let mut details = Vec::new();
+        if let Outcome::Deny(refusal) = &decision.outcome {
+            details.push(format!("errCode {}", refusal.code));
+            if self.error_message.is_some() {
+                details.push(format!("errMsg {:?}", refusal.message));
+            }
+        }
+        if self.dry_run.is_some() {
+            details.push(describe_dry_run(&dry_run_ids(decision)));
+        }
+        with_details(text, &details)
+    }
+}
+
+fn with_details(text: String, details: &[String]) -> String {
+    if details.is_empty() { text } else { format!("{text} ({})", details.join(", ")) }
+}
+
+fn dry_run_ids(decision: &Decision) -> BTreeSet<String> {
+    decision.dry_run.iter().map(|hit| hit.rule.to_string()).collect()
+}
+
+fn describe_dry_run(ids: &BTreeSet<String>) -> String {
+    if ids.is_empty() {
+        return "no dry run held".into();
+    }
+    let ids: Vec<String> = ids.iter().map(|id| format!("`{id}`")).collect();
+    format!("dry run held for {}", ids.join(" and "))
+}
+
+/// Rewrites a message that starts with serde's path `.[N]…: ` to name the case:
+/// `test `name`: expect: …`. The name is read from a loose parse of the same text. A file
+/// that is not a list gets a hint.
+fn name_case_in_message(text: &str, message: String) -> String {
+    if message.starts_with("invalid type: ") && message.ends_with(", expected a sequence") {
+        return format!("{message}; a test file is a list of cases, each starting `- name: …`");
+    }
+    let Some(rest) = message.strip_prefix(".[").or_else(|| message.strip_prefix('[')) else { return message };
+    let Some((index, rest)) = rest.split_once(']') else { return message };
+    let Ok(index) = index.parse::<usize>() else { return message };
+    let Ok(doc) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else { return message };
+    let Some(name) = doc.get(index).and_then(|c| c.get("name")).and_then(|n| n.as_str()) else { return message };
+    let rest = rest.strip_prefix('.').unwrap_or(rest);
+    let rest = rest.strip_prefix(": ").map_or_else(|| rest.to_string(), |r| r.to_string());
+    format!("test `{name}`: {rest}")
+}
+
+/// The line on which each case of a file starts, found from the text. A block-style list
+/// (the normal way to write cases) gets exact lines; anything else falls back to line 1.
+struct CaseLines<'a> {
+    lines: Vec<&'a str>,
+    starts: Vec<usize>,
+}
+
+impl<'a> CaseLines<'a> {
+    fn new(text: &'a str, case_count: usize) -> CaseLines<'a> {
+        let lines: Vec<&str> = text.lines().collect();
+        let mut starts = Vec::new();
+        let mut item_indent = None;
+        for (i, line) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') || (item_indent.is_none() && trimmed.starts_with("---")) {
+                continue;
+            }
+            let indent = line.len() - trimmed.len();
+            let is_item = trimmed == "-" || trimmed.starts_with("- ");
+            let item_indent = *item_indent.get_or_insert(indent);
+            if indent < item_indent || (indent == item_indent && !is_item) {
+                break;
+            }
+            if indent == item_indent {
+                starts.push(i + 1);
+            }
+        }
+        if starts.len() != case_count {
+            starts.clear();
+        }
+        CaseLines { lines, starts }
+    }
+
+    /// The line where case `index` starts.
+    fn case(&self, index: usize) -> usize {
+        self.starts.get(index).copied().unwrap_or(1)
+    }
+
+    /// The first line of case `index` that contains `needle`, or the case's start.
+    fn within_case(&self, index: usize, needle: &str) -> usize {
+        let start = self.case(index);
+        let end = self.starts.get(index + 1).copied().unwrap_or(self.lines.len() + 1);
+        (start..end).find(|&n| self.lines.get(n - 1).is_some_and(|l| l.contains(needle))).unwrap_or(start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_lines_block_style() {
+        let text = "# cases\n- name: one\n  callback: {}\n\n- name: two\n  expect:\n    rule: x\n";
+        let lines = CaseLines::new(text, 2);
+        assert_eq!((lines.case(0), lines.case(1)), (2, 5));
+        assert_eq!(lines.within_case(1, "rule:"), 7);
+        assert_eq!(lines.within_case(0, "rule:"), 2);
+    }
+
+    #[test]
+    fn case_lines_flow_style_falls_back() {
+        let lines = CaseLines::new("[{name: a}, {name: b}]\n", 2);
+        assert_eq!((lines.case(0), lines.case(1)), (1, 1));
+    }
+
+    #[test]
+    fn parse_errors_name_the_case() {
+        let text = "- name: first\n  callback: {}\n  expect: { decision: allow, rul: x }\n";
+        let err = serde_yaml_ng::from_str::<Option<Vec<RawCase>>>(text).unwrap_err();
+        let (line, message) = parse::split_yaml_error(&err);
+        assert_eq!(line, 3, "{message}");
+        assert!(message.starts_with(".[0].expect: unknown field `rul`"), "{message}");
+        assert!(name_case_in_message(text, message).starts_with("test `first`: expect: unknown field `rul`"));
+    }
+}

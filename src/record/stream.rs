@@ -1,0 +1,84 @@
+//! Records copied to a Redis Stream, so other systems can follow them (`XREAD`, consumer
+//! groups). The files stay the durable source of truth: a line reaches the stream only
+//! after it was written to disk, and a stream that falls behind or is unreachable loses
+//! lines from the stream only (counted and logged), never from the files.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::mpsc;
+
+/// The stream records are added to.
+pub const STREAM_KEY: &str = "callgate:records";
+/// The stream is trimmed to about this many entries (`XADD MAXLEN ~`).
+pub const STREAM_MAX_LEN: usize = 1_000_000;
+/// Lines waiting for Redis; past this they are dropped from the stream and counted.
+const QUEUE: usize = 65_536;
+/// The most lines sent in one pipeline.
+const BATCH: usize = 512;
+
+/// The sending side, held by the record writer.
+#[derive(Debug, Clone)]
+pub struct StreamSink {
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+impl StreamSink {
+    /// Starts the task that copies lines to Redis at `url`. Must be called in a runtime.
+    pub fn spawn(url: &str, timeout: Duration) -> Result<StreamSink, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
+            .set_response_timeout(Some(timeout.max(Duration::from_secs(1))));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(conn, rx));
+        Ok(StreamSink { tx })
+    }
+
+    /// Queues a record line (with or without its newline) without waiting.
+    pub fn send(&self, line: &[u8]) {
+        let line = line.strip_suffix(b"\n").unwrap_or(line).to_vec();
+        if self.tx.try_send(line).is_err() {
+            metrics::counter!("callgate_stream_records_dropped_total").increment(1);
+        }
+    }
+}
+
+async fn run(mut conn: ConnectionManager, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut was_failing = false;
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for line in &batch {
+            pipe.cmd("XADD")
+                .arg(STREAM_KEY)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(STREAM_MAX_LEN)
+                .arg("*")
+                .arg("record")
+                .arg(line)
+                .ignore();
+        }
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => {
+                metrics::counter!("callgate_stream_records_total").increment(batch.len() as u64);
+                if was_failing {
+                    tracing::info!("records reach the redis stream again");
+                    was_failing = false;
+                }
+            }
+            Err(e) => {
+                metrics::counter!("callgate_stream_records_dropped_total").increment(batch.len() as u64);
+                if !was_failing {
+                    tracing::error!(
+                        "records cannot reach the redis stream `{STREAM_KEY}` ({e}); they are still in the files"
+                    );
+                    was_failing = true;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
