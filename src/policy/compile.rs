@@ -160,6 +160,9 @@ pub struct RateCap {
     pub per: std::time::Duration,
 }
 
+/// The longest rate-cap window.
+const MAX_CAP_WINDOW: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
 /// What a rule or the default decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -565,6 +568,10 @@ impl RuleCtx<'_, '_> {
             self.fail("max:", format!("rate_cap max is {}; it must be at least 1", cap.max));
         }
         let per = match crate::duration::parse(&cap.per) {
+            Ok(per) if per > MAX_CAP_WINDOW => {
+                self.fail("per:", format!("rate_cap per is `{}`; windows up to 30d are supported", cap.per));
+                None
+            }
             Ok(per) => Some(per),
             Err(message) => {
                 self.fail("per:", format!("rate_cap per: {message}"));
