@@ -46,6 +46,11 @@ pub struct Settings {
     #[arg(long, env = "CALLGATE_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<String>,
 
+    /// Bearer token the admin API requires (all but /healthz and /readyz); required when
+    /// --admin-listen is not a loopback address
+    #[arg(long, env = "CALLGATE_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Policy directory: every *.yaml / *.yml directly in it [default: ./policies]
     #[arg(long, env = "CALLGATE_POLICIES", value_name = "DIR")]
     pub policies: Option<PathBuf>,
@@ -121,6 +126,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address for the admin API.
     pub admin_listen: SocketAddr,
+    /// Bearer token for the admin API.
+    pub admin_token: Option<String>,
     /// Policy directory.
     pub policies: PathBuf,
     /// Record directory.
@@ -176,6 +183,7 @@ impl Settings {
         Settings {
             listen: self.listen.or(lower.listen),
             admin_listen: self.admin_listen.or(lower.admin_listen),
+            admin_token: self.admin_token.or(lower.admin_token),
             policies: self.policies.or(lower.policies),
             data_dir: self.data_dir.or(lower.data_dir),
             dry_run: self.dry_run.or(lower.dry_run),
@@ -214,6 +222,16 @@ impl Settings {
             return Err(ConfigError::Value { key: "record_max_bytes", message: "must be at least 4096".into() });
         }
         let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+        let admin_listen = addr("admin_listen", self.admin_listen, DEFAULT_ADMIN_LISTEN)?;
+        let admin_token = non_empty(self.admin_token);
+        if !admin_listen.ip().is_loopback() && admin_token.is_none() {
+            return Err(ConfigError::Value {
+                key: "admin_listen",
+                message: format!(
+                    "`{admin_listen}` is not a loopback address, so the admin API needs a token: set --admin-token (or CALLGATE_ADMIN_TOKEN)"
+                ),
+            });
+        }
         let timeout_text = self.redis_timeout.unwrap_or_else(|| DEFAULT_REDIS_TIMEOUT.to_string());
         let redis_timeout = crate::duration::parse(&timeout_text)
             .map_err(|message| ConfigError::Value { key: "redis_timeout", message })?;
@@ -234,7 +252,8 @@ impl Settings {
             cap_max_keys,
             record_max_bytes,
             listen: addr("listen", self.listen, DEFAULT_LISTEN)?,
-            admin_listen: addr("admin_listen", self.admin_listen, DEFAULT_ADMIN_LISTEN)?,
+            admin_listen,
+            admin_token,
             policies: self.policies.unwrap_or_else(|| DEFAULT_POLICIES.into()),
             data_dir: self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             is_dry_run: self.dry_run.unwrap_or(false),
@@ -256,6 +275,15 @@ mod tests {
         assert_eq!(config.listen.port(), 1);
         assert!(config.is_dry_run);
         assert_eq!(config.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_a_token() {
+        let open = Settings { admin_listen: Some("0.0.0.0:9091".into()), ..Settings::default() };
+        let err = open.clone().resolve().unwrap_err();
+        assert!(err.to_string().contains("needs a token"), "{err}");
+        let with_token = Settings { admin_token: Some("t".into()), ..open };
+        assert_eq!(with_token.resolve().unwrap().admin_token.as_deref(), Some("t"));
     }
 
     #[test]

@@ -178,6 +178,7 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
         caps,
         on_error: config.on_error,
         metrics: Some(metrics),
+        admin_token: config.admin_token.clone(),
     });
 
     runtime.block_on(async {

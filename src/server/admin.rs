@@ -16,6 +16,60 @@ use crate::record::{self, EventFilter};
 
 /// The admin routes.
 pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let probes = probes(state.clone());
+    let token = state.admin_token.clone();
+    let authorized = warp::header::optional::<String>("authorization").and_then(move |given: Option<String>| {
+        let token = token.clone();
+        async move {
+            match (&token, given) {
+                (None, _) => Ok(()),
+                (Some(t), Some(g)) if is_same_token(t, &g) => Ok(()),
+                _ => Err(warp::reject::custom(Unauthorized)),
+            }
+        }
+    });
+    let guarded = authorized.untuple_one().and(operator_routes(state));
+    probes
+        .or(guarded)
+        .unify()
+        .recover(|rejection: Rejection| async move {
+            if rejection.find::<Unauthorized>().is_some() {
+                metrics::counter!("callgate_admin_unauthorized_total").increment(1);
+                let body = warp::reply::json(
+                    &json!({"error": "missing or wrong bearer token; send `Authorization: Bearer <admin token>`"}),
+                );
+                return Ok(warp::reply::with_status(body, StatusCode::UNAUTHORIZED).into_response());
+            }
+            Err(rejection)
+        })
+        .unify()
+}
+
+#[derive(Debug)]
+struct Unauthorized;
+impl warp::reject::Reject for Unauthorized {}
+
+/// Compares `Bearer <token>` in constant time.
+fn is_same_token(token: &str, header: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let given = header.strip_prefix("Bearer ").unwrap_or("");
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
+/// `/healthz` and `/readyz`, open to probes without a token.
+fn probes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let healthz =
+        warp::path!("healthz").and(warp::get()).map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
+    // A store exists only once a set has loaded, so a running admin listener is ready.
+    let readyz = warp::path!("readyz").and(warp::get()).map(move || {
+        warp::reply::json(&json!({"status": "ready", "policy_version": state.policies.current().version()}))
+            .into_response()
+    });
+    healthz.or(readyz).unify()
+}
+
+/// Everything else, behind the token when one is set.
+fn operator_routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let with_state = warp::any().map(move || state.clone());
     let metrics = warp::path!("metrics").and(warp::get()).and(with_state.clone()).map(|state: Arc<State>| {
         let mut text = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
@@ -24,13 +78,6 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
         text.push_str("# HELP callgate_policy_info The serving policy set.\n# TYPE callgate_policy_info gauge\n");
         text.push_str(&format!("callgate_policy_info{{version=\"{version}\"}} 1\n"));
         warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
-    });
-    let healthz =
-        warp::path!("healthz").and(warp::get()).map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
-    // A store exists only once a set has loaded, so a running admin listener is ready.
-    let readyz = warp::path!("readyz").and(warp::get()).and(with_state.clone()).map(|state: Arc<State>| {
-        warp::reply::json(&json!({"status": "ready", "policy_version": state.policies.current().version()}))
-            .into_response()
     });
     let status = warp::path!("v1" / "status")
         .and(warp::get())
@@ -72,19 +119,7 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
         .and(warp::query::<EventsQuery>())
         .and(with_state)
         .then(|q: EventsQuery, state: Arc<State>| async move { events(q, &state).await });
-    metrics
-        .or(healthz)
-        .unify()
-        .or(readyz)
-        .unify()
-        .or(status)
-        .unify()
-        .or(reload)
-        .unify()
-        .or(events)
-        .unify()
-        .or(explain)
-        .unify()
+    metrics.or(status).unify().or(reload).unify().or(events).unify().or(explain).unify()
 }
 
 /// Decides a posted OpenIM callback without recording or counting it, and says why.

@@ -49,6 +49,8 @@ pub struct State {
     pub on_error: OnError,
     /// Renders `/metrics`; `None` when no recorder is installed (as in library use).
     pub metrics: Option<PrometheusHandle>,
+    /// Bearer token the admin API requires, when set.
+    pub admin_token: Option<String>,
 }
 
 /// Why the server could not start.

@@ -89,15 +89,20 @@ impl Server {
 
     /// Starts a server; returns its stderr if it exits or stalls before it is ready.
     pub fn try_start(policies: &Path, extra: &[&str]) -> Result<Server, String> {
-        Server::try_start_with_data(policies, None, extra)
+        Server::spawn(policies, None, extra, &[])
+    }
+
+    /// Starts a server with extra environment variables.
+    pub fn start_with_env(policies: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::spawn(policies, None, extra, env).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts a server whose records go to `data` (which outlives it), as for a restart.
     pub fn start_with_data(policies: &Path, data: &Path, extra: &[&str]) -> Server {
-        Server::try_start_with_data(policies, Some(data), extra).unwrap_or_else(|e| panic!("{e}"))
+        Server::spawn(policies, Some(data), extra, &[]).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn try_start_with_data(policies: &Path, data: Option<&Path>, extra: &[&str]) -> Result<Server, String> {
+    fn spawn(policies: &Path, data: Option<&Path>, extra: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
         let scratch = tempfile::tempdir().unwrap();
         let log = scratch.path().join("stderr.log");
         let data = data.map_or_else(|| scratch.path().join("data"), Path::to_path_buf);
@@ -111,6 +116,7 @@ impl Server {
             .args(extra)
             .env_remove("CALLGATE_CONFIG")
             .env("CALLGATE_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
