@@ -172,34 +172,12 @@ fn read_cases(set: &PolicySet, file: &Path, text: &str, cases: &mut Vec<Case>, e
             let at = Place { file: file.to_path_buf(), line: lines.within_case(i, needle) };
             errors.push(CaseError::Case { at, name: raw_case.name.clone(), message });
         };
-        if check_rule_ids(&raw_case, set, &mut fail) > 0 {
+        let problems = check_rule_ids(&raw_case, set, &mut fail);
+        let command = case_command(&raw_case).map_err(|(needle, message)| fail(needle, message));
+        let Ok(command) = command else { continue };
+        if problems > 0 {
             continue;
         }
-        let command = match (&raw_case.command, raw_case.callback.get("callbackCommand")) {
-            (Some(command), None) => command.clone(),
-            (None, Some(Value::String(body_command))) => body_command.clone(),
-            (Some(command), Some(Value::String(body_command))) if command == body_command => command.clone(),
-            (Some(command), Some(Value::String(body_command))) => {
-                fail(
-                    "command:",
-                    format!(
-                        "`command: {command}` disagrees with the callback's callbackCommand `{body_command}`; callgate refuses such a request"
-                    ),
-                );
-                continue;
-            }
-            (_, Some(_)) => {
-                fail("callbackCommand", "the callback's `callbackCommand` is not a string".into());
-                continue;
-            }
-            (None, None) => {
-                fail(
-                    "callback:",
-                    "the callback has no `callbackCommand`; add it, or give the case a `command:`".into(),
-                );
-                continue;
-            }
-        };
         cases.push(Case {
             at: Place { file: file.to_path_buf(), line: lines.case(i) },
             name: raw_case.name,
@@ -208,6 +186,25 @@ fn read_cases(set: &PolicySet, file: &Path, text: &str, cases: &mut Vec<Case>, e
             caps: raw_case.caps,
             expect: raw_case.expect,
         });
+    }
+}
+
+/// The command a case is decided as, or where and why it has none.
+fn case_command(case: &RawCase) -> Result<String, (&'static str, String)> {
+    match (&case.command, case.callback.get("callbackCommand")) {
+        (Some(command), None) => Ok(command.clone()),
+        (None, Some(Value::String(body_command))) => Ok(body_command.clone()),
+        (Some(command), Some(Value::String(body_command))) if command == body_command => Ok(command.clone()),
+        (Some(command), Some(Value::String(body_command))) => Err((
+            "command:",
+            format!(
+                "`command: {command}` disagrees with the callback's callbackCommand `{body_command}`; callgate refuses such a request"
+            ),
+        )),
+        (_, Some(_)) => Err(("callbackCommand", "the callback's `callbackCommand` is not a string".into())),
+        (None, None) => {
+            Err(("callback:", "the callback has no `callbackCommand`; add it, or give the case a `command:`".into()))
+        }
     }
 }
 
@@ -265,8 +262,13 @@ fn known_rules(set: &PolicySet) -> String {
     if set.rules.is_empty() {
         return "the set has no rules".into();
     }
-    let ids: Vec<&str> = set.rules.iter().map(|r| &*r.id).collect();
-    format!("rules: {}", ids.join(", "))
+    // A large set would drown the message; the first few show the naming.
+    const SHOWN: usize = 20;
+    let ids: Vec<&str> = set.rules.iter().take(SHOWN).map(|r| &*r.id).collect();
+    match set.rules.len().checked_sub(SHOWN) {
+        Some(more) if more > 0 => format!("rules: {}, and {more} more", ids.join(", ")),
+        _ => format!("rules: {}", ids.join(", ")),
+    }
 }
 
 fn run_case(set: &PolicySet, case: Case) -> CaseReport {
