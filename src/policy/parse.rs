@@ -21,8 +21,10 @@ pub struct RawFile {
     #[serde(default)]
     pub rules: Vec<RawRule>,
     /// The decision when no rule holds; at most one file of a set may give it.
+    #[serde(default, deserialize_with = "present_default")]
     pub default: Option<RawDecision>,
     /// The refusal sent when `default: deny`.
+    #[serde(default, deserialize_with = "present_error")]
     pub error: Option<RawError>,
 }
 
@@ -45,12 +47,15 @@ pub struct RawRule {
     #[serde(default, deserialize_with = "one_or_many")]
     pub on: Option<Vec<String>>,
     /// Conditions, all of which must hold.
+    #[serde(default, deserialize_with = "present_when")]
     pub when: Option<RawGroup>,
     /// A rate cap that must also hold.
+    #[serde(default, deserialize_with = "present_rate_cap")]
     pub rate_cap: Option<RawRateCap>,
     /// What the rule decides when it holds.
     pub decision: RawDecision,
     /// The refusal, required with `decision: deny`.
+    #[serde(default, deserialize_with = "present_error")]
     pub error: Option<RawError>,
     /// `enforce` (default) or `dry_run`.
     #[serde(default)]
@@ -97,7 +102,7 @@ pub struct RawError {
 #[serde(deny_unknown_fields)]
 pub struct RawRateCap {
     /// Fields whose values, with the rule id, make the cap's key.
-    #[serde(default, deserialize_with = "one_or_many")]
+    #[serde(default, deserialize_with = "cap_key_fields")]
     pub key: Option<Vec<String>>,
     /// Allowed callbacks per window; at least 1.
     pub max: u64,
@@ -263,7 +268,43 @@ impl<'a> RuleLines<'a> {
     }
 }
 
+/// For optional keys: absent is `None` (through `#[serde(default)]`), but a key that is
+/// present with nothing after it (`when:` with every condition commented out) is an error,
+/// not a silent "always". serde does not say which key failed here, so each key has its
+/// own function naming it.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D, key: &str) -> Result<Option<T>, D::Error> {
+    match Option::<T>::deserialize(d)? {
+        Some(v) => Ok(Some(v)),
+        None => Err(de::Error::custom(format_args!("`{key}` is empty; give it a value, or remove the key"))),
+    }
+}
+
+fn present_when<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawGroup>, D::Error> {
+    present(d, "when")
+}
+
+fn present_rate_cap<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawRateCap>, D::Error> {
+    present(d, "rate_cap")
+}
+
+fn present_error<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawError>, D::Error> {
+    present(d, "error")
+}
+
+fn present_default<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawDecision>, D::Error> {
+    present(d, "default")
+}
+
+fn cap_key_fields<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    strings(d, "`key` is empty; list fields, or remove it for one cap shared by every callback")
+}
+
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    strings(d, "`on` is empty; list commands, or remove it to apply the rule to every command")
+}
+
+/// A string or a list of strings; `if_empty` is the error for a key with nothing after it.
+fn strings<'de, D: Deserializer<'de>>(d: D, if_empty: &str) -> Result<Option<Vec<String>>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -271,7 +312,7 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D
         Many(Vec<String>),
     }
     match Option::<OneOrMany>::deserialize(d) {
-        Ok(None) => Ok(None),
+        Ok(None) => Err(de::Error::custom(if_empty)),
         Ok(Some(OneOrMany::One(s))) => Ok(Some(vec![s])),
         Ok(Some(OneOrMany::Many(v))) => Ok(Some(v)),
         Err(_) => Err(de::Error::custom("expected a string or a list of strings")),
