@@ -5,7 +5,7 @@
 //! [`Settings`] is the one list of settings: clap reads it from flags and env, serde from the
 //! file (keys are the flag names with `_` for `-`), so the three sources cannot drift apart.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -29,6 +29,14 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 pub const DEFAULT_TENCENT_MAX_SKEW: &str = "60s";
 /// The size at which a record file is rotated by default: 64 MiB.
 pub const DEFAULT_RECORD_MAX_BYTES: u64 = 64 << 20;
+/// How long a client may take to send headers, then a body, by default.
+pub const DEFAULT_READ_TIMEOUT: &str = "10s";
+/// The largest request head by default: 64 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
+/// Callbacks handled at once by default.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// Connections open at once per listener by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
 /// How long a Redis call may take by default.
 pub const DEFAULT_REDIS_TIMEOUT: &str = "50ms";
 /// How many rate-cap keys the in-memory store tracks at most by default.
@@ -103,6 +111,31 @@ pub struct Settings {
     #[arg(long, env = "CALLGATE_ON_ERROR", value_name = "ANSWER")]
     pub on_error: Option<OnError>,
 
+    /// Secret path segment OpenIM must post under: /openim/<TOKEN>/<command> [default: none]
+    #[arg(long, env = "CALLGATE_OPENIM_PATH_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub openim_path_token: Option<String>,
+
+    /// Accept callbacks only from these sources (CIDR or IP; repeat, or comma-separate in env)
+    /// [default: any]
+    #[arg(long, env = "CALLGATE_ALLOW_SOURCE", value_name = "CIDR", value_delimiter = ',')]
+    pub allow_source: Option<Vec<String>>,
+
+    /// How long a client may take to send a request's headers, and then its body [default: 10s]
+    #[arg(long, env = "CALLGATE_READ_TIMEOUT", value_name = "DURATION")]
+    pub read_timeout: Option<String>,
+
+    /// Largest request head (request line and headers) in bytes [default: 65536]
+    #[arg(long, env = "CALLGATE_MAX_HEADER_BYTES", value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+
+    /// Callbacks handled at once; past this a callback is answered 503 [default: 1024]
+    #[arg(long, env = "CALLGATE_MAX_CONCURRENT_REQUESTS", value_name = "N")]
+    pub max_concurrent_requests: Option<usize>,
+
+    /// Connections open at once per listener; past this new ones are closed [default: 8192]
+    #[arg(long, env = "CALLGATE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
     /// Most rate-cap keys tracked in memory; past it new keys answer per --on-error [default: 1000000]
     #[arg(long, env = "CALLGATE_CAP_MAX_KEYS", value_name = "N")]
     pub cap_max_keys: Option<usize>,
@@ -152,6 +185,58 @@ pub struct Config {
     pub on_error: OnError,
     /// Most keys the in-memory cap store tracks.
     pub cap_max_keys: usize,
+    /// Secret path segment for OpenIM callbacks.
+    pub openim_path_token: Option<String>,
+    /// Sources callbacks are accepted from; empty means any.
+    pub allow_sources: Vec<Cidr>,
+    /// Header (and body) read timeout.
+    pub read_timeout: Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Callbacks handled at once.
+    pub max_concurrent_requests: usize,
+    /// Connections open at once per listener.
+    pub max_connections: usize,
+}
+
+/// An IP network, `10.0.0.0/8` or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDR/PREFIX` or `ADDR`.
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let bad = || format!("`{text}` is not a network; write an address or ADDR/PREFIX, as in `10.0.0.0/8`");
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (text, None),
+        };
+        let net: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let bits = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(bits);
+        if prefix > bits {
+            return Err(bad());
+        }
+        Ok(Cidr { net, prefix })
+    }
+
+    /// Whether `ip` is in the network (an IPv4 address seen as `::ffff:a.b.c.d` counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Why a configuration could not be built.
@@ -198,6 +283,12 @@ impl Settings {
             redis_timeout: self.redis_timeout.or(lower.redis_timeout),
             on_error: self.on_error.or(lower.on_error),
             cap_max_keys: self.cap_max_keys.or(lower.cap_max_keys),
+            openim_path_token: self.openim_path_token.or(lower.openim_path_token),
+            allow_source: self.allow_source.or(lower.allow_source),
+            read_timeout: self.read_timeout.or(lower.read_timeout),
+            max_header_bytes: self.max_header_bytes.or(lower.max_header_bytes),
+            max_concurrent_requests: self.max_concurrent_requests.or(lower.max_concurrent_requests),
+            max_connections: self.max_connections.or(lower.max_connections),
         }
     }
 
@@ -223,6 +314,28 @@ impl Settings {
         }
         let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
         let admin_listen = addr("admin_listen", self.admin_listen, DEFAULT_ADMIN_LISTEN)?;
+        let read_timeout_text = self.read_timeout.unwrap_or_else(|| DEFAULT_READ_TIMEOUT.to_string());
+        let read_timeout = crate::duration::parse(&read_timeout_text)
+            .map_err(|message| ConfigError::Value { key: "read_timeout", message })?;
+        let allow_sources = self
+            .allow_source
+            .unwrap_or_default()
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| Cidr::parse(s.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|message| ConfigError::Value { key: "allow_source", message })?;
+        let at_least = |key: &'static str, v: usize, min: usize| {
+            if v < min { Err(ConfigError::Value { key, message: format!("must be at least {min}") }) } else { Ok(v) }
+        };
+        let max_header_bytes =
+            at_least("max_header_bytes", self.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES), 1024)?;
+        let max_concurrent_requests = at_least(
+            "max_concurrent_requests",
+            self.max_concurrent_requests.unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS),
+            1,
+        )?;
+        let max_connections = at_least("max_connections", self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS), 1)?;
         let admin_token = non_empty(self.admin_token);
         if !admin_listen.ip().is_loopback() && admin_token.is_none() {
             return Err(ConfigError::Value {
@@ -254,6 +367,12 @@ impl Settings {
             listen: addr("listen", self.listen, DEFAULT_LISTEN)?,
             admin_listen,
             admin_token,
+            openim_path_token: non_empty(self.openim_path_token),
+            allow_sources,
+            read_timeout,
+            max_header_bytes,
+            max_concurrent_requests,
+            max_connections,
             policies: self.policies.unwrap_or_else(|| DEFAULT_POLICIES.into()),
             data_dir: self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             is_dry_run: self.dry_run.unwrap_or(false),
@@ -284,6 +403,21 @@ mod tests {
         assert!(err.to_string().contains("needs a token"), "{err}");
         let with_token = Settings { admin_token: Some("t".into()), ..open };
         assert_eq!(with_token.resolve().unwrap().admin_token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn cidrs() {
+        let net = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+        assert!(Cidr::parse("127.0.0.1").unwrap().contains("127.0.0.1".parse().unwrap()));
+        assert!(!Cidr::parse("127.0.0.1").unwrap().contains("127.0.0.2".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("fd00::/8").unwrap().contains("fd12::1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

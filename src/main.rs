@@ -179,6 +179,15 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
         on_error: config.on_error,
         metrics: Some(metrics),
         admin_token: config.admin_token.clone(),
+        openim_path_token: config.openim_path_token.clone(),
+        allow_sources: config.allow_sources.clone(),
+        read_timeout: config.read_timeout,
+        busy: tokio::sync::Semaphore::new(config.max_concurrent_requests),
+        conn_limits: server::ConnLimits {
+            read_timeout: config.read_timeout,
+            max_header_bytes: config.max_header_bytes,
+            max_connections: config.max_connections,
+        },
     });
 
     runtime.block_on(async {

@@ -110,6 +110,9 @@ pub enum DecodeError {
     /// `callbackCommand` is present but not a string.
     #[error("`callbackCommand` must be a string")]
     CommandNotString,
+    /// The body did not arrive within the read timeout.
+    #[error("body was not received in time")]
+    BodyTimeout,
 }
 
 impl DecodeError {
@@ -124,6 +127,7 @@ impl DecodeError {
             DecodeError::CommandMismatch { .. } => 1006,
             DecodeError::BadCommand(_) => 1007,
             DecodeError::CommandNotString => 1008,
+            DecodeError::BodyTimeout => 1014,
         }
     }
 
@@ -138,6 +142,7 @@ impl DecodeError {
             DecodeError::CommandMismatch { .. } => "command_mismatch",
             DecodeError::BadCommand(_) => "bad_command",
             DecodeError::CommandNotString => "command_not_string",
+            DecodeError::BodyTimeout => "body_timeout",
         }
     }
 }

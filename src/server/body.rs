@@ -10,10 +10,26 @@ pub enum BodyError {
     TooLarge,
     /// The connection failed while reading.
     Read(String),
+    /// The body did not arrive in time.
+    Timeout,
 }
 
-/// Reads the whole body, refusing it as soon as it is known to exceed `limit` bytes.
-pub async fn read_limited<S, B>(declared_len: Option<u64>, stream: S, limit: usize) -> Result<Bytes, BodyError>
+/// Reads the whole body within `timeout`, refusing it as soon as it is known to exceed
+/// `limit` bytes, so a slow or endless body cannot hold a request.
+pub async fn read_limited<S, B>(
+    declared_len: Option<u64>,
+    stream: S,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, BodyError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    tokio::time::timeout(timeout, read(declared_len, stream, limit)).await.unwrap_or(Err(BodyError::Timeout))
+}
+
+async fn read<S, B>(declared_len: Option<u64>, stream: S, limit: usize) -> Result<Bytes, BodyError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,

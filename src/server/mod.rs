@@ -4,10 +4,14 @@
 //! A callback handler reads as four steps: decode (`protocol`), decide (`policy`), record,
 //! reply (`protocol`).
 
+mod access;
 mod admin;
 mod body;
+mod listen;
 mod openim;
 mod tencent;
+
+pub use listen::{ConnLimits, Peer};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +24,7 @@ use warp::http::{StatusCode, header};
 use tokio::net::TcpListener;
 use warp::Filter;
 
-use crate::config::Config;
+use crate::config::{Cidr, Config};
 use crate::policy::PolicyStore;
 use crate::protocol::tencent::TencentAuth;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -51,6 +55,16 @@ pub struct State {
     pub metrics: Option<PrometheusHandle>,
     /// Bearer token the admin API requires, when set.
     pub admin_token: Option<String>,
+    /// Secret path segment OpenIM callbacks must carry, when set.
+    pub openim_path_token: Option<String>,
+    /// Sources callbacks are accepted from; empty means any.
+    pub allow_sources: Vec<Cidr>,
+    /// How long a request body may take to arrive.
+    pub read_timeout: std::time::Duration,
+    /// Callbacks handled at once; a callback that finds none free is answered 503.
+    pub busy: tokio::sync::Semaphore,
+    /// Limits of the accept loops.
+    pub conn_limits: ConnLimits,
 }
 
 /// Why the server could not start.
@@ -123,16 +137,12 @@ pub async fn serve(
         });
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
 
     let recorder = state.recorder.clone();
     let callbacks = openim::routes(state.clone()).or(tencent::routes(state.clone())).unify().recover(openim::recover);
-    let callbacks = warp::serve(callbacks).incoming(bound.callbacks).graceful(stopped(stop_rx.clone())).run();
-    let admin = warp::serve(admin::routes(state)).incoming(bound.admin).graceful(stopped(stop_rx)).run();
-    let callbacks = tokio::spawn(callbacks);
-    let admin = tokio::spawn(admin);
+    let limits = state.conn_limits;
+    let callbacks = tokio::spawn(listen::serve(bound.callbacks, warp::service(callbacks), limits, stop_rx.clone()));
+    let admin = tokio::spawn(listen::serve(bound.admin, warp::service(admin::routes(state)), limits, stop_rx));
 
     shutdown.await;
     tracing::info!("shutting down: no new connections; finishing requests in flight");

@@ -9,6 +9,7 @@ use warp::http::{Method, StatusCode};
 use warp::{Filter, Rejection};
 
 use super::body::{BodyError, read_limited};
+use super::{Peer, access};
 use super::{State, json_reply};
 use crate::policy::{Decision, Outcome};
 use crate::protocol::openim::{self, DecodeError};
@@ -23,6 +24,7 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
         .and(query)
         .and(warp::header::optional::<String>("operationid"))
         .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::ext::optional::<Peer>())
         .and(warp::body::stream())
         .and(warp::any().map(move || state.clone()))
         .then(
@@ -31,21 +33,40 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
              query: String,
              operation_id: Option<String>,
              len: Option<u64>,
+             peer: Option<Peer>,
              body,
              state: Arc<State>| async move {
+                if !access::is_source_allowed(&state.allow_sources, peer) {
+                    access::note_forbidden("openim", "source", peer);
+                    return error_reply(StatusCode::FORBIDDEN, 1012, "forbidden");
+                }
+                let Some(path_command) = access::strip_path_token(state.openim_path_token.as_deref(), tail.as_str())
+                else {
+                    access::note_forbidden("openim", "path_token", peer);
+                    return error_reply(StatusCode::FORBIDDEN, 1012, "forbidden");
+                };
                 if method != Method::POST {
                     let mut reply = error_reply(StatusCode::METHOD_NOT_ALLOWED, 1009, "callbacks must be POSTed");
                     reply.headers_mut().insert(warp::http::header::ALLOW, warp::http::HeaderValue::from_static("POST"));
                     return reply;
                 }
-                let raw = match read_limited(len, body, state.max_body_bytes).await {
+                let Ok(_working) = state.busy.try_acquire() else {
+                    metrics::counter!("callgate_busy_total", "source" => "openim").increment(1);
+                    return error_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        1013,
+                        "callgate is busy; too many callbacks at once",
+                    );
+                };
+                let raw = match read_limited(len, body, state.max_body_bytes, state.read_timeout).await {
                     Ok(raw) => raw,
                     Err(BodyError::TooLarge) => {
                         return bad_request(&DecodeError::TooLarge { limit: state.max_body_bytes });
                     }
                     Err(BodyError::Read(e)) => return bad_request(&DecodeError::BodyRead(e)),
+                    Err(BodyError::Timeout) => return bad_request(&DecodeError::BodyTimeout),
                 };
-                handle(&state, tail.as_str(), &query, operation_id.as_deref().unwrap_or(""), raw).await
+                handle(&state, path_command, &query, operation_id.as_deref().unwrap_or(""), raw).await
             },
         )
 }

@@ -8,7 +8,7 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
 use super::body::{BodyError, read_limited};
-use super::{State, json_reply};
+use super::{Peer, State, access, json_reply};
 use crate::protocol::tencent::{self, TencentError};
 use crate::record;
 
@@ -19,14 +19,24 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
         .and(warp::post())
         .and(query)
         .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::ext::optional::<Peer>())
         .and(warp::body::stream())
         .and(warp::any().map(move || state.clone()))
-        .then(|query: String, len: Option<u64>, body, state: Arc<State>| async move {
+        .then(|query: String, len: Option<u64>, peer: Option<Peer>, body, state: Arc<State>| async move {
             let started = Instant::now();
-            let raw = match read_limited(len, body, state.max_body_bytes).await {
+            if !access::is_source_allowed(&state.allow_sources, peer) {
+                access::note_forbidden("tencent", "source", peer);
+                return json_reply(StatusCode::FORBIDDEN, tencent::encode_fail("forbidden"));
+            }
+            let Ok(_working) = state.busy.try_acquire() else {
+                metrics::counter!("callgate_busy_total", "source" => "tencent").increment(1);
+                return json_reply(StatusCode::SERVICE_UNAVAILABLE, tencent::encode_fail("callgate is busy; retry"));
+            };
+            let raw = match read_limited(len, body, state.max_body_bytes, state.read_timeout).await {
                 Ok(raw) => raw,
                 Err(BodyError::TooLarge) => return fail(&TencentError::TooLarge { limit: state.max_body_bytes }),
                 Err(BodyError::Read(e)) => return fail(&TencentError::BodyRead(e)),
+                Err(BodyError::Timeout) => return fail(&TencentError::BodyRead("not received in time".into())),
             };
             handle(&state, &query, raw, started).await
         })

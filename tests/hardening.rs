@@ -1,0 +1,142 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a failure should panic")]
+//! Access control and limits over real sockets: the OpenIM path token, the source
+//! allowlist, header size, slow headers and bodies, concurrent callbacks and connections.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const DENY_ALL: &str = "rules:\n  - id: no\n    decision: deny\n    error: { code: 150, message: no }\n";
+
+fn forbidden() -> String {
+    r#"{"actionCode":1,"errCode":1012,"errMsg":"forbidden","errDlt":"","nextCode":0}"#.to_string()
+}
+
+/// Opens a raw connection to `base` (`http://host:port`).
+async fn connect(base: &str) -> TcpStream {
+    TcpStream::connect(base.trim_start_matches("http://")).await.unwrap()
+}
+
+/// Reads until the server closes the connection (or `limit` passes); returns what came.
+async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    match tokio::time::timeout(limit, stream.read_to_end(&mut out)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn the_openim_path_token_is_required_and_never_logged() {
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    let mut server = Server::start(dir.path(), &["--openim-path-token", "k7Hq2pZ"]);
+    let body = r#"{"callbackCommand":"cmdX"}"#;
+    let denied = refusal(150, "no", "");
+    assert_eq!(server.post("/openim/k7Hq2pZ/cmdX", body).await, (200, denied.clone()));
+    assert_eq!(server.post("/openim/k7Hq2pZ?command=cmdX", body).await, (200, denied.clone()));
+    assert_eq!(server.post("/openim/k7Hq2pZ", body).await, (200, denied.clone()));
+    for path in ["/openim/cmdX", "/openim", "/openim/k7Hq2pY/cmdX", "/openim/k7Hq2pZZ/cmdX", "/openim?command=cmdX"] {
+        assert_eq!(server.post(path, body).await, (403, forbidden()), "{path}");
+    }
+    assert_eq!(server.terminate(), Some(0));
+    assert_eq!(events(server.data_dir(), &[]).len(), 3, "refused requests are not recorded");
+    let logs = server.logs();
+    assert_eq!(logs.matches("callback refused: forbidden").count(), 5);
+    assert!(!logs.contains("k7Hq2p"), "the token must never be logged");
+}
+
+#[tokio::test]
+async fn the_source_allowlist_guards_both_endpoints() {
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    let elsewhere = Server::start(dir.path(), &["--allow-source", "10.0.0.0/8", "--allow-source", "192.168.0.0/16"]);
+    assert_eq!(elsewhere.post("/openim/cmdX", "{}").await, (403, forbidden()));
+    let (status, body) = elsewhere.post_tencent("CallbackCommand=Sns.CallbackFriendAdd", "{}").await;
+    assert_eq!((status, body.as_str()), (403, r#"{"ActionStatus":"FAIL","ErrorCode":1,"ErrorInfo":"forbidden"}"#));
+
+    let here = Server::start_with_env(dir.path(), &[], &[("CALLGATE_ALLOW_SOURCE", "10.0.0.0/8,127.0.0.1")]);
+    assert_eq!(here.post("/openim/cmdX", "{}").await.0, 200);
+    assert_eq!(here.post_tencent("CallbackCommand=Sns.CallbackFriendAdd", "{}").await.0, 200);
+
+    let err = Server::try_start(dir.path(), &["--allow-source", "10.0.0.0/40"]).err().unwrap();
+    assert!(err.contains("`allow_source`: `10.0.0.0/40` is not a network"), "{err}");
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    let server = Server::start(dir.path(), &["--max-header-bytes", "4096"]);
+    let resp = server
+        .client
+        .post(format!("{}/openim/cmdX", server.base))
+        .header("x-pad", "a".repeat(8192))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 431);
+    assert_eq!(server.post("/openim/cmdX", "{}").await.0, 200, "still serving");
+}
+
+#[tokio::test]
+async fn a_slow_client_cannot_hold_a_connection_or_a_request() {
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    let server = Server::start(dir.path(), &["--read-timeout", "1s"]);
+
+    // Headers that never finish: the connection is closed after the timeout.
+    let mut slow = connect(&server.base).await;
+    slow.write_all(b"POST /openim/cmdX HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let answer = read_to_close(&mut slow, Duration::from_secs(10)).await;
+    assert!(answer.is_some(), "connection still open after 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed too early: {:?}", started.elapsed());
+
+    // A body that never finishes: answered 400 (errCode 1014) after the timeout.
+    let mut slow = connect(&server.base).await;
+    slow.write_all(b"POST /openim/cmdX HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains(r#""errCode":1014,"errMsg":"body was not received in time""#), "{answer}");
+}
+
+#[tokio::test]
+async fn callbacks_past_the_concurrency_limit_get_503_in_wire_format() {
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    let server = Server::start(dir.path(), &["--max-concurrent-requests", "1", "--read-timeout", "5s"]);
+    // One callback holds the only slot while its body trickles in.
+    let mut holder = connect(&server.base).await;
+    holder.write_all(b"POST /openim/cmdX HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{").await.unwrap();
+    // Wait until the holder's request has taken the slot: a second callback is then busy.
+    let started = Instant::now();
+    let busy = r#"{"actionCode":1,"errCode":1013,"errMsg":"callgate is busy; too many callbacks at once","errDlt":"","nextCode":0}"#;
+    loop {
+        let (status, body) = server.post("/openim/cmdX", "{}").await;
+        if status == 503 {
+            assert_eq!(body, busy);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never busy");
+    }
+    holder.write_all(b"}").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = holder.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert_eq!(server.post("/openim/cmdX", "{}").await.0, 200, "the slot is free again");
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_closed_at_once() {
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    let server = Server::start(dir.path(), &["--max-connections", "2"]);
+    let _a = connect(&server.base).await;
+    let _b = connect(&server.base).await;
+    let mut c = connect(&server.base).await;
+    let _ = c.write_all(b"POST /openim/cmdX HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}").await;
+    let answer = read_to_close(&mut c, Duration::from_secs(10)).await;
+    assert_eq!(answer.as_deref(), Some(""), "the third connection must be closed without an answer");
+}
