@@ -31,7 +31,7 @@ enum Command {
         #[arg(long, env = "CALLGATE_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
         #[command(flatten)]
-        settings: Settings,
+        settings: Box<Settings>,
     },
     /// Decide sample callbacks offline and show which rules held, were skipped or ran dry
     Check {
@@ -98,7 +98,7 @@ impl PoliciesArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, settings } => serve(config.as_deref(), settings),
+        Command::Serve { config, settings } => serve(config.as_deref(), *settings),
         Command::Check { policies, command, events } => check(&policies.dir(), command.as_deref(), &events),
         Command::Validate { policies } => validate(&policies.dir()),
         Command::Test { policies } => test(&policies.dir()),
