@@ -111,10 +111,11 @@ fn observe(command: &str, decision: &Decision, is_dry_run: bool, latency: std::t
     for hit in &decision.dry_run {
         metrics::counter!("callgate_dry_run_hits_total", "rule" => hit.rule.to_string(), "would" => hit.outcome.as_str())
             .increment(1);
-        tracing::info!(command, rule = %hit.rule, would = hit.outcome.as_str(), "dry-run rule held");
+        // Records and the metric carry every hit; a log line each would flood the log.
+        tracing::debug!(command, rule = %hit.rule, would = hit.outcome.as_str(), "dry-run rule held");
     }
     if outcome == "would_deny" {
-        tracing::info!(command, rule, "dry run: would deny");
+        tracing::debug!(command, rule, "dry run: would deny");
     }
 }
 
