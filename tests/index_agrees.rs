@@ -62,7 +62,7 @@ fn generated_policy(seed: u64, rules: usize, samples: &[(String, Map<String, Val
         let (field, value) = rng.pick(&pairs).clone();
         let prefix: String = value.chars().take(3).collect();
         let prefix = regex_escape(&prefix);
-        let cond = match rng.next() % 9 {
+        let cond = match rng.next() % 11 {
             0 => format!("{field}: {{ equals: \"{value}\" }}"),
             1 => format!("{field}: {{ in: [\"{value}\", \"zzz\"] }}"),
             2 => format!("{field}: {{ in_list: seen }}"),
@@ -71,6 +71,8 @@ fn generated_policy(seed: u64, rules: usize, samples: &[(String, Map<String, Val
             5 => format!("{field}: {{ not_in_list: seen }}"),
             6 => format!("any: [ {{ {field}: {{ regex: '{prefix}' }} }}, {{ {field}: {{ exists: false }} }} ]"),
             7 => format!("not: {{ {field}: {{ equals: \"{value}\" }} }}"),
+            9 => format!("{field}: {{ regex: '{prefix}' }}"),
+            10 => format!("{field}: {{ regex: '(?i){prefix}|^zz\\d' }}"),
             _ => format!("{field}: {{ exists: true }}\n      /{field}: {{ not_regex: '^zzz' }}"),
         };
         let on = match rng.next() % 4 {

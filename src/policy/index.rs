@@ -3,11 +3,12 @@
 //!
 //! Each rule gets one *anchor*: a top-level, positive condition that must hold for the rule
 //! to hold. `equals`/`in` anchors go into a hash map per field, `in_list` anchors are
-//! grouped by (field, list) so each membership test runs once. A `regex` anchored at the
-//! start (`^…`) whose matches must begin with one of a few literal prefixes is filed under
-//! those prefixes, so a field's text finds it with one hash lookup per prefix length; other
-//! regexes go into `RegexSet`s per field, in chunks small enough that each set's lazy DFA
-//! stays fast. A rule with none of these is anchored on its exact `on` commands, or else is
+//! grouped by (field, list) so each membership test runs once. A `regex` whose every match
+//! begins with one of a few literals is filed under those literals: when it is anchored at
+//! the start (`^…`), in a map of prefixes (one hash lookup per prefix length of the text);
+//! otherwise in one Aho-Corasick automaton per field (one scan of the text finds every
+//! regex whose literal occurs in it). The remaining regexes go into `RegexSet`s per field,
+//! in chunks small enough that each set's lazy DFA stays fast. A rule with none of these is anchored on its exact `on` commands, or else is
 //! a candidate for every callback. A callback's candidates are then
 //! checked in rule order, so the first-match semantics are those of a plain scan; the
 //! index only skips rules that cannot hold.
@@ -15,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use aho_corasick::AhoCorasick;
 use regex::RegexSet;
 use serde_json::{Map, Value};
 
@@ -37,11 +39,20 @@ struct Prefixes {
     longest: usize,
 }
 
+/// Unanchored regexes of one field, by a literal every match begins with.
+#[derive(Debug)]
+struct Substrings {
+    automaton: AhoCorasick,
+    /// Rules per literal, by the automaton's pattern id.
+    rules: Vec<RuleIds>,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     equals: Vec<(FieldPath, HashMap<Box<str>, RuleIds>)>,
     lists: Vec<(FieldPath, Arc<List>, RuleIds)>,
     prefixes: Vec<(FieldPath, Prefixes)>,
+    substrings: Vec<(FieldPath, Substrings)>,
     regexes: Vec<(FieldPath, RegexSet, RuleIds)>,
     by_command: HashMap<Box<str>, RuleIds>,
     always: RuleIds,
@@ -88,6 +99,7 @@ impl Index {
         let mut lists: HashMap<(&FieldPath, &str), (Arc<List>, RuleIds)> = HashMap::new();
         let mut regexes: HashMap<&FieldPath, (Vec<&str>, RuleIds)> = HashMap::new();
         let mut prefixes: HashMap<&FieldPath, Prefixes> = HashMap::new();
+        let mut substrings: HashMap<&FieldPath, HashMap<Vec<u8>, RuleIds>> = HashMap::new();
         for (i, rule) in rules.iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             match anchor(rule) {
@@ -101,7 +113,16 @@ impl Index {
                     lists.entry((field, list.name.as_str())).or_insert_with(|| (list.clone(), Vec::new())).1.push(i);
                 }
                 Some(Anchor::Regex(field, pattern)) => match literal_prefixes(pattern) {
-                    Some(literals) => {
+                    Some((false, literals)) => {
+                        let by_literal = substrings.entry(field).or_default();
+                        for literal in literals {
+                            let ids = by_literal.entry(literal).or_default();
+                            if ids.last() != Some(&i) {
+                                ids.push(i);
+                            }
+                        }
+                    }
+                    Some((true, literals)) => {
                         let index = prefixes.entry(field).or_default();
                         for literal in literals {
                             index.longest = index.longest.max(literal.len());
@@ -130,6 +151,14 @@ impl Index {
         index.equals = equals.into_iter().map(|(f, m)| (f.clone(), m)).collect();
         index.lists = lists.into_iter().map(|((f, _), (l, ids))| (f.clone(), l, ids)).collect();
         index.prefixes = prefixes.into_iter().map(|(f, p)| (f.clone(), p)).collect();
+        for (field, by_literal) in substrings {
+            let (literals, rules): (Vec<Vec<u8>>, Vec<RuleIds>) = by_literal.into_iter().unzip();
+            match AhoCorasick::new(&literals) {
+                Ok(automaton) => index.substrings.push((field.clone(), Substrings { automaton, rules })),
+                // Too large for an automaton: check those rules on every callback instead.
+                Err(_) => index.always.extend(rules.into_iter().flatten()),
+            }
+        }
         for (field, (patterns, ids)) in regexes {
             for (patterns, ids) in patterns.chunks(REGEX_SET_CHUNK).zip(ids.chunks(REGEX_SET_CHUNK)) {
                 match RegexSet::new(patterns) {
@@ -171,6 +200,15 @@ impl Index {
                 }
             }
         }
+        for (field, index) in &self.substrings {
+            if let Some(text) = lookup(body, field).and_then(value_text) {
+                for m in index.automaton.find_overlapping_iter(text.as_bytes()) {
+                    if let Some(ids) = index.rules.get(m.pattern().as_usize()) {
+                        out.extend_from_slice(ids);
+                    }
+                }
+            }
+        }
         for (field, set, ids) in &self.regexes {
             if let Some(text) = lookup(body, field).and_then(value_text) {
                 out.extend(set.matches(&text).iter().filter_map(|m| ids.get(m).copied()));
@@ -186,15 +224,14 @@ impl Index {
     }
 }
 
-/// The literals every match of `pattern` must begin with, when the pattern is anchored at
-/// the start of the text and they are few and non-empty; `None` otherwise.
-fn literal_prefixes(pattern: &str) -> Option<Vec<Vec<u8>>> {
+/// The literals every match of `pattern` begins with, when they are few and non-empty, and
+/// whether the pattern is anchored at the start of the text (then the literals are prefixes
+/// of the text; otherwise they occur somewhere in it). `None` when there are no such literals.
+fn literal_prefixes(pattern: &str) -> Option<(bool, Vec<Vec<u8>>)> {
     use regex_syntax::hir::Look;
     use regex_syntax::hir::literal::{ExtractKind, Extractor};
     let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
-    if !hir.properties().look_set_prefix().contains(Look::Start) {
-        return None;
-    }
+    let is_anchored = hir.properties().look_set_prefix().contains(Look::Start);
     let mut extractor = Extractor::new();
     extractor.kind(ExtractKind::Prefix);
     let seq = extractor.extract(&hir);
@@ -202,7 +239,7 @@ fn literal_prefixes(pattern: &str) -> Option<Vec<Vec<u8>>> {
     if literals.is_empty() || literals.iter().any(|l| l.as_bytes().is_empty()) {
         return None;
     }
-    Some(literals.iter().map(|l| l.as_bytes().to_vec()).collect())
+    Some((is_anchored, literals.iter().map(|l| l.as_bytes().to_vec()).collect()))
 }
 
 #[cfg(test)]
@@ -211,14 +248,18 @@ mod tests {
 
     #[test]
     fn anchored_patterns_have_literal_prefixes() {
-        let p = |s: &str| literal_prefixes(s).map(|v| v.into_iter().map(|l| String::from_utf8(l).unwrap()).collect::<Vec<_>>());
-        assert_eq!(p("^sys_"), Some(vec!["sys_".to_string()]));
-        let mut both = p("^(sys|bot)_").unwrap();
+        let p = |s: &str| {
+            literal_prefixes(s)
+                .map(|(a, v)| (a, v.into_iter().map(|l| String::from_utf8(l).unwrap()).collect::<Vec<_>>()))
+        };
+        assert_eq!(p("^sys_"), Some((true, vec!["sys_".to_string()])));
+        let (anchored, mut both) = p("^(sys|bot)_").unwrap();
         both.sort();
-        assert_eq!(both, ["bot_", "sys_"]);
-        assert!(p("^u_12[0-9]{2}$").unwrap().iter().all(|l| l.starts_with("u_12")));
-        assert_eq!(p("sys_"), None, "not anchored");
+        assert_eq!((anchored, both), (true, vec!["bot_".to_string(), "sys_".to_string()]));
+        assert!(p("^u_12[0-9]{2}$").unwrap().1.iter().all(|l| l.starts_with("u_12")));
+        assert_eq!(p("sys_"), Some((false, vec!["sys_".to_string()])), "unanchored: a substring");
+        assert_eq!(p("_word\\d+$").map(|(a, _)| a), Some(false));
         assert_eq!(p("^.*x"), None, "no literal prefix");
-        assert_eq!(p("(?m)^sys_"), None, "line anchors are not text anchors");
+        assert_eq!(p("(?m)^sys_").map(|(a, _)| a), Some(false), "line anchors are not text anchors");
     }
 }
