@@ -114,6 +114,27 @@ impl PolicySet {
         self.rules.len()
     }
 
+    /// Every compiled regex of the set, by pattern.
+    fn regexes(&self) -> HashMap<String, Regex> {
+        fn walk(group: &Group, out: &mut HashMap<String, Regex>) {
+            for cond in &group.0 {
+                match cond {
+                    Cond::Field { test: Test::Regex(re), .. } => {
+                        out.insert(re.as_str().to_string(), re.clone());
+                    }
+                    Cond::Field { .. } => {}
+                    Cond::Any(groups) | Cond::All(groups) => groups.iter().for_each(|g| walk(g, out)),
+                    Cond::Not(g) => walk(g, out),
+                }
+            }
+        }
+        let mut out = HashMap::new();
+        for rule in &self.rules {
+            walk(&rule.when, &mut out);
+        }
+        out
+    }
+
     /// The empty set: no rules, default allow. Used only where no directory is involved.
     pub fn empty() -> PolicySet {
         PolicySet {
@@ -335,6 +356,7 @@ pub fn compile(
     dir: &Path,
     sources: &[SourceFile],
     read_list: &mut dyn FnMut(&Path) -> std::io::Result<String>,
+    previous: Option<&PolicySet>,
 ) -> Result<PolicySet, LoadErrors> {
     let mut errors = Vec::new();
     let mut parsed = Vec::new();
@@ -351,6 +373,9 @@ pub fn compile(
 
     let lists = compile_lists(dir, &parsed, read_list, &mut errors);
 
+    // Regexes unchanged since the previous set are reused, not compiled again: compiling is
+    // most of the cost of loading a large set, and a reload usually changes few of them.
+    let known = previous.map(PolicySet::regexes).unwrap_or_default();
     let mut rules = Vec::new();
     let mut first_place: HashMap<String, Place> = HashMap::new();
     let mut default: Option<(Place, Outcome)> = None;
@@ -363,8 +388,15 @@ pub fn compile(
                 continue;
             }
             first_place.insert(raw_rule.id.clone(), at.clone());
-            let mut ctx =
-                RuleCtx { lines: &lines, index: i, at: &at, rule: &raw_rule.id, lists: &lists, errors: &mut errors };
+            let mut ctx = RuleCtx {
+                lines: &lines,
+                index: i,
+                at: &at,
+                rule: &raw_rule.id,
+                lists: &lists,
+                regexes: &known,
+                errors: &mut errors,
+            };
             if let Some(rule) = ctx.compile_rule(raw_rule) {
                 rules.push(rule);
             }
@@ -490,6 +522,7 @@ struct RuleCtx<'a, 'b> {
     at: &'a Place,
     rule: &'a str,
     lists: &'a HashMap<String, Arc<List>>,
+    regexes: &'a HashMap<String, Regex>,
     errors: &'a mut Vec<LoadError>,
 }
 
@@ -651,7 +684,11 @@ impl RuleCtx<'_, '_> {
         }
         for (pattern, is_negated) in [(&ops.regex, false), (&ops.not_regex, true)] {
             let Some(pattern) = pattern else { continue };
-            match Regex::new(&pattern.0) {
+            let compiled = match self.regexes.get(&pattern.0) {
+                Some(re) => Ok(re.clone()),
+                None => Regex::new(&pattern.0),
+            };
+            match compiled {
                 Ok(re) => conds.push(Cond::Field { field: path.clone(), test: Test::Regex(re), is_negated }),
                 Err(e) => self.fail(
                     &pattern.0,

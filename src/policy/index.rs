@@ -233,7 +233,9 @@ fn literal_prefixes(pattern: &str) -> Option<(bool, Vec<Vec<u8>>)> {
     let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
     let is_anchored = hir.properties().look_set_prefix().contains(Look::Start);
     let mut extractor = Extractor::new();
-    extractor.kind(ExtractKind::Prefix);
+    // Short, few literals: a class like `[0-9]` ends the literal rather than multiplying it
+    // tenfold, which keeps the index small and quick to build.
+    extractor.kind(ExtractKind::Prefix).limit_class(4).limit_total(64);
     let seq = extractor.extract(&hir);
     let literals = seq.literals()?;
     if literals.is_empty() || literals.iter().any(|l| l.as_bytes().is_empty()) {

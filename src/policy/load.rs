@@ -16,6 +16,11 @@ pub fn is_policy_file_name(name: &str) -> bool {
 /// Loads every policy file directly in `dir`, in file-name order, with the list files they
 /// name. Fails whole: any error and no set is returned.
 pub fn load_dir(dir: &Path) -> Result<PolicySet, LoadErrors> {
+    load_dir_after(dir, None)
+}
+
+/// [`load_dir`], reusing what can be reused from the serving set (its compiled regexes).
+pub fn load_dir_after(dir: &Path, previous: Option<&PolicySet>) -> Result<PolicySet, LoadErrors> {
     let entries =
         std::fs::read_dir(dir).map_err(|source| LoadErrors(vec![LoadError::Dir { dir: dir.to_path_buf(), source }]))?;
     let mut names = Vec::new();
@@ -56,7 +61,7 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, LoadErrors> {
         files.push(path.to_path_buf());
         Ok(text)
     };
-    let set = compile::compile(dir, &sources, &mut read_list)?;
+    let set = compile::compile(dir, &sources, &mut read_list, previous)?;
     let version = hex::encode(hasher.finalize());
     Ok(set.with_identity(version, files))
 }

@@ -23,7 +23,7 @@ mod reload;
 pub use cases::{CASES_DIR, CaseError, CaseReport, CaseRun, run_cases};
 pub use compile::{LoadError, LoadErrors, Outcome, Place, PolicySet, Refusal};
 pub use eval::{CapHit, Decision, DryRunHit, Plan, Step, TraceStep};
-pub use load::load_dir;
+pub use load::{load_dir, load_dir_after};
 pub use reload::{PolicyStore, ReloadStatus, Reloaded, Watch, watch};
 
 /// The JSON Schema (draft-07) of one policy file, as `schema/policy.schema.json` holds it

@@ -13,7 +13,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::compile::{LoadErrors, PolicySet};
-use super::load::load_dir;
+use super::load::{load_dir, load_dir_after};
 
 /// The result of the last reload attempt, for status pages and logs.
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ impl PolicyStore {
     pub fn reload(&self) -> Result<Reloaded, LoadErrors> {
         let _one_at_a_time = lock(&self.reload_lock);
         let started = Instant::now();
-        let result = load_dir(&self.dir);
+        let result = load_dir_after(&self.dir, Some(&self.current.load()));
         let now = SystemTime::now();
         let mut status = lock(&self.status);
         status.last_attempt = now;
