@@ -1,0 +1,451 @@
+#!/usr/bin/env bash
+# Load test of the callgate decision service, run from anywhere inside the repo:
+#
+#   bash bench/load.sh
+#
+# 1. Throughput: callgate (shipped policies/) against a bare warp server that answers the
+#    same fixed allow body without parsing or deciding (examples/bare_warp.rs). Both run in
+#    the same script, alternating bare, callgate, bare, callgate, ... so that the noise of a
+#    shared machine falls on both alike. wrk posts OpenIM sample callbacks (bench/openim.lua).
+#    Target: callgate reaches at least 0.85 of the bare server's requests/sec. A third
+#    server, callgate with `--records false`, runs in the same rotation (NOREC=1, the
+#    default) to show what writing a record of every callback costs.
+# 2. Hot reload: a second callgate serves a generated 10,000-rule set; a changed 10,000-rule
+#    file is written next to it and renamed over it, and /v1/status is polled every 10 ms
+#    until the policy version changes. Target: live in under 1000 ms from the write.
+#
+# Everything listens on 127.0.0.1 only, on ports the kernel picks. Every process started
+# here is stopped on exit. Apart from the build, the run takes about two minutes
+# (ROUNDS x 3 x DURATION seconds of wrk, plus warm-ups and the reloads).
+#
+# Knobs (environment): ROUNDS=5 DURATION=6 WARMUP=3 THREADS=2 CONNS=32 RELOADS=5 NOREC=1
+# PIN=0 (PIN=1: servers on CPU 0, wrk on CPU 1 with one thread; steadier on 2 cores)
+
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-6}
+WARMUP=${WARMUP:-3}
+THREADS=${THREADS:-2}
+CONNS=${CONNS:-32}
+RELOADS=${RELOADS:-5}
+PIN=${PIN:-0}
+NOREC=${NOREC:-1}
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+LUA="$REPO/bench/openim.lua"
+CALLGATE="$REPO/target/release/callgate"
+BARE="$REPO/target/release/examples/bare_warp"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/callgate-load.XXXXXX")
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        # Give each a moment to finish gracefully, then make sure.
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf '[load] %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# --- build and tools ---------------------------------------------------------------------
+
+say "building release: callgate and examples/bare_warp"
+timeout 900 cargo build --release --quiet --bin callgate --example bare_warp ||
+    die "release build failed"
+
+if ! command -v wrk >/dev/null 2>&1; then
+    say "wrk not found; installing it with apt-get"
+    (apt-get install -y wrk >/dev/null 2>&1 ||
+        { apt-get update >/dev/null 2>&1 && apt-get install -y wrk >/dev/null 2>&1; }) ||
+        die "cannot install wrk"
+fi
+command -v python3 >/dev/null 2>&1 || die "python3 is needed for the reload test"
+
+SERVER_CPU=()
+WRK_CPU=()
+if [[ "$PIN" == 1 ]]; then
+    SERVER_CPU=(taskset -c 0)
+    WRK_CPU=(taskset -c 1)
+    THREADS=1
+fi
+
+# --- helpers -----------------------------------------------------------------------------
+
+# wait_for_line FILE PATTERN PID: prints the first line of FILE matching PATTERN, waiting up
+# to 30 s; fails if PID exits first.
+wait_for_line() {
+    local file=$1 pattern=$2 pid=$3 line
+    for _ in $(seq 600); do
+        line=$(grep -m1 -- "$pattern" "$file" 2>/dev/null || true)
+        if [[ -n "$line" ]]; then
+            printf '%s\n' "$line"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+
+# start_callgate NAME POLICY_DIR [FLAG...]: starts callgate, waits until it serves, and
+# sets CG_PID, CG_ADDR and CG_ADMIN. Logs are JSON so the script can read them.
+start_callgate() {
+    local name=$1 dir=$2 line
+    shift 2
+    mkdir -p "$WORK/$name-data"
+    "${SERVER_CPU[@]}" "$CALLGATE" serve \
+        --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+        --policies "$dir" --data-dir "$WORK/$name-data" --log-format json "$@" \
+        >"$WORK/$name.out" 2>"$WORK/$name.log" &
+    CG_PID=$!
+    PIDS+=("$CG_PID")
+    line=$(wait_for_line "$WORK/$name.out" "serving callbacks on" "$CG_PID") || {
+        cat "$WORK/$name.log" >&2
+        die "$name did not start"
+    }
+    CG_ADDR=$(sed -E 's|.*serving callbacks on http://([0-9.:]+).*|\1|' <<<"$line")
+    CG_ADMIN=$(sed -E 's|.*admin on http://([0-9.:]+).*|\1|' <<<"$line")
+    say "$name: pid $CG_PID, callbacks $CG_ADDR, admin $CG_ADMIN"
+}
+
+ALLOW='{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}'
+PROBE_BODY='{"callbackCommand":"callbackAfterRemoveBlackCommand","ownerUserID":"u_1001","blackUserID":"u_1005"}'
+
+# probe ADDR: one OpenIM callback; prints the answer body.
+probe() {
+    curl -sS --max-time 2 -X POST \
+        -H 'Content-Type: application/json; charset=utf-8' -H 'operationID: probe' \
+        --data-binary "$PROBE_BODY"$'\n' \
+        "http://$1/openim/callbackAfterRemoveBlackCommand" 2>/dev/null || true
+}
+
+# to_ms VALUE: wrk's latency ("850.00us", "1.23ms", "2.00s") in milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n = n / 1000
+        else if (v ~ /ms$/) n = n
+        else if (v ~ /m$/) n = n * 60000
+        else if (v ~ /s$/) n = n * 1000
+        printf "%.3f", n
+    }'
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+# cpu_ticks PID: user + system CPU time of the whole process (all threads), in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+
+# run_wrk LABEL ADDR SECONDS [PID]: runs wrk, keeps its output in $WORK/wrk-LABEL.txt, and
+# sets RPS, P50 and P99 (ms), and CPU_US: the server's CPU time per request in µs (PID's
+# user + system time over the run, divided by the requests wrk completed).
+run_wrk() {
+    local label=$1 addr=$2 secs=$3 pid=${4:-} out="$WORK/wrk-$1.txt" bad t0=0 t1=0 n
+    [[ -n "$pid" ]] && t0=$(cpu_ticks "$pid")
+    timeout $((secs + 30)) "${WRK_CPU[@]}" wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --latency \
+        -s "$LUA" "http://$addr" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed ($label)"; }
+    [[ -n "$pid" ]] && t1=$(cpu_ticks "$pid")
+    RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    [[ -n "$RPS" ]] || { cat "$out" >&2; die "no Requests/sec in wrk output ($label)"; }
+    P50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
+    P99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
+    n=$(awk '/requests in/ { print $1 }' "$out")
+    CPU_US=$(awk -v t=$((t1 - t0)) -v hz="$TICK" -v n="$n" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+    bad=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
+    if [[ -n "$bad" ]] || grep -q "Socket errors" "$out"; then
+        say "warning: $label: $(grep -E 'Non-2xx|Socket errors' "$out" | tr '\n' ' ')"
+    fi
+}
+
+# --- 1. throughput: bare warp vs callgate ------------------------------------------------
+
+"${SERVER_CPU[@]}" "$BARE" 127.0.0.1:0 >"$WORK/bare.out" 2>"$WORK/bare.log" &
+BARE_PID=$!
+PIDS+=("$BARE_PID")
+line=$(wait_for_line "$WORK/bare.out" "listening on" "$BARE_PID") || {
+    cat "$WORK/bare.log" >&2
+    die "bare_warp did not start"
+}
+BARE_ADDR=$(sed -E 's|.*listening on http://([0-9.:]+).*|\1|' <<<"$line")
+for _ in $(seq 200); do
+    [[ "$(probe "$BARE_ADDR")" == "$ALLOW" ]] && break
+    sleep 0.05
+done
+[[ "$(probe "$BARE_ADDR")" == "$ALLOW" ]] || die "bare_warp at $BARE_ADDR does not answer"
+say "bare_warp: pid $BARE_PID, $BARE_ADDR"
+
+# The contenders, in the order each round runs them.
+NAMES=(bare callgate)
+declare -A ADDR=([bare]=$BARE_ADDR) PID=([bare]=$BARE_PID)
+start_callgate callgate "$REPO/policies"
+ADDR[callgate]=$CG_ADDR PID[callgate]=$CG_PID
+if [[ "$NOREC" == 1 ]]; then
+    start_callgate norec "$REPO/policies" --records false
+    ADDR[norec]=$CG_ADDR PID[norec]=$CG_PID
+    NAMES+=(norec)
+fi
+for name in "${NAMES[@]}"; do
+    [[ "$(probe "${ADDR[$name]}")" == "$ALLOW" ]] ||
+        die "$name at ${ADDR[$name]} does not allow the probe callback: $(probe "${ADDR[$name]}")"
+done
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+say "wrk -t$THREADS -c$CONNS, $ROUNDS rounds of ${DURATION}s each, alternating ${NAMES[*]} (PIN=$PIN)"
+say "warm-up: ${WARMUP}s each; load average before: $LOAD_BEFORE"
+for name in "${NAMES[@]}"; do
+    run_wrk "warm-$name" "${ADDR[$name]}" "$WARMUP"
+done
+
+# Per contender: space-separated values, one per round.
+declare -A RPS_OF=() P50_OF=() P99_OF=() CPU_OF=() RATIO_OF=()
+RUN_LINES=()
+for round in $(seq "$ROUNDS"); do
+    for name in "${NAMES[@]}"; do
+        run_wrk "$name-$round" "${ADDR[$name]}" "$DURATION" "${PID[$name]}"
+        RPS_OF[$name]+="$RPS " P50_OF[$name]+="$P50 " P99_OF[$name]+="$P99 " CPU_OF[$name]+="$CPU_US "
+        [[ "$name" == bare ]] && bare_rps=$RPS
+        RATIO_OF[$name]+="$(awk -v a="$RPS" -v b="$bare_rps" 'BEGIN { printf "%.3f", a / b }') "
+        line=$(printf 'round %d  %-9s %9.0f req/s  p50 %7.3f ms  p99 %7.3f ms  server CPU %6.2f us/req' \
+            "$round" "$name" "$RPS" "$P50" "$P99" "$CPU_US")
+        RUN_LINES+=("$line")
+        say "$line"
+    done
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# Every server must still answer: none died or wedged during the run.
+for name in "${NAMES[@]}"; do
+    [[ "$(probe "${ADDR[$name]}")" == "$ALLOW" ]] || die "$name stopped answering during the run"
+done
+
+# shellcheck disable=SC2086 # the values are space-separated numbers
+med() { median ${1}; }
+MED_BARE=$(med "${RPS_OF[bare]}")
+MED_CG=$(med "${RPS_OF[callgate]}")
+RATIO=$(awk -v a="$MED_CG" -v b="$MED_BARE" 'BEGIN { printf "%.3f", a / b }')
+RATIO_OK=$(awk -v r="$RATIO" 'BEGIN { print (r >= 0.85) ? "MET" : "NOT MET" }')
+CPU_RATIO=$(awk -v b="$(med "${CPU_OF[bare]}")" -v c="$(med "${CPU_OF[callgate]}")" 'BEGIN { printf "%.3f", b / c }')
+RECORDED=$(cat "$WORK"/callgate-data/records-*.jsonl 2>/dev/null | wc -l)
+ERRORS=$(grep -c '"level":"ERROR"' "$WORK/callgate.log" || true)
+ERROR_KINDS=$(grep '"level":"ERROR"' "$WORK/callgate.log" | grep -o '"message":"[^"]*"' |
+    sort | uniq -c | sort -rn | head -3 || true)
+
+# Stop the throughput servers so the reload test has the machine to itself.
+for name in "${NAMES[@]}"; do
+    kill -TERM "${PID[$name]}" 2>/dev/null || true
+    wait "${PID[$name]}" 2>/dev/null || true
+done
+
+# --- 2. hot reload of a 10,000-rule set ---------------------------------------------------
+
+RELOAD_DIR="$WORK/reload-policies"
+NEXT_DIR="$WORK/reload-next"
+mkdir -p "$RELOAD_DIR/lists" "$NEXT_DIR"
+
+cat >"$WORK/gen_rules.py" <<'PY'
+"""Writes a 10,000-rule policy file with the same mix as benches/eval.rs: a third
+equals/in on ID fields, a third in_list over shared 1,000-ID lists, a third regex; exact
+and glob `on`; a few any/not combinators."""
+import random
+import sys
+
+def users(rng, n):
+    return ["u_%d" % rng.randrange(200000, 1000000) for _ in range(n)]
+
+FAMILIES = [
+    (["callbackAfterRemoveBlackCommand", "callbackBeforeAddBlackCommand"],
+     ["callbackAfter*Black*", "*BlackCommand"], ["ownerUserID", "blackUserID"]),
+    (["callbackBeforeSendSingleMsgCommand", "callbackAfterSendSingleMsgCommand"],
+     ["callbackBeforeSend*", "*SingleMsgCommand"], ["sendID", "recvID"]),
+    (["callbackBeforeSendGroupMsgCommand", "callbackAfterSendGroupMsgCommand"],
+     ["*GroupMsgCommand", "callbackBefore*"], ["sendID", "groupID"]),
+    (["callbackBeforeAddFriendCommand", "callbackAfterDeleteFriendCommand"],
+     ["*FriendCommand"], ["fromUserID", "toUserID"]),
+]
+LISTS = ["banned", "vip", "partners", "staff"]
+WORDS = ["relay", "notify", "ops", "billing", "audit", "sync"]
+
+def lists(dir_):
+    rng = random.Random(1)
+    with open(dir_ + "/00-lists.yaml", "w") as f:
+        f.write("lists:\n")
+        for k, name in enumerate(LISTS):
+            ids = users(rng, 1000)
+            if k % 2 == 0:
+                with open("%s/lists/%s.txt" % (dir_, name), "w") as lf:
+                    lf.write("".join(i + "\n" for i in ids))
+                f.write("  %s: { file: lists/%s.txt }\n" % (name, name))
+            else:
+                f.write("  %s: [%s]\n" % (name, ", ".join('"%s"' % i for i in ids)))
+
+def value(rng, field):
+    if field == "groupID":
+        return str(rng.randrange(4000000000, 9000000000))
+    return "u_%d" % rng.randrange(200000, 1000000)
+
+def regex(rng, field):
+    if field == "groupID":
+        return "^%d[0-9]{5}$" % rng.randrange(40000, 90000)
+    return rng.choice([
+        "^u_%d[0-9]{2}$" % rng.randrange(2000, 10000),
+        "^u_%d\\d{3}$" % rng.randrange(200, 1000),
+        "^(bot|sys)_%s" % rng.choice(WORDS),
+        "_%s\\d+$" % rng.choice(WORDS),
+    ])
+
+def rules(path, n, seed):
+    rng = random.Random(seed)
+    out = ["# generated: %d rules, revision %d\nrules:\n" % (n, seed)]
+    for i in range(n):
+        cmds, globs, fields = rng.choice(FAMILIES)
+        out.append("  - id: r%05d\n" % i)
+        roll = rng.randrange(20)
+        if roll < 3:
+            out.append('    on: ["%s"]\n' % rng.choice(globs))
+        elif roll < 19:
+            out.append("    on: [%s]\n" % rng.choice(cmds))
+        field, other = rng.choice(fields), rng.choice(fields)
+        out.append("    when:\n")
+        kind = i % 3
+        if kind == 0:
+            out.append('      %s: { equals: "%s" }\n' % (field, value(rng, field)))
+        elif kind == 1:
+            f = other if field == "groupID" else field
+            out.append("      %s: { in_list: %s }\n" % (f, rng.choice(LISTS[:3])))
+        else:
+            out.append("      %s: { regex: '%s' }\n" % (field, regex(rng, field)))
+        if rng.randrange(25) == 0 and other != "groupID":
+            out.append("      not: { %s: { in_list: staff } }\n" % other)
+        if rng.randrange(2):
+            out.append("    decision: allow\n")
+        else:
+            out.append('    decision: deny\n    error: { code: %d, message: "refused by policy" }\n'
+                       % (20000 + i % 1000))
+    with open(path, "w") as f:
+        f.write("".join(out))
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "lists":
+        lists(sys.argv[2])
+    else:
+        rules(sys.argv[2], 10000, int(sys.argv[3]))
+PY
+
+python3 "$WORK/gen_rules.py" lists "$RELOAD_DIR"
+python3 "$WORK/gen_rules.py" rules "$RELOAD_DIR/10-rules.yaml" 1
+for k in $(seq "$RELOADS"); do
+    python3 "$WORK/gen_rules.py" rules "$NEXT_DIR/rev-$k.yaml" $((k + 1))
+done
+say "generated a 10,000-rule set ($(wc -c <"$RELOAD_DIR/10-rules.yaml") bytes of rules)"
+
+start_callgate reload "$RELOAD_DIR"
+
+cat >"$WORK/reload.py" <<'PY'
+"""For each prepared revision: write it beside the live file, rename it over the live file,
+and poll /v1/status every 10 ms until policy_version changes. Prints one line per reload:
+`RELOAD <ms from start of write to live> <ms from rename to live> <rules> <ok>`."""
+import json
+import os
+import sys
+import time
+import urllib.request
+
+admin, live, revisions = sys.argv[1], sys.argv[2], sys.argv[3:]
+
+def status():
+    with urllib.request.urlopen("http://%s/v1/status" % admin, timeout=2) as r:
+        return json.load(r)
+
+tmp = os.path.join(os.path.dirname(live), ".10-rules.yaml.tmp")
+for rev in revisions:
+    with open(rev, "rb") as f:
+        text = f.read()
+    time.sleep(1.0)  # let the previous reload and its file events settle
+    before = status()["policy_version"]
+    t_write = time.monotonic()
+    with open(tmp, "wb") as f:
+        f.write(text)
+    os.rename(tmp, live)
+    t_rename = time.monotonic()
+    deadline = t_rename + 10.0
+    while True:
+        s = status()
+        if s["policy_version"] != before:
+            t_live = time.monotonic()
+            break
+        if time.monotonic() > deadline:
+            print("RELOAD timeout timeout %s %s" % (s["rules"], s["last_reload"]["ok"]), flush=True)
+            sys.exit(1)
+        time.sleep(0.010)
+    print("RELOAD %.1f %.1f %d %s" % ((t_live - t_write) * 1e3, (t_live - t_rename) * 1e3,
+                                      s["rules"], s["last_reload"]["ok"]), flush=True)
+PY
+
+RELOAD_MS=()
+RELOAD_LINES=()
+while read -r tag ms rename_ms rules ok; do
+    [[ "$tag" == RELOAD ]] || continue
+    [[ "$ms" == timeout ]] && die "reload did not go live within 10 s (rules $rules, ok $ok)"
+    [[ "$rules" == 10000 && "$ok" == True ]] || die "reload loaded $rules rules, ok=$ok"
+    RELOAD_MS+=("$ms")
+    line=$(printf 'reload %d  write->live %7.1f ms  (rename->live %7.1f ms)' "${#RELOAD_MS[@]}" "$ms" "$rename_ms")
+    RELOAD_LINES+=("$line")
+    say "$line"
+done < <(timeout 120 python3 "$WORK/reload.py" "$CG_ADMIN" "$RELOAD_DIR/10-rules.yaml" \
+    $(for k in $(seq "$RELOADS"); do printf '%s ' "$NEXT_DIR/rev-$k.yaml"; done))
+[[ ${#RELOAD_MS[@]} == "$RELOADS" ]] || die "only ${#RELOAD_MS[@]} of $RELOADS reloads measured"
+
+MED_RELOAD=$(median "${RELOAD_MS[@]}")
+MAX_RELOAD=$(printf '%s\n' "${RELOAD_MS[@]}" | sort -g | tail -1)
+RELOAD_OK=$(awk -v m="$MAX_RELOAD" 'BEGIN { print (m < 1000) ? "MET" : "NOT MET" }')
+# callgate logs how long each reload's load took (the first load logs no took_ms).
+LOAD_TOOK=$(grep -o '"took_ms":[0-9]*' "$WORK/reload.log" | cut -d: -f2 | tr '\n' ' ' || true)
+
+# --- summary -----------------------------------------------------------------------------
+
+{
+    echo
+    echo "==================== callgate load summary ===================="
+    echo "machine: $(nproc) CPUs; wrk -t$THREADS -c$CONNS, ${DURATION}s per run, PIN=$PIN"
+    echo "body mix: callbackAfterRemoveBlack x4, callbackBeforeAddBlack x2,"
+    echo "          callbackBeforeSendSingleMsg x1, callbackBeforeSendGroupMsg x1"
+    echo "policies: $REPO/policies (shipped)"
+    printf '%s\n' "${RUN_LINES[@]}"
+    echo "load average before/after: $LOAD_BEFORE / $LOAD_AFTER"
+    printf '%-9s %10s %10s %10s %14s %18s\n' server "req/s" "p50 ms" "p99 ms" "CPU us/req" "req/s vs bare"
+    for name in "${NAMES[@]}"; do
+        printf '%-9s %10.0f %10.3f %10.3f %14.2f %18s\n' "$name" "$(med "${RPS_OF[$name]}")" \
+            "$(med "${P50_OF[$name]}")" "$(med "${P99_OF[$name]}")" "$(med "${CPU_OF[$name]}")" \
+            "$(med "${RATIO_OF[$name]}")"
+    done
+    echo "(medians over rounds; the last column is the median of each round's own ratio)"
+    echo "per-round ratio callgate/bare: ${RATIO_OF[callgate]}"
+    printf 'ratio callgate/bare of median req/s: %s   target >= 0.85: %s\n' "$RATIO" "$RATIO_OK"
+    printf 'CPU per request, bare/callgate: %s (the throughput ratio if both were CPU-bound alone)\n' "$CPU_RATIO"
+    echo "callgate wrote $RECORDED records; $ERRORS error lines in its log"
+    if [[ -n "$ERROR_KINDS" ]]; then sed 's/^/  /' <<<"$ERROR_KINDS"; fi
+    echo "---- hot reload, 10,000 rules, write-and-rename ----"
+    printf '%s\n' "${RELOAD_LINES[@]}"
+    echo "load_dir inside callgate (took_ms, from its log): ${LOAD_TOOK:-n/a}"
+    printf 'reload write->live: median %.1f ms, max %.1f ms   target < 1000 ms: %s\n' \
+        "$MED_RELOAD" "$MAX_RELOAD" "$RELOAD_OK"
+    echo "================================================================"
+}
