@@ -13,6 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +33,11 @@ const QUEUE: usize = 65_536;
 const MAX_BATCH: usize = 4_096;
 /// Records that nobody waits for are made durable at least this often.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// How long an OpenIM record may wait for room in a full queue.
+const QUEUE_WAIT: Duration = Duration::from_millis(500);
+/// After a batch that nobody waits for, the writer lets the next batch gather this long, so
+/// that under load it wakes once per batch rather than once per record.
+const LINGER: Duration = Duration::from_millis(1);
 
 /// Why a record could not be written.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,14 +82,20 @@ impl Recorder {
         Ok(Recorder { tx, thread: Mutex::new(Some(thread)) })
     }
 
-    /// Queues a line without waiting. A line that cannot be queued is counted and logged.
-    pub fn record(&self, line: Vec<u8>) {
-        if let Err(err) = self.tx.try_send(Job::Line { line, done: None }) {
-            let err = match err {
-                mpsc::error::TrySendError::Full(_) => RecordError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => RecordError::Stopped,
-            };
-            count_lost(1, &err);
+    /// Queues a line without waiting for the disk. When the queue is full (the disk is
+    /// slower than the callbacks) it waits up to [`QUEUE_WAIT`] for room: slowing answers
+    /// a little beats losing records. A line that still cannot be queued is counted and
+    /// logged.
+    pub async fn record(&self, line: Vec<u8>) {
+        let job = match self.tx.try_send(Job::Line { line, done: None }) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Closed(_)) => return count_lost(1, &RecordError::Stopped),
+            Err(mpsc::error::TrySendError::Full(job)) => job,
+        };
+        match tokio::time::timeout(QUEUE_WAIT, self.tx.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_closed)) => count_lost(1, &RecordError::Stopped),
+            Err(_full) => count_lost(1, &RecordError::QueueFull),
         }
     }
 
@@ -112,9 +124,15 @@ fn io_error(dir: &Path, e: &std::io::Error) -> RecordError {
     RecordError::Io { dir: dir.to_path_buf(), message: e.to_string() }
 }
 
+/// Counts lost records, and logs them at most once a second so that an overloaded server
+/// does not also flood its log.
 fn count_lost(n: usize, err: &RecordError) {
+    static LAST_LOGGED: AtomicU64 = AtomicU64::new(0);
     metrics::counter!("callgate_records_failed_total").increment(n as u64);
-    tracing::error!(records = n, "records lost: {err}");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if LAST_LOGGED.swap(now, Ordering::Relaxed) != now {
+        tracing::error!(records = n, "records lost: {err} (all losses are counted in callgate_records_failed_total)");
+    }
 }
 
 /// The writer thread: batches, writes, syncs, answers, until stopped.
@@ -132,6 +150,7 @@ fn run(mut segment: Segment, mut rx: mpsc::Receiver<Job>, stream: Option<StreamS
     let mut last_sync = Instant::now();
     let mut is_dirty = false;
     let mut was_failing = false;
+    let mut was_waited_for = false;
     loop {
         // Wait for work, but wake up in time to sync records nobody waits for.
         let first = if is_dirty {
@@ -166,8 +185,8 @@ fn run(mut segment: Segment, mut rx: mpsc::Receiver<Job>, stream: Option<StreamS
             next = if batch.len() < MAX_BATCH { rx.try_recv().ok() } else { None };
         }
         if !batch.is_empty() {
-            let needs_sync =
-                stop.is_some() || batch.iter().any(|(_, d)| d.is_some()) || last_sync.elapsed() >= SYNC_EVERY;
+            was_waited_for = batch.iter().any(|(_, d)| d.is_some());
+            let needs_sync = stop.is_some() || was_waited_for || last_sync.elapsed() >= SYNC_EVERY;
             let mut result = segment.append(batch.iter().map(|(line, _)| line.as_slice()), &mut buf);
             if result.is_ok() {
                 is_dirty = true;
@@ -210,6 +229,9 @@ fn run(mut segment: Segment, mut rx: mpsc::Receiver<Job>, stream: Option<StreamS
             let _ = segment.sync();
             let _ = done.send(());
             return;
+        }
+        if !was_waited_for {
+            std::thread::sleep(LINGER);
         }
     }
 }

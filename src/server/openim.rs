@@ -89,7 +89,7 @@ async fn handle(
     let decision = set.decide_with_caps(&event, &state.caps, state.on_error).await;
     let latency = started.elapsed();
     if let Some(recorder) = &state.recorder {
-        recorder.record(record::openim_line(&event, &decision, state.is_dry_run, set.version(), latency));
+        recorder.record(record::openim_line(&event, &decision, state.is_dry_run, set.version(), latency)).await;
     }
     observe(&event.command, &decision, state.is_dry_run, latency);
     let answer = if state.is_dry_run { &Outcome::Allow } else { &decision.outcome };
