@@ -144,3 +144,31 @@ async fn connections_past_the_limit_are_closed_at_once() {
     let answer = read_to_close(&mut c, Duration::from_secs(10)).await;
     assert_eq!(answer.as_deref(), Some(""), "the third connection must be closed without an answer");
 }
+
+/// Regression (found by the soak): an answer sent before the body was read closes the
+/// connection; it must say so, or a keep-alive client sends its next callback down a
+/// connection that is gone.
+#[tokio::test]
+async fn answers_before_the_body_is_read_say_connection_close() {
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    let server = Server::start(dir.path(), &["--max-body-bytes", "1024"]);
+    for (request, status) in [
+        ("POST /openim/cmdX HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n", "400"),
+        ("PUT /openim/cmdX HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n", "405"),
+        ("POST /elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n", "404"),
+        ("POST /tencent HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n", "413"),
+    ] {
+        let mut conn = connect(&server.base).await;
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_to_close(&mut conn, Duration::from_secs(10)).await.unwrap();
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{answer}");
+    }
+    let resp = server.client.get(format!("{}/tencent", server.base)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
+    assert_eq!(
+        resp.text().await.unwrap(),
+        r#"{"ActionStatus":"FAIL","ErrorCode":1,"ErrorInfo":"callbacks must be POSTed"}"#
+    );
+}

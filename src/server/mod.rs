@@ -168,6 +168,14 @@ pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus
         .install_recorder()
 }
 
+/// Marks an answer sent before the request body was read: the connection is closed after
+/// it, and says so, so that a keep-alive client does not send its next request down a
+/// connection that is about to close.
+fn closing(mut response: warp::reply::Response) -> warp::reply::Response {
+    response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    response
+}
+
 /// A JSON answer with a status.
 fn json_reply(status: StatusCode, body: Bytes) -> warp::reply::Response {
     let mut response = warp::reply::Response::new(body.into());

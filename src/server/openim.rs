@@ -10,7 +10,7 @@ use warp::{Filter, Rejection};
 
 use super::body::{BodyError, read_limited};
 use super::{Peer, access};
-use super::{State, json_reply};
+use super::{State, closing, json_reply};
 use crate::policy::{Decision, Outcome};
 use crate::protocol::openim::{self, DecodeError};
 use crate::record;
@@ -122,11 +122,16 @@ fn observe(command: &str, decision: &Decision, is_dry_run: bool, latency: std::t
 fn bad_request(err: &DecodeError) -> warp::reply::Response {
     metrics::counter!("callgate_bad_requests_total", "source" => "openim", "reason" => err.kind()).increment(1);
     tracing::warn!(reason = err.kind(), "bad OpenIM callback: {err}");
-    json_reply(StatusCode::BAD_REQUEST, openim::encode_bad_request(err))
+    let reply = json_reply(StatusCode::BAD_REQUEST, openim::encode_bad_request(err));
+    match err {
+        DecodeError::TooLarge { .. } | DecodeError::BodyRead(_) | DecodeError::BodyTimeout => closing(reply),
+        _ => reply,
+    }
 }
 
+/// An error answered before the body was read (forbidden, wrong method, busy, no route).
 fn error_reply(status: StatusCode, code: i32, message: &str) -> warp::reply::Response {
-    json_reply(status, openim::encode_error(code, message))
+    closing(json_reply(status, openim::encode_error(code, message)))
 }
 
 /// Turns warp's own rejections (no route matched) into answers in OpenIM's format.

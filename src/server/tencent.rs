@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use warp::http::StatusCode;
+use warp::http::{Method, StatusCode};
 use warp::{Filter, Rejection};
 
 use super::body::{BodyError, read_limited};
-use super::{Peer, State, access, json_reply};
+use super::{Peer, State, access, closing, json_reply};
 use crate::protocol::tencent::{self, TencentError};
 use crate::record;
 
@@ -16,30 +16,43 @@ use crate::record;
 pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     warp::path!("tencent")
-        .and(warp::post())
+        .and(warp::method())
         .and(query)
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::ext::optional::<Peer>())
         .and(warp::body::stream())
         .and(warp::any().map(move || state.clone()))
-        .then(|query: String, len: Option<u64>, peer: Option<Peer>, body, state: Arc<State>| async move {
-            let started = Instant::now();
-            if !access::is_source_allowed(&state.allow_sources, peer) {
-                access::note_forbidden("tencent", "source", peer);
-                return json_reply(StatusCode::FORBIDDEN, tencent::encode_fail("forbidden"));
-            }
-            let Ok(_working) = state.busy.try_acquire() else {
-                metrics::counter!("callgate_busy_total", "source" => "tencent").increment(1);
-                return json_reply(StatusCode::SERVICE_UNAVAILABLE, tencent::encode_fail("callgate is busy; retry"));
-            };
-            let raw = match read_limited(len, body, state.max_body_bytes, state.read_timeout).await {
-                Ok(raw) => raw,
-                Err(BodyError::TooLarge) => return fail(&TencentError::TooLarge { limit: state.max_body_bytes }),
-                Err(BodyError::Read(e)) => return fail(&TencentError::BodyRead(e)),
-                Err(BodyError::Timeout) => return fail(&TencentError::BodyRead("not received in time".into())),
-            };
-            handle(&state, &query, raw, started).await
-        })
+        .then(
+            |method: Method, query: String, len: Option<u64>, peer: Option<Peer>, body, state: Arc<State>| async move {
+                let started = Instant::now();
+                if !access::is_source_allowed(&state.allow_sources, peer) {
+                    access::note_forbidden("tencent", "source", peer);
+                    return closing(json_reply(StatusCode::FORBIDDEN, tencent::encode_fail("forbidden")));
+                }
+                if method != Method::POST {
+                    let mut reply = closing(json_reply(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        tencent::encode_fail("callbacks must be POSTed"),
+                    ));
+                    reply.headers_mut().insert(warp::http::header::ALLOW, warp::http::HeaderValue::from_static("POST"));
+                    return reply;
+                }
+                let Ok(_working) = state.busy.try_acquire() else {
+                    metrics::counter!("callgate_busy_total", "source" => "tencent").increment(1);
+                    return closing(json_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        tencent::encode_fail("callgate is busy; retry"),
+                    ));
+                };
+                let raw = match read_limited(len, body, state.max_body_bytes, state.read_timeout).await {
+                    Ok(raw) => raw,
+                    Err(BodyError::TooLarge) => return fail(&TencentError::TooLarge { limit: state.max_body_bytes }),
+                    Err(BodyError::Read(e)) => return fail(&TencentError::BodyRead(e)),
+                    Err(BodyError::Timeout) => return fail(&TencentError::BodyRead("not received in time".into())),
+                };
+                handle(&state, &query, raw, started).await
+            },
+        )
 }
 
 /// Decode and verify, record (durably), acknowledge.
@@ -68,5 +81,9 @@ fn fail(err: &TencentError) -> warp::reply::Response {
     metrics::counter!("callgate_bad_requests_total", "source" => "tencent", "reason" => err.kind()).increment(1);
     tracing::warn!(reason = err.kind(), "Tencent callback refused: {err}");
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    json_reply(status, tencent::encode_fail(&err.to_string()))
+    let reply = json_reply(status, tencent::encode_fail(&err.to_string()));
+    match err {
+        TencentError::TooLarge { .. } | TencentError::BodyRead(_) => closing(reply),
+        _ => reply,
+    }
 }
