@@ -398,23 +398,7 @@ struct CaseLines<'a> {
 impl<'a> CaseLines<'a> {
     fn new(text: &'a str, case_count: usize) -> CaseLines<'a> {
         let lines: Vec<&str> = text.lines().collect();
-        let mut starts = Vec::new();
-        let mut item_indent = None;
-        for (i, line) in lines.iter().enumerate() {
-            let trimmed = line.trim_start();
-            if trimmed.is_empty() || trimmed.starts_with('#') || (item_indent.is_none() && trimmed.starts_with("---")) {
-                continue;
-            }
-            let indent = line.len() - trimmed.len();
-            let is_item = trimmed == "-" || trimmed.starts_with("- ");
-            let item_indent = *item_indent.get_or_insert(indent);
-            if indent < item_indent || (indent == item_indent && !is_item) {
-                break;
-            }
-            if indent == item_indent {
-                starts.push(i + 1);
-            }
-        }
+        let mut starts = super::parse::sequence_item_lines(&lines, 0);
         if starts.len() != case_count {
             starts.clear();
         }

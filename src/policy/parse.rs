@@ -227,23 +227,7 @@ impl<'a> RuleLines<'a> {
         let Some(rules_at) = rules_at else {
             return RuleLines { lines, starts: Vec::new(), fallback: 1 };
         };
-        let mut starts = Vec::new();
-        let mut item_indent = None;
-        for (i, line) in lines.iter().enumerate().skip(rules_at + 1) {
-            let trimmed = line.trim_start();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            let indent = line.len() - trimmed.len();
-            let is_item = trimmed == "-" || trimmed.starts_with("- ");
-            let item_indent = *item_indent.get_or_insert(indent);
-            if indent < item_indent || (indent == item_indent && !is_item) {
-                break;
-            }
-            if indent == item_indent {
-                starts.push(i + 1);
-            }
-        }
+        let mut starts = sequence_item_lines(&lines, rules_at + 1);
         if starts.len() != rule_count {
             starts.clear();
         }
@@ -297,6 +281,30 @@ fn present_default<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawDecision
 
 fn cap_key_fields<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
     strings(d, "`key` is empty; list fields, or remove it for one cap shared by every callback")
+}
+
+/// The 1-based lines where the items of a block sequence start, reading `lines` from index
+/// `from` until the sequence ends (a line indented less than its items, or as much but not
+/// an item). Blank and comment lines, and a `---` before the first item, are skipped.
+pub(super) fn sequence_item_lines(lines: &[&str], from: usize) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut item_indent = None;
+    for (i, line) in lines.iter().enumerate().skip(from) {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || (item_indent.is_none() && trimmed.starts_with("---")) {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        let is_item = trimmed == "-" || trimmed.starts_with("- ");
+        let item_indent = *item_indent.get_or_insert(indent);
+        if indent < item_indent || (indent == item_indent && !is_item) {
+            break;
+        }
+        if indent == item_indent {
+            starts.push(i + 1);
+        }
+    }
+    starts
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
