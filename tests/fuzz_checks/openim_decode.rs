@@ -1,0 +1,49 @@
+//! `openim_decode`: an arbitrary URL command and body through `openim::decode`.
+//!
+//! Input: byte 0's low bit says whether the URL names a command; the bytes up to the first
+//! `\n` after it are that command (and are also tried as a path and a query with
+//! `command_from_url`); the rest is the body. Nothing may panic; a decoded event has a valid
+//! command, agreed by URL and body, and the body as received; a refusal encodes to JSON.
+
+use bytes::Bytes;
+use callgate::protocol::openim;
+use serde_json::Value;
+
+/// Runs the check on one input.
+pub fn check(data: &[u8]) {
+    let Some((&flags, rest)) = data.split_first() else { return };
+    let (url, body) = match rest.iter().position(|&b| b == b'\n') {
+        Some(at) => (&rest[..at], &rest[at + 1..]),
+        None => (rest, &[][..]),
+    };
+    let url = String::from_utf8_lossy(url);
+    for found in [openim::command_from_url(Some(&url), ""), openim::command_from_url(None, &url)].into_iter().flatten()
+    {
+        assert!(!found.is_empty(), "command_from_url found an empty command in `{url}`");
+    }
+
+    let url_command = (flags & 1 == 1).then_some(&*url);
+    match openim::decode(url_command, "op", Bytes::copy_from_slice(body)) {
+        Ok(event) => {
+            let c = &event.command;
+            assert!(!c.is_empty() && c.len() <= 128, "command `{c}`");
+            assert!(c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.'), "command `{c}`");
+            let body_command = event.body.get("callbackCommand").and_then(Value::as_str);
+            assert!(url_command.or(body_command) == Some(c.as_str()), "command `{c}` came from nowhere");
+            assert!(body_command.is_none_or(|b| b == c), "body names `{body_command:?}`, event `{c}`");
+            let reparsed: Value = serde_json::from_slice(&event.raw).expect("raw body is the JSON decoded");
+            assert_eq!(reparsed, Value::Object(event.body), "raw and parsed body differ");
+            assert_eq!(event.operation_id, "op");
+        }
+        Err(err) => {
+            assert!(err.err_code() >= 100, "errCode {} for {err}", err.err_code());
+            assert!(!err.kind().is_empty());
+            let answer: Value =
+                serde_json::from_slice(&openim::encode_error(err.err_code(), &err.to_string())).expect("answer");
+            assert_eq!(
+                (answer["actionCode"].as_i64(), answer["errCode"].as_i64()),
+                (Some(1), Some(err.err_code().into()))
+            );
+        }
+    }
+}
