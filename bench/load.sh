@@ -18,7 +18,13 @@
 # here is stopped on exit. Apart from the build, the run takes about two minutes
 # (ROUNDS x 3 x DURATION seconds of wrk, plus warm-ups and the reloads).
 #
-# Knobs (environment): ROUNDS=5 DURATION=6 WARMUP=3 THREADS=2 CONNS=32 RELOADS=5 NOREC=1
+# 3. Scenarios (SCENARIOS=1, the default), in the same rotation: `cap`, callgate with a rate
+#    cap checked and counted on every request (in memory; target >= 0.8 of bare); `capredis`,
+#    the same cap in a real redis-server started here; `tencent`, durable Tencent
+#    acknowledgements (target >= 10,000/s). After the rounds Redis is killed and `capredis`
+#    is measured again: p99 with Redis down (target < 10 ms).
+#
+# Knobs (environment): ROUNDS=5 DURATION=6 WARMUP=3 THREADS=2 CONNS=32 RELOADS=5 NOREC=1 SCENARIOS=1
 # PIN=0 (PIN=1: servers on CPU 0, wrk on CPU 1 with one thread; steadier on 2 cores)
 
 set -euo pipefail
@@ -31,6 +37,7 @@ CONNS=${CONNS:-32}
 RELOADS=${RELOADS:-5}
 PIN=${PIN:-0}
 NOREC=${NOREC:-1}
+SCENARIOS=${SCENARIOS:-1}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -153,14 +160,14 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 
-# run_wrk LABEL ADDR SECONDS [PID]: runs wrk, keeps its output in $WORK/wrk-LABEL.txt, and
-# sets RPS, P50 and P99 (ms), and CPU_US: the server's CPU time per request in µs (PID's
+# run_wrk LABEL ADDR SECONDS [PID] [LUA]: runs wrk, keeps its output in $WORK/wrk-LABEL.txt,
+# and sets RPS, P50 and P99 (ms), and CPU_US: the server's CPU time per request in µs (PID's
 # user + system time over the run, divided by the requests wrk completed).
 run_wrk() {
-    local label=$1 addr=$2 secs=$3 pid=${4:-} out="$WORK/wrk-$1.txt" bad t0=0 t1=0 n
+    local label=$1 addr=$2 secs=$3 pid=${4:-} lua=${5:-$LUA} out="$WORK/wrk-$1.txt" bad t0=0 t1=0 n
     [[ -n "$pid" ]] && t0=$(cpu_ticks "$pid")
     timeout $((secs + 30)) "${WRK_CPU[@]}" wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --latency \
-        -s "$LUA" "http://$addr" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed ($label)"; }
+        -s "$lua" "http://$addr" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed ($label)"; }
     [[ -n "$pid" ]] && t1=$(cpu_ticks "$pid")
     RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     [[ -n "$RPS" ]] || { cat "$out" >&2; die "no Requests/sec in wrk output ($label)"; }
@@ -201,6 +208,36 @@ if [[ "$NOREC" == 1 ]]; then
     ADDR[norec]=$CG_ADDR PID[norec]=$CG_PID
     NAMES+=(norec)
 fi
+declare -A LUA_OF=()
+if [[ "$SCENARIOS" == 1 ]]; then
+    command -v redis-server >/dev/null 2>&1 ||
+        (apt-get install -y redis-server >/dev/null 2>&1 ||
+            { apt-get update >/dev/null 2>&1 && apt-get install -y redis-server >/dev/null 2>&1; }) ||
+        die "cannot install redis-server"
+    REDIS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    for _ in $(seq 100); do
+        redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break
+        sleep 0.05
+    done
+    mkdir -p "$WORK/cap-policies"
+    cat >"$WORK/cap-policies/10-cap.yaml" <<'YAML'
+rules:
+  - id: unblock-rate
+    rate_cap: { key: [ownerUserID], max: 1000000, per: 1h }
+    decision: deny
+    error: { code: 20002, message: "too many unblocks, try later" }
+YAML
+    start_callgate cap "$WORK/cap-policies"
+    ADDR[cap]=$CG_ADDR PID[cap]=$CG_PID LUA_OF[cap]="$REPO/bench/cap.lua"
+    start_callgate capredis "$WORK/cap-policies" --redis-url "redis://127.0.0.1:$REDIS_PORT"
+    ADDR[capredis]=$CG_ADDR PID[capredis]=$CG_PID LUA_OF[capredis]="$REPO/bench/cap.lua"
+    start_callgate tencent "$REPO/policies" --tencent-app-id 1400000001
+    ADDR[tencent]=$CG_ADDR PID[tencent]=$CG_PID LUA_OF[tencent]="$REPO/bench/tencent.lua"
+    NAMES+=(cap capredis tencent)
+fi
 for name in "${NAMES[@]}"; do
     [[ "$(probe "${ADDR[$name]}")" == "$ALLOW" ]] ||
         die "$name at ${ADDR[$name]} does not allow the probe callback: $(probe "${ADDR[$name]}")"
@@ -210,7 +247,7 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 say "wrk -t$THREADS -c$CONNS, $ROUNDS rounds of ${DURATION}s each, alternating ${NAMES[*]} (PIN=$PIN)"
 say "warm-up: ${WARMUP}s each; load average before: $LOAD_BEFORE"
 for name in "${NAMES[@]}"; do
-    run_wrk "warm-$name" "${ADDR[$name]}" "$WARMUP"
+    run_wrk "warm-$name" "${ADDR[$name]}" "$WARMUP" "" "${LUA_OF[$name]:-$LUA}"
 done
 
 # Per contender: space-separated values, one per round.
@@ -218,7 +255,7 @@ declare -A RPS_OF=() P50_OF=() P99_OF=() CPU_OF=() RATIO_OF=()
 RUN_LINES=()
 for round in $(seq "$ROUNDS"); do
     for name in "${NAMES[@]}"; do
-        run_wrk "$name-$round" "${ADDR[$name]}" "$DURATION" "${PID[$name]}"
+        run_wrk "$name-$round" "${ADDR[$name]}" "$DURATION" "${PID[$name]}" "${LUA_OF[$name]:-$LUA}"
         RPS_OF[$name]+="$RPS " P50_OF[$name]+="$P50 " P99_OF[$name]+="$P99 " CPU_OF[$name]+="$CPU_US "
         [[ "$name" == bare ]] && bare_rps=$RPS
         RATIO_OF[$name]+="$(awk -v a="$RPS" -v b="$bare_rps" 'BEGIN { printf "%.3f", a / b }') "
@@ -234,6 +271,16 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 for name in "${NAMES[@]}"; do
     [[ "$(probe "${ADDR[$name]}")" == "$ALLOW" ]] || die "$name stopped answering during the run"
 done
+
+# Redis down: kill it and measure the Redis-capped server again (the circuit breaker answers
+# per --on-error, allow by default, without calling Redis).
+if [[ "$SCENARIOS" == 1 ]]; then
+    kill -KILL "$REDIS_PID" 2>/dev/null || true
+    wait "$REDIS_PID" 2>/dev/null || true
+    run_wrk "redis-down" "${ADDR[capredis]}" "$DURATION" "${PID[capredis]}" "$REPO/bench/cap.lua"
+    DOWN_RPS=$RPS DOWN_P99=$P99
+    TENCENT_RECORDS=$(cat "$WORK"/tencent-data/records-*.jsonl 2>/dev/null | grep -c '"source":"tencent"' || true)
+fi
 
 # shellcheck disable=SC2086 # the values are space-separated numbers
 med() { median ${1}; }
@@ -442,6 +489,20 @@ LOAD_TOOK=$(grep -o '"took_ms":[0-9]*' "$WORK/reload.log" | cut -d: -f2 | tr '\n
     printf 'CPU per request, bare/callgate: %s (the throughput ratio if both were CPU-bound alone)\n' "$CPU_RATIO"
     echo "callgate wrote $RECORDED records; $ERRORS error lines in its log"
     if [[ -n "$ERROR_KINDS" ]]; then sed 's/^/  /' <<<"$ERROR_KINDS"; fi
+    if [[ "$SCENARIOS" == 1 ]]; then
+        echo "---- scenarios (same rounds; ratios are each round's own against bare) ----"
+        printf 'cap (in memory, every request): median ratio %s   target >= 0.8: %s\n' "$(med "${RATIO_OF[cap]}")" \
+            "$(awk -v r="$(med "${RATIO_OF[cap]}")" 'BEGIN { print (r >= 0.8) ? "MET" : "NOT MET" }')"
+        printf 'cap (redis, every request): median %.0f req/s, ratio %s, p50 %.3f ms, p99 %.3f ms\n' \
+            "$(med "${RPS_OF[capredis]}")" "$(med "${RATIO_OF[capredis]}")" "$(med "${P50_OF[capredis]}")" "$(med "${P99_OF[capredis]}")"
+        printf 'redis down: %.0f req/s, p99 %.3f ms   target p99 < 10 ms: %s\n' "$DOWN_RPS" "$DOWN_P99" \
+            "$(awk -v p="$DOWN_P99" 'BEGIN { print (p < 10) ? "MET" : "NOT MET" }')"
+        printf 'durable Tencent acks: median %.0f /s (fsynced before each ack), %s records   target >= 10,000/s: %s\n' \
+            "$(med "${RPS_OF[tencent]}")" "$TENCENT_RECORDS" \
+            "$(awk -v r="$(med "${RPS_OF[tencent]}")" 'BEGIN { print (r >= 10000) ? "MET" : "NOT MET" }')"
+        printf 'recording cost on OpenIM decisions (norec vs callgate req/s): %s\n' \
+            "$(awk -v a="$(med "${RPS_OF[callgate]}")" -v b="$(med "${RPS_OF[norec]:-0}")" 'BEGIN { if (b > 0) printf "%.1f%% (target <= 20%%)", (1 - a / b) * 100; else print "n/a (NOREC=0)" }')"
+    fi
     echo "---- hot reload, 10,000 rules, write-and-rename ----"
     printf '%s\n' "${RELOAD_LINES[@]}"
     echo "load_dir inside callgate (took_ms, from its log): ${LOAD_TOOK:-n/a}"
