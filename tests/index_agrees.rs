@@ -62,7 +62,7 @@ fn generated_policy(seed: u64, rules: usize, samples: &[(String, Map<String, Val
         let (field, value) = rng.pick(&pairs).clone();
         let prefix: String = value.chars().take(3).collect();
         let prefix = regex_escape(&prefix);
-        let cond = match rng.next() % 11 {
+        let cond = match rng.next() % 12 {
             0 => format!("{field}: {{ equals: \"{value}\" }}"),
             1 => format!("{field}: {{ in: [\"{value}\", \"zzz\"] }}"),
             2 => format!("{field}: {{ in_list: seen }}"),
@@ -73,6 +73,10 @@ fn generated_policy(seed: u64, rules: usize, samples: &[(String, Map<String, Val
             7 => format!("not: {{ {field}: {{ equals: \"{value}\" }} }}"),
             9 => format!("{field}: {{ regex: '{prefix}' }}"),
             10 => format!("{field}: {{ regex: '(?i){prefix}|^zz\\d' }}"),
+            // Every branch anchorable: the rule is filed under each branch's anchor.
+            11 => format!(
+                "any: [ {{ {field}: {{ equals: \"{value}\" }} }}, {{ {field}: {{ in_list: seen }} }}, {{ {field}: {{ regex: '^{prefix}' }} }} ]"
+            ),
             _ => format!("{field}: {{ exists: true }}\n      /{field}: {{ not_regex: '^zzz' }}"),
         };
         let on = match rng.next() % 4 {

@@ -20,7 +20,7 @@ use aho_corasick::AhoCorasick;
 use regex::RegexSet;
 use serde_json::{Map, Value};
 
-use super::compile::{Cond, FieldPath, List, OnCommands, Rule, Test};
+use super::compile::{Cond, FieldPath, Group, List, OnCommands, Rule, Test};
 use super::eval::{lookup, value_text};
 use super::parse::Scalar;
 
@@ -64,9 +64,23 @@ enum Anchor<'a> {
     Regex(&'a FieldPath, &'a str),
 }
 
-fn anchor(rule: &Rule) -> Option<Anchor<'_>> {
+/// The anchors a rule is filed under: one top-level positive test, or else, for a rule
+/// whose conditions include an `any` each of whose branches has such a test, every branch's
+/// (the rule can hold only when one of those branches does). `None`: no anchor.
+fn anchors(rule: &Rule) -> Option<Vec<Anchor<'_>>> {
+    if let Some(anchor) = group_anchor(&rule.when) {
+        return Some(vec![anchor]);
+    }
+    rule.when.0.iter().find_map(|c| match c {
+        Cond::Any(groups) if !groups.is_empty() => groups.iter().map(group_anchor).collect(),
+        _ => None,
+    })
+}
+
+/// A top-level positive test of `group` to file a rule under, the most selective kind first.
+fn group_anchor(group: &Group) -> Option<Anchor<'_>> {
     let positive = || {
-        rule.when.0.iter().filter_map(|c| match c {
+        group.0.iter().filter_map(|c| match c {
             Cond::Field { field, test, is_negated: false } => Some((field, test)),
             _ => None,
         })
@@ -102,50 +116,64 @@ impl Index {
         let mut substrings: HashMap<&FieldPath, HashMap<Vec<u8>, RuleIds>> = HashMap::new();
         for (i, rule) in rules.iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
-            match anchor(rule) {
-                Some(Anchor::Texts(field, texts)) => {
-                    let by_text = equals.entry(field).or_default();
-                    for t in texts {
-                        by_text.entry(t.into()).or_default().push(i);
-                    }
-                }
-                Some(Anchor::List(field, list)) => {
-                    lists.entry((field, list.name.as_str())).or_insert_with(|| (list.clone(), Vec::new())).1.push(i);
-                }
-                Some(Anchor::Regex(field, pattern)) => match literal_prefixes(pattern) {
-                    Some((false, literals)) => {
-                        let by_literal = substrings.entry(field).or_default();
-                        for literal in literals {
-                            let ids = by_literal.entry(literal).or_default();
-                            if ids.last() != Some(&i) {
-                                ids.push(i);
-                            }
-                        }
-                    }
-                    Some((true, literals)) => {
-                        let index = prefixes.entry(field).or_default();
-                        for literal in literals {
-                            index.longest = index.longest.max(literal.len());
-                            let ids = index.by_prefix.entry(literal.into()).or_default();
-                            if ids.last() != Some(&i) {
-                                ids.push(i);
-                            }
-                        }
-                    }
-                    None => {
-                        let (patterns, ids) = regexes.entry(field).or_default();
-                        patterns.push(pattern);
-                        ids.push(i);
-                    }
-                },
-                None => match &rule.on {
+            let Some(anchors) = anchors(rule) else {
+                match &rule.on {
                     OnCommands::Some { exact, globs } if globs.is_empty() => {
                         for c in exact {
                             index.by_command.entry(c.clone()).or_default().push(i);
                         }
                     }
                     _ => index.always.push(i),
-                },
+                }
+                continue;
+            };
+            for anchor in anchors {
+                match anchor {
+                    Anchor::Texts(field, texts) => {
+                        let by_text = equals.entry(field).or_default();
+                        for t in texts {
+                            let ids = by_text.entry(t.into()).or_default();
+                            if ids.last() != Some(&i) {
+                                ids.push(i);
+                            }
+                        }
+                    }
+                    Anchor::List(field, list) => {
+                        let ids = &mut lists
+                            .entry((field, list.name.as_str()))
+                            .or_insert_with(|| (list.clone(), Vec::new()))
+                            .1;
+                        if ids.last() != Some(&i) {
+                            ids.push(i);
+                        }
+                    }
+                    Anchor::Regex(field, pattern) => match literal_prefixes(pattern) {
+                        Some((false, literals)) => {
+                            let by_literal = substrings.entry(field).or_default();
+                            for literal in literals {
+                                let ids = by_literal.entry(literal).or_default();
+                                if ids.last() != Some(&i) {
+                                    ids.push(i);
+                                }
+                            }
+                        }
+                        Some((true, literals)) => {
+                            let index = prefixes.entry(field).or_default();
+                            for literal in literals {
+                                index.longest = index.longest.max(literal.len());
+                                let ids = index.by_prefix.entry(literal.into()).or_default();
+                                if ids.last() != Some(&i) {
+                                    ids.push(i);
+                                }
+                            }
+                        }
+                        None => {
+                            let (patterns, ids) = regexes.entry(field).or_default();
+                            patterns.push(pattern);
+                            ids.push(i);
+                        }
+                    },
+                }
             }
         }
         index.equals = equals.into_iter().map(|(f, m)| (f.clone(), m)).collect();
