@@ -242,17 +242,21 @@ fn glob_matches(glob: &str, text: &str) -> bool {
     let Some(mut rest) = text.strip_prefix(first) else {
         return false;
     };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
+    let mut parts = parts.peekable();
+    if parts.peek().is_none() {
         return rest.is_empty();
-    };
-    for part in middle {
+    }
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            // The last part must end the text, after what the parts before it took.
+            return rest.len() >= part.len() && rest.ends_with(part);
+        }
         match rest.find(part) {
             Some(at) => rest = &rest[at + part.len()..],
             None => return false,
         }
     }
-    rest.len() >= last.len() && rest.ends_with(last)
+    true
 }
 
 /// Conditions that must all hold.
