@@ -233,6 +233,28 @@ impl Server {
         resp.json().await.unwrap()
     }
 
+    /// The value of one unlabelled sample in `/metrics` (0 when absent), e.g.
+    /// `metric("callgate_records_failed_total")`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let resp = self.client.get(format!("{}/metrics", self.admin)).send().await.unwrap();
+        let text = resp.text().await.unwrap();
+        let prefix = format!("{name} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+    }
+
+    /// Polls `/metrics` until `name` reaches `at_least`; panics after `limit`.
+    pub async fn wait_for_metric(&self, name: &str, at_least: f64, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let value = self.metric(name).await;
+            if value >= at_least {
+                return;
+            }
+            assert!(started.elapsed() < limit, "{name} is {value}, not {at_least}, after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The serving policy version, from `/v1/status`.
     pub async fn policy_version(&self) -> String {
         self.admin_get("/v1/status").await["policy_version"].as_str().unwrap().to_string()
