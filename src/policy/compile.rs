@@ -94,6 +94,8 @@ pub struct PolicySet {
     pub(crate) rules: Vec<Rule>,
     pub(crate) default: Outcome,
     pub(crate) index: Index,
+    /// Every top-level body key a rule reads, sorted: decoders need keep no other.
+    body_keys: Box<[Box<str>]>,
     version: String,
     files: Vec<PathBuf>,
 }
@@ -112,6 +114,13 @@ impl PolicySet {
     /// How many rules the set has.
     pub fn rule_count(&self) -> usize {
         self.rules.len()
+    }
+
+    /// Whether any rule of the set reads the top-level body key `key` (in a condition, a
+    /// rate-cap key, or below it by a dotted path or JSON pointer). A decoder may drop the
+    /// other keys: no answer can depend on them.
+    pub fn reads(&self, key: &str) -> bool {
+        self.body_keys.binary_search_by(|k| (**k).cmp(key)).is_ok()
     }
 
     /// Every compiled regex of the set, by pattern.
@@ -141,6 +150,7 @@ impl PolicySet {
             rules: Vec::new(),
             default: Outcome::Allow,
             index: Index::default(),
+            body_keys: Box::default(),
             version: String::new(),
             files: Vec::new(),
         }
@@ -321,6 +331,19 @@ pub enum FieldPath {
 }
 
 impl FieldPath {
+    /// The top-level key of the body this path starts at.
+    pub fn top_key(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            FieldPath::Key(k) => (**k).into(),
+            FieldPath::Dotted(parts) => parts.first().map_or("", |p| &**p).into(),
+            FieldPath::Pointer(p) => {
+                let rest = p.strip_prefix('/').unwrap_or(p);
+                let first = rest.split('/').next().unwrap_or("");
+                if first.contains('~') { first.replace("~1", "/").replace("~0", "~").into() } else { first.into() }
+            }
+        }
+    }
+
     fn parse(text: &str) -> Result<FieldPath, String> {
         if text.is_empty() {
             return Err("a field name is empty".into());
@@ -429,7 +452,31 @@ pub fn compile(
     }
     let index = Index::build(&rules);
     let default = default.map_or(Outcome::Allow, |(_, o)| o);
-    Ok(PolicySet { rules, default, index, version: String::new(), files: Vec::new() })
+    let body_keys = body_keys(&rules);
+    Ok(PolicySet { rules, default, index, body_keys, version: String::new(), files: Vec::new() })
+}
+
+/// The top-level body keys `rules` read, sorted and without repeats.
+fn body_keys(rules: &[Rule]) -> Box<[Box<str>]> {
+    fn walk(group: &Group, out: &mut Vec<Box<str>>) {
+        for cond in &group.0 {
+            match cond {
+                Cond::Field { field, .. } => out.push(field.top_key().into()),
+                Cond::Any(groups) | Cond::All(groups) => groups.iter().for_each(|g| walk(g, out)),
+                Cond::Not(g) => walk(g, out),
+            }
+        }
+    }
+    let mut keys = Vec::new();
+    for rule in rules {
+        walk(&rule.when, &mut keys);
+        if let Some(cap) = &rule.rate_cap {
+            keys.extend(cap.fields.iter().map(|f| f.top_key().into()));
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    keys.into()
 }
 
 impl PolicySet {

@@ -355,16 +355,9 @@ pub(crate) fn lookup<'v>(body: &'v Map<String, Value>, field: &FieldPath) -> Opt
         FieldPath::Pointer(p) => {
             // The body is a map, not a Value: resolve the first token here, the rest with
             // serde_json's pointer.
+            let value = body.get(&*field.top_key())?;
             let rest = p.strip_prefix('/')?;
-            let (first, tail) = match rest.find('/') {
-                Some(at) => (&rest[..at], &rest[at..]),
-                None => (rest, ""),
-            };
-            let value = if first.contains('~') {
-                body.get(&first.replace("~1", "/").replace("~0", "~"))?
-            } else {
-                body.get(first)?
-            };
+            let tail = rest.find('/').map_or("", |at| &rest[at..]);
             if tail.is_empty() { Some(value) } else { value.pointer(tail) }
         }
     }

@@ -7,9 +7,12 @@
 //! server error. It never looks at the HTTP status, and fails the operation when the body
 //! is not JSON. So every answer here is a JSON object with numbers as numbers.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::Serialize;
-use serde_json::Value;
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
 
 use crate::event::{Event, Source};
 use crate::policy::Outcome;
@@ -75,9 +78,10 @@ pub const COMMANDS: [&str; 52] = [
     "callbackBeforeUserRegisterCommand",
 ];
 
-/// The command as a metric label: itself when OpenIM defines it, else `other`.
-pub fn command_label(command: &str) -> &'static str {
-    COMMANDS.iter().find(|c| **c == command).copied().unwrap_or("other")
+/// Where `command` is in [`COMMANDS`]; `None` for a command OpenIM does not define, which
+/// metrics label `other`.
+pub fn command_index(command: &str) -> Option<usize> {
+    COMMANDS.binary_search(&command).ok()
 }
 
 /// The answer that lets the operation go on.
@@ -158,11 +162,21 @@ pub fn command_from_url<'a>(path_command: Option<&'a str>, query: &'a str) -> Op
 }
 
 /// Decodes one OpenIM callback. `url_command` is what [`command_from_url`] found.
-pub fn decode(url_command: Option<&str>, operation_id: &str, raw: Bytes) -> Result<Event, DecodeError> {
-    let value: Value = serde_json::from_slice(&raw).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-    let Value::Object(body) = value else {
-        return Err(DecodeError::NotObject(super::json_type(&value)));
-    };
+///
+/// Of the body, only `callbackCommand` and the top-level keys `keep` accepts are built into
+/// the event's map (pass the policy set's `reads`): rules read a few fields, and building
+/// the rest — a message's content, its @-lists — cost more than deciding. The whole body is
+/// still checked to be one UTF-8 JSON object, and kept as received in `raw`.
+pub fn decode(
+    url_command: Option<&str>,
+    operation_id: &str,
+    raw: Bytes,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Event, DecodeError> {
+    let text = std::str::from_utf8(&raw).map_err(|e| DecodeError::NotJson(format!("not UTF-8: {e}")))?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let body = TopLevel { keep }.deserialize(&mut de).and_then(|body| de.end().map(|()| body));
+    let body = body.map_err(|e| DecodeError::NotJson(e.to_string()))?.map_err(DecodeError::NotObject)?;
     let body_command = match body.get("callbackCommand") {
         None => None,
         Some(Value::String(c)) => Some(c.as_str()),
@@ -185,6 +199,94 @@ pub fn decode(url_command: Option<&str>, operation_id: &str, raw: Bytes) -> Resu
         body,
         raw,
     })
+}
+
+/// A body's top level: the kept keys as a map, or the JSON type found instead of an object.
+/// Values of keys not kept are checked as JSON and skipped without being built.
+struct TopLevel<'k> {
+    keep: &'k dyn Fn(&str) -> bool,
+}
+
+impl<'de> DeserializeSeed<'de> for TopLevel<'_> {
+    type Value = Result<Map<String, Value>, &'static str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevel<'_> {
+    type Value = Result<Map<String, Value>, &'static str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut body = Map::new();
+        while let Some(Key(key)) = map.next_key()? {
+            if key == "callbackCommand" || (self.keep)(&key) {
+                body.insert(key.into_owned(), map.next_value()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Ok(body))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Err("an array"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Err("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Err("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Err("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Err("a number"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Err("a string"))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Err("null"))
+    }
+}
+
+/// An object key, borrowed from the body unless it had escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key.to_string())))
+            }
+        }
+        de.deserialize_str(KeyVisitor)
+    }
 }
 
 #[derive(Serialize)]
@@ -235,6 +337,16 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
+    fn commands_are_sorted_for_binary_search() {
+        assert!(COMMANDS.is_sorted());
+        assert_eq!(
+            command_index("callbackAfterRemoveBlackCommand").map(|i| COMMANDS[i]),
+            Some("callbackAfterRemoveBlackCommand")
+        );
+        assert_eq!(command_index("callbackNope"), None);
+    }
+
+    #[test]
     fn refusal_bytes() {
         let r = Refusal { code: 20001, message: "no \"way\"".into(), detail: "d".into() };
         assert_eq!(
@@ -254,14 +366,29 @@ mod tests {
 
     #[test]
     fn decode_errors() {
-        let d = |url: Option<&str>, body: &'static str| decode(url, "", Bytes::from_static(body.as_bytes()));
+        let d = |url: Option<&str>, body: &'static str| decode(url, "", Bytes::from_static(body.as_bytes()), &|_| true);
         assert!(matches!(d(None, "nope"), Err(DecodeError::NotJson(_))));
         assert!(matches!(d(None, "[1]"), Err(DecodeError::NotObject("an array"))));
         assert!(matches!(d(None, "{}"), Err(DecodeError::NoCommand)));
         assert!(matches!(d(Some("a"), r#"{"callbackCommand":"b"}"#), Err(DecodeError::CommandMismatch { .. })));
         assert!(matches!(d(None, r#"{"callbackCommand":7}"#), Err(DecodeError::CommandNotString)));
         assert!(matches!(d(Some("a b"), "{}"), Err(DecodeError::BadCommand(_))));
+        assert!(matches!(d(None, "null"), Err(DecodeError::NotObject("null"))));
+        assert!(matches!(d(None, r#""s""#), Err(DecodeError::NotObject("a string"))));
+        assert!(matches!(d(None, "{} x"), Err(DecodeError::NotJson(_))));
         let ok = d(Some("x"), r#"{"callbackCommand":"x","a":1}"#).unwrap();
         assert_eq!(ok.command, "x");
+    }
+
+    #[test]
+    fn only_kept_keys_are_built_but_the_whole_body_is_checked() {
+        let keep_a = |k: &str| k == "a" || k == "a/b";
+        let d = |body: &'static [u8]| decode(Some("x"), "", Bytes::from_static(body), &keep_a);
+        let event = d(br#"{"a":[1,{"b":2}],"b":{"deep":[true]},"a\/b":"e","callbackCommand":"x"}"#).unwrap();
+        assert_eq!(Value::Object(event.body), serde_json::json!({"a":[1,{"b":2}],"a/b":"e","callbackCommand":"x"}));
+        // Skipped values must still be JSON, and strings UTF-8.
+        assert!(matches!(d(br#"{"a":1,"b":[1,}"#), Err(DecodeError::NotJson(_))));
+        assert!(matches!(d(b"{\"a\":1,\"b\":\"\xff\"}"), Err(DecodeError::NotJson(_))));
+        assert!(matches!(d(br#"{"b":"\x"}"#), Err(DecodeError::NotJson(_))));
     }
 }

@@ -153,9 +153,10 @@ pub fn tencent_line(event: &Event, meta: &TencentMeta, latency: Duration) -> Vec
 }
 
 /// Serialises `head`, then splices in `"body":` with the body as received, and a newline.
-/// The raw body was parsed as a JSON object when it was decoded, so it is valid JSON; only
-/// a body with line breaks between its tokens is written again compactly, because a record
-/// must be one line.
+/// The raw body was checked to be one JSON object when it was decoded. A record must be one
+/// line: in valid JSON a line break can only be whitespace between tokens (inside a string
+/// it must be escaped), so each becomes a space. An event built without a raw body (by the
+/// offline tools) has its parsed body written instead.
 fn line(head: &Head<'_>, event: &Event) -> Vec<u8> {
     let raw = event.raw.trim_ascii();
     let mut out = Vec::with_capacity(256 + raw.len());
@@ -167,10 +168,16 @@ fn line(head: &Head<'_>, event: &Event) -> Vec<u8> {
         out.push(b',');
     }
     out.extend_from_slice(b"\"body\":");
-    if raw.is_empty() || raw.contains(&b'\n') || raw.contains(&b'\r') {
+    if raw.is_empty() {
         let _ = serde_json::to_writer(&mut out, &event.body);
     } else {
+        let at = out.len();
         out.extend_from_slice(raw);
+        for b in &mut out[at..] {
+            if *b == b'\n' || *b == b'\r' {
+                *b = b' ';
+            }
+        }
     }
     out.extend_from_slice(b"}\n");
     out

@@ -125,7 +125,8 @@ fn operator_routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Res
 /// Decides a posted OpenIM callback without recording or counting it, and says why.
 async fn explain(query: &str, body: bytes::Bytes, state: &State) -> warp::reply::Response {
     let url_command = openim::command_from_url(None, query);
-    let event = match openim::decode(url_command.as_deref(), "", body) {
+    let set = state.policies.current();
+    let event = match openim::decode(url_command.as_deref(), "", body, &|key| set.reads(key)) {
         Ok(event) => event,
         Err(err) => {
             return warp::reply::with_status(
@@ -135,7 +136,6 @@ async fn explain(query: &str, body: bytes::Bytes, state: &State) -> warp::reply:
             .into_response();
         }
     };
-    let set = state.policies.current();
     let checks = set.cap_checks_for(&event);
     let counts = match state.caps.peek(&checks).await {
         Ok(counts) => checks.iter().map(|c| c.key.clone()).zip(counts).collect(),

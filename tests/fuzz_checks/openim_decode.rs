@@ -3,7 +3,8 @@
 //! Input: byte 0's low bit says whether the URL names a command; the bytes up to the first
 //! `\n` after it are that command (and are also tried as a path and a query with
 //! `command_from_url`); the rest is the body. Nothing may panic; a decoded event has a valid
-//! command, agreed by URL and body, and the body as received; a refusal encodes to JSON.
+//! command, agreed by URL and body, and the body as received; a refusal encodes to JSON;
+//! which keys are kept changes nothing but the keys in the event's map.
 
 use bytes::Bytes;
 use callgate::protocol::openim;
@@ -23,7 +24,17 @@ pub fn check(data: &[u8]) {
     }
 
     let url_command = (flags & 1 == 1).then_some(&*url);
-    match openim::decode(url_command, "op", Bytes::copy_from_slice(body)) {
+    let keep_none = openim::decode(url_command, "op", Bytes::copy_from_slice(body), &|_| false);
+    let keep_all = openim::decode(url_command, "op", Bytes::copy_from_slice(body), &|_| true);
+    match (&keep_none, &keep_all) {
+        (Ok(some), Ok(all)) => {
+            assert_eq!(some.command, all.command);
+            assert!(some.body.keys().all(|k| k == "callbackCommand"), "keys kept that nobody reads");
+        }
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "refusal depends on the keys kept"),
+        _ => panic!("keeping keys changed the outcome: {keep_none:?} / {keep_all:?}"),
+    }
+    match keep_all {
         Ok(event) => {
             let c = &event.command;
             assert!(!c.is_empty() && c.len() <= 128, "command `{c}`");
