@@ -896,3 +896,26 @@ async fn trailing_slash_in_the_webhook_url_is_still_decided() {
         assert_eq!((status, got), (200, denied(50001, "cmdX")), "{path}");
     }
 }
+
+/// An operationID that is not visible ASCII (UTF-8 text, or bytes that are not even that) is
+/// still decided, and recorded as text with invalid bytes replaced.
+#[tokio::test]
+async fn an_operation_id_that_is_not_ascii_is_decided_and_recorded() {
+    let dir = PolicyDir::with("policy.yaml", BAD_INPUT_POLICY);
+    let mut server = Server::start(dir.path(), &[]);
+    for id in ["op-\u{4f60}\u{597d}".as_bytes(), b"op-\xff"] {
+        let resp = server
+            .client
+            .post(format!("{}/openim/cmdX", server.base))
+            .header("operationID", reqwest::header::HeaderValue::from_bytes(id).unwrap())
+            .body(r#"{"callbackCommand":"cmdX"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(resp.text().await.unwrap(), denied(50001, "cmdX"));
+    }
+    assert_eq!(server.terminate(), Some(0));
+    let ids: Vec<_> = events(server.data_dir(), &[]).iter().map(|r| r["operation_id"].clone()).collect();
+    assert_eq!(ids, ["op-\u{4f60}\u{597d}", "op-\u{fffd}"]);
+}

@@ -159,7 +159,8 @@ pub fn tencent_line(event: &Event, meta: &TencentMeta, latency: Duration) -> Vec
 /// offline tools) has its parsed body written instead.
 fn line(head: &Head<'_>, event: &Event) -> Vec<u8> {
     let raw = event.raw.trim_ascii();
-    let mut out = Vec::with_capacity(256 + raw.len());
+    // Room for the head (with a dry-run hit and a cap, about 400 bytes) and the body.
+    let mut out = Vec::with_capacity(512 + raw.len());
     // Serialising a struct of strings and numbers into a Vec cannot fail.
     if serde_json::to_writer(&mut out, head).is_err() || out.pop() != Some(b'}') {
         out.clear();

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use metrics::{Counter, Histogram};
-use warp::http::{Method, StatusCode};
+use warp::http::{HeaderValue, Method, StatusCode};
 use warp::{Filter, Rejection};
 
 use super::body::{BodyError, read_limited};
@@ -20,11 +20,13 @@ use crate::record;
 /// The callback routes.
 pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    // Taken as bytes: an operationID that is not visible ASCII is still a callback to decide.
+    let operation_id = warp::header::value("operationid").map(Some).or(warp::any().map(|| None)).unify();
     warp::path("openim")
         .and(warp::path::tail())
         .and(warp::method())
         .and(query)
-        .and(warp::header::optional::<String>("operationid"))
+        .and(operation_id)
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::ext::optional::<Peer>())
         .and(warp::body::stream())
@@ -33,7 +35,7 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
             |tail: warp::path::Tail,
              method: Method,
              query: String,
-             operation_id: Option<String>,
+             operation_id: Option<HeaderValue>,
              len: Option<u64>,
              peer: Option<Peer>,
              body,
@@ -49,7 +51,7 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
                 };
                 if method != Method::POST {
                     let mut reply = error_reply(StatusCode::METHOD_NOT_ALLOWED, 1009, "callbacks must be POSTed");
-                    reply.headers_mut().insert(warp::http::header::ALLOW, warp::http::HeaderValue::from_static("POST"));
+                    reply.headers_mut().insert(warp::http::header::ALLOW, HeaderValue::from_static("POST"));
                     return reply;
                 }
                 let Ok(_working) = state.busy.try_acquire() else {
@@ -68,6 +70,7 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
                     Err(BodyError::Read(e)) => return bad_request(&DecodeError::BodyRead(e)),
                     Err(BodyError::Timeout) => return bad_request(&DecodeError::BodyTimeout),
                 };
+                let operation_id = operation_id.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()));
                 handle(&state, path_command, &query, operation_id.as_deref().unwrap_or(""), raw).await
             },
         )
