@@ -1,10 +1,65 @@
 //! Wire formats of the IM servers: requests decoded into [`crate::event::Event`]s, decisions
 //! encoded into the bytes each server expects. No rules, no HTTP framework.
+//!
+//! What can be wrong with a body as a whole is the same for both servers: [`BodyError`], and
+//! one parser, [`parse_object`].
 
 pub mod openim;
 pub mod tencent;
 
-use serde_json::Value;
+use std::borrow::Cow;
+
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+/// What is wrong with a callback body itself, whichever server sent it.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Over the size limit (declared or actual).
+    #[error("body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The connection failed while the body was read.
+    #[error("body could not be read: {0}")]
+    Read(String),
+    /// The body did not arrive within the read timeout.
+    #[error("body was not received in time")]
+    Timeout,
+    /// Not JSON (or not UTF-8).
+    #[error("body is not valid JSON: {0}")]
+    NotJson(String),
+    /// JSON, but not an object.
+    #[error("body must be a JSON object, got {0}")]
+    NotObject(&'static str),
+}
+
+impl BodyError {
+    /// A short stable name, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BodyError::TooLarge { .. } => "too_large",
+            BodyError::Read(_) => "body_read",
+            BodyError::Timeout => "body_timeout",
+            BodyError::NotJson(_) => "not_json",
+            BodyError::NotObject(_) => "not_object",
+        }
+    }
+
+    /// Whether the body was not read to its end, so the connection cannot carry another
+    /// request and is closed after the answer.
+    pub fn leaves_body_unread(&self) -> bool {
+        matches!(self, BodyError::TooLarge { .. } | BodyError::Read(_) | BodyError::Timeout)
+    }
+}
+
+/// Parses a body that must be one UTF-8 JSON object. Only the top-level keys `keep` accepts
+/// are built into the map; the values of the others are checked as JSON and skipped, so a
+/// caller that reads a few fields does not pay for building the rest.
+pub fn parse_object(raw: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Map<String, Value>, BodyError> {
+    let text = std::str::from_utf8(raw).map_err(|e| BodyError::NotJson(format!("not UTF-8: {e}")))?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let body = TopLevel { keep }.deserialize(&mut de).and_then(|body| de.end().map(|()| body));
+    body.map_err(|e| BodyError::NotJson(e.to_string()))?.map_err(BodyError::NotObject)
+}
 
 /// Whether `c` is a plausible command name: letters, digits, `_` and `.`, non-empty, at
 /// most `max_len` bytes. Both servers' commands fit; anything else is a bad request.
@@ -12,14 +67,119 @@ fn is_valid_command(c: &str, max_len: usize) -> bool {
     !c.is_empty() && c.len() <= max_len && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
-/// The JSON type of `v`, for messages.
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// A body's top level: the kept keys as a map, or the JSON type found instead of an object.
+struct TopLevel<'k> {
+    keep: &'k dyn Fn(&str) -> bool,
+}
+
+impl<'de> DeserializeSeed<'de> for TopLevel<'_> {
+    type Value = Result<Map<String, Value>, &'static str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevel<'_> {
+    type Value = Result<Map<String, Value>, &'static str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut body = Map::new();
+        while let Some(Key(key)) = map.next_key()? {
+            if (self.keep)(&key) {
+                body.insert(key.into_owned(), map.next_value()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Ok(body))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Err("an array"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Err("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Err("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Err("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Err("a number"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Err("a string"))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Err("null"))
+    }
+}
+
+/// An object key, borrowed from the body unless it had escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key.to_string())))
+            }
+        }
+        de.deserialize_str(KeyVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_kept_keys_are_built_but_the_whole_body_is_checked() {
+        let keep_a = |k: &str| k == "a" || k == "a/b";
+        let parse = |body: &[u8]| parse_object(body, &keep_a);
+        let body = parse(br#"{"a":[1,{"b":2}],"b":{"deep":[true]},"a\/b":"e"}"#).unwrap();
+        assert_eq!(Value::Object(body), serde_json::json!({"a":[1,{"b":2}],"a/b":"e"}));
+        // Skipped values must still be JSON, and strings UTF-8.
+        assert!(matches!(parse(br#"{"a":1,"b":[1,}"#), Err(BodyError::NotJson(_))));
+        assert!(matches!(parse(b"{\"a\":1,\"b\":\"\xff\"}"), Err(BodyError::NotJson(_))));
+        assert!(matches!(parse(br#"{"b":"\x"}"#), Err(BodyError::NotJson(_))));
+        assert!(matches!(parse(b"{} x"), Err(BodyError::NotJson(_))));
+    }
+
+    #[test]
+    fn what_is_not_an_object_is_named() {
+        for (body, got) in [("[1,{}]", "an array"), ("null", "null"), ("1.5", "a number"), ("-1", "a number")] {
+            assert!(
+                matches!(parse_object(body.as_bytes(), &|_| true), Err(BodyError::NotObject(g)) if g == got),
+                "{body}"
+            );
+        }
+        assert!(matches!(parse_object(br#""s""#, &|_| true), Err(BodyError::NotObject("a string"))));
+        assert!(matches!(parse_object(b"true", &|_| true), Err(BodyError::NotObject("a boolean"))));
     }
 }

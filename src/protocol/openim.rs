@@ -7,12 +7,11 @@
 //! server error. It never looks at the HTTP status, and fails the operation when the body
 //! is not JSON. So every answer here is a JSON object with numbers as numbers.
 
-use std::borrow::Cow;
-
 use bytes::Bytes;
 use serde::Serialize;
-use serde::de::{Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use super::BodyError;
 
 use crate::event::{Event, Source};
 use crate::policy::Outcome;
@@ -90,18 +89,9 @@ pub const ALLOW: &[u8] = br#"{"actionCode":0,"errCode":0,"errMsg":"","errDlt":""
 /// Why an OpenIM request could not be decoded. Each has its own `errCode` in the answer.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    /// The body is not JSON.
-    #[error("body is not valid JSON: {0}")]
-    NotJson(String),
-    /// The body is JSON but not an object.
-    #[error("body must be a JSON object, got {0}")]
-    NotObject(&'static str),
-    /// The body is over the size limit.
-    #[error("body is larger than the limit of {limit} bytes")]
-    TooLarge { limit: usize },
-    /// The body could not be read from the connection.
-    #[error("body could not be read: {0}")]
-    BodyRead(String),
+    /// The body as a whole: too large, unread, not a JSON object.
+    #[error(transparent)]
+    Body(#[from] BodyError),
     /// Neither the URL nor the body names a command.
     #[error("no callback command: POST to /openim/{{command}} or send `callbackCommand` in the body")]
     NoCommand,
@@ -114,39 +104,32 @@ pub enum DecodeError {
     /// `callbackCommand` is present but not a string.
     #[error("`callbackCommand` must be a string")]
     CommandNotString,
-    /// The body did not arrive within the read timeout.
-    #[error("body was not received in time")]
-    BodyTimeout,
 }
 
 impl DecodeError {
     /// The `errCode` of the answer; all are ≥ 100 like any OpenIM error code.
     pub fn err_code(&self) -> i32 {
         match self {
-            DecodeError::NotJson(_) => 1001,
-            DecodeError::NotObject(_) => 1002,
-            DecodeError::TooLarge { .. } => 1003,
-            DecodeError::BodyRead(_) => 1004,
+            DecodeError::Body(BodyError::NotJson(_)) => 1001,
+            DecodeError::Body(BodyError::NotObject(_)) => 1002,
+            DecodeError::Body(BodyError::TooLarge { .. }) => 1003,
+            DecodeError::Body(BodyError::Read(_)) => 1004,
+            DecodeError::Body(BodyError::Timeout) => 1014,
             DecodeError::NoCommand => 1005,
             DecodeError::CommandMismatch { .. } => 1006,
             DecodeError::BadCommand(_) => 1007,
             DecodeError::CommandNotString => 1008,
-            DecodeError::BodyTimeout => 1014,
         }
     }
 
     /// A short stable name, for metric labels.
     pub fn kind(&self) -> &'static str {
         match self {
-            DecodeError::NotJson(_) => "not_json",
-            DecodeError::NotObject(_) => "not_object",
-            DecodeError::TooLarge { .. } => "too_large",
-            DecodeError::BodyRead(_) => "body_read",
+            DecodeError::Body(err) => err.kind(),
             DecodeError::NoCommand => "no_command",
             DecodeError::CommandMismatch { .. } => "command_mismatch",
             DecodeError::BadCommand(_) => "bad_command",
             DecodeError::CommandNotString => "command_not_string",
-            DecodeError::BodyTimeout => "body_timeout",
         }
     }
 }
@@ -173,10 +156,7 @@ pub fn decode(
     raw: Bytes,
     keep: &dyn Fn(&str) -> bool,
 ) -> Result<Event, DecodeError> {
-    let text = std::str::from_utf8(&raw).map_err(|e| DecodeError::NotJson(format!("not UTF-8: {e}")))?;
-    let mut de = serde_json::Deserializer::from_str(text);
-    let body = TopLevel { keep }.deserialize(&mut de).and_then(|body| de.end().map(|()| body));
-    let body = body.map_err(|e| DecodeError::NotJson(e.to_string()))?.map_err(DecodeError::NotObject)?;
+    let body = super::parse_object(&raw, &|key| key == "callbackCommand" || keep(key))?;
     let body_command = match body.get("callbackCommand") {
         None => None,
         Some(Value::String(c)) => Some(c.as_str()),
@@ -199,94 +179,6 @@ pub fn decode(
         body,
         raw,
     })
-}
-
-/// A body's top level: the kept keys as a map, or the JSON type found instead of an object.
-/// Values of keys not kept are checked as JSON and skipped without being built.
-struct TopLevel<'k> {
-    keep: &'k dyn Fn(&str) -> bool,
-}
-
-impl<'de> DeserializeSeed<'de> for TopLevel<'_> {
-    type Value = Result<Map<String, Value>, &'static str>;
-
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
-        de.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for TopLevel<'_> {
-    type Value = Result<Map<String, Value>, &'static str>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut body = Map::new();
-        while let Some(Key(key)) = map.next_key()? {
-            if key == "callbackCommand" || (self.keep)(&key) {
-                body.insert(key.into_owned(), map.next_value()?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(Ok(body))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Err("an array"))
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Err("a boolean"))
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Err("a number"))
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Err("a number"))
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Err("a number"))
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(Err("a string"))
-    }
-
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Err("null"))
-    }
-}
-
-/// An object key, borrowed from the body unless it had escapes.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string key")
-            }
-
-            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(key)))
-            }
-
-            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(key.to_string())))
-            }
-        }
-        de.deserialize_str(KeyVisitor)
-    }
 }
 
 #[derive(Serialize)]
@@ -367,28 +259,20 @@ mod tests {
     #[test]
     fn decode_errors() {
         let d = |url: Option<&str>, body: &'static str| decode(url, "", Bytes::from_static(body.as_bytes()), &|_| true);
-        assert!(matches!(d(None, "nope"), Err(DecodeError::NotJson(_))));
-        assert!(matches!(d(None, "[1]"), Err(DecodeError::NotObject("an array"))));
+        assert!(matches!(d(None, "nope"), Err(DecodeError::Body(BodyError::NotJson(_)))));
+        assert!(matches!(d(None, "[1]"), Err(DecodeError::Body(BodyError::NotObject("an array")))));
         assert!(matches!(d(None, "{}"), Err(DecodeError::NoCommand)));
         assert!(matches!(d(Some("a"), r#"{"callbackCommand":"b"}"#), Err(DecodeError::CommandMismatch { .. })));
         assert!(matches!(d(None, r#"{"callbackCommand":7}"#), Err(DecodeError::CommandNotString)));
         assert!(matches!(d(Some("a b"), "{}"), Err(DecodeError::BadCommand(_))));
-        assert!(matches!(d(None, "null"), Err(DecodeError::NotObject("null"))));
-        assert!(matches!(d(None, r#""s""#), Err(DecodeError::NotObject("a string"))));
-        assert!(matches!(d(None, "{} x"), Err(DecodeError::NotJson(_))));
         let ok = d(Some("x"), r#"{"callbackCommand":"x","a":1}"#).unwrap();
         assert_eq!(ok.command, "x");
     }
 
     #[test]
-    fn only_kept_keys_are_built_but_the_whole_body_is_checked() {
-        let keep_a = |k: &str| k == "a" || k == "a/b";
-        let d = |body: &'static [u8]| decode(Some("x"), "", Bytes::from_static(body), &keep_a);
-        let event = d(br#"{"a":[1,{"b":2}],"b":{"deep":[true]},"a\/b":"e","callbackCommand":"x"}"#).unwrap();
-        assert_eq!(Value::Object(event.body), serde_json::json!({"a":[1,{"b":2}],"a/b":"e","callbackCommand":"x"}));
-        // Skipped values must still be JSON, and strings UTF-8.
-        assert!(matches!(d(br#"{"a":1,"b":[1,}"#), Err(DecodeError::NotJson(_))));
-        assert!(matches!(d(b"{\"a\":1,\"b\":\"\xff\"}"), Err(DecodeError::NotJson(_))));
-        assert!(matches!(d(br#"{"b":"\x"}"#), Err(DecodeError::NotJson(_))));
+    fn the_command_is_kept_whatever_else_is_dropped() {
+        let body = Bytes::from_static(br#"{"callbackCommand":"x","a":1,"b":2}"#);
+        let event = decode(None, "", body, &|k| k == "a").unwrap();
+        assert_eq!(Value::Object(event.body), serde_json::json!({"callbackCommand":"x","a":1}));
     }
 }

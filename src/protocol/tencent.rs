@@ -14,6 +14,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::BodyError;
 use crate::event::{Event, Source};
 use crate::record::TencentMeta;
 
@@ -58,18 +59,9 @@ pub enum TencentError {
     /// `Sign` does not match.
     #[error("Sign does not match sha256(token + RequestTime)")]
     WrongSign,
-    /// The body is not JSON.
-    #[error("body is not valid JSON: {0}")]
-    NotJson(String),
-    /// The body is JSON but not an object.
-    #[error("body must be a JSON object, got {0}")]
-    NotObject(&'static str),
-    /// The body is over the size limit.
-    #[error("body is larger than the limit of {limit} bytes")]
-    TooLarge { limit: usize },
-    /// The body could not be read.
-    #[error("body could not be read: {0}")]
-    BodyRead(String),
+    /// The body as a whole: too large, unread, not a JSON object.
+    #[error(transparent)]
+    Body(#[from] BodyError),
     /// Neither query nor body names the command.
     #[error("no CallbackCommand in the query or the body")]
     NoCommand,
@@ -94,7 +86,7 @@ impl TencentError {
             | TencentError::StaleRequestTime { .. }
             | TencentError::WrongSign => 401,
             TencentError::MissingAppId | TencentError::WrongAppId(_) => 403,
-            TencentError::TooLarge { .. } => 413,
+            TencentError::Body(BodyError::TooLarge { .. }) => 413,
             _ => 400,
         }
     }
@@ -109,10 +101,7 @@ impl TencentError {
             TencentError::BadRequestTime(_) => "bad_request_time",
             TencentError::StaleRequestTime { .. } => "stale_request_time",
             TencentError::WrongSign => "wrong_sign",
-            TencentError::NotJson(_) => "not_json",
-            TencentError::NotObject(_) => "not_object",
-            TencentError::TooLarge { .. } => "too_large",
-            TencentError::BodyRead(_) => "body_read",
+            TencentError::Body(err) => err.kind(),
             TencentError::NoCommand => "no_command",
             TencentError::CommandMismatch { .. } => "command_mismatch",
             TencentError::BadCommand(_) => "bad_command",
@@ -203,10 +192,7 @@ pub fn decode(
 ) -> Result<(Event, TencentMeta), TencentError> {
     let q = Query::parse(query);
     check_auth(auth, &q, now)?;
-    let value: Value = serde_json::from_slice(&raw).map_err(|e| TencentError::NotJson(e.to_string()))?;
-    let Value::Object(body) = value else {
-        return Err(TencentError::NotObject(super::json_type(&value)));
-    };
+    let body = super::parse_object(&raw, &|_| true)?;
     let body_command = body.get("CallbackCommand").and_then(Value::as_str);
     let command = match (q.command.as_deref(), body_command) {
         (Some(qc), Some(bc)) if qc != bc => {

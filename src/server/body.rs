@@ -3,16 +3,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
-/// Why a body could not be read.
-#[derive(Debug)]
-pub enum BodyError {
-    /// Longer than the limit (declared or actual).
-    TooLarge,
-    /// The connection failed while reading.
-    Read(String),
-    /// The body did not arrive in time.
-    Timeout,
-}
+use crate::protocol::BodyError;
 
 /// Reads the whole body within `timeout`, refusing it as soon as it is known to exceed
 /// `limit` bytes, so a slow or endless body cannot hold a request.
@@ -26,7 +17,8 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    tokio::time::timeout(timeout, read(declared_len, stream, limit)).await.unwrap_or(Err(BodyError::Timeout))
+    let read = read(declared_len, stream, limit);
+    tokio::time::timeout(timeout, read).await.unwrap_or(Err(BodyError::Timeout))
 }
 
 async fn read<S, B>(declared_len: Option<u64>, stream: S, limit: usize) -> Result<Bytes, BodyError>
@@ -35,7 +27,7 @@ where
     B: Buf,
 {
     if declared_len.is_some_and(|n| n > limit as u64) {
-        return Err(BodyError::TooLarge);
+        return Err(BodyError::TooLarge { limit });
     }
     let capacity = declared_len.map_or(0, |n| n as usize);
     let mut body = BytesMut::with_capacity(capacity);
@@ -43,7 +35,7 @@ where
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
         if body.len() + chunk.remaining() > limit {
-            return Err(BodyError::TooLarge);
+            return Err(BodyError::TooLarge { limit });
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();

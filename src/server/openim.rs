@@ -10,7 +10,7 @@ use metrics::{Counter, Histogram};
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::{Filter, Rejection};
 
-use super::body::{BodyError, read_limited};
+use super::body::read_limited;
 use super::{Peer, access};
 use super::{State, closing, json_reply};
 use crate::policy::{Decision, Outcome};
@@ -64,11 +64,7 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
                 };
                 let raw = match read_limited(len, body, state.max_body_bytes, state.read_timeout).await {
                     Ok(raw) => raw,
-                    Err(BodyError::TooLarge) => {
-                        return bad_request(&DecodeError::TooLarge { limit: state.max_body_bytes });
-                    }
-                    Err(BodyError::Read(e)) => return bad_request(&DecodeError::BodyRead(e)),
-                    Err(BodyError::Timeout) => return bad_request(&DecodeError::BodyTimeout),
+                    Err(err) => return bad_request(&DecodeError::Body(err)),
                 };
                 let operation_id = operation_id.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()));
                 handle(&state, path_command, &query, operation_id.as_deref().unwrap_or(""), raw).await
@@ -180,7 +176,7 @@ fn bad_request(err: &DecodeError) -> warp::reply::Response {
     tracing::warn!(reason = err.kind(), "bad OpenIM callback: {err}");
     let reply = json_reply(StatusCode::BAD_REQUEST, openim::encode_bad_request(err));
     match err {
-        DecodeError::TooLarge { .. } | DecodeError::BodyRead(_) | DecodeError::BodyTimeout => closing(reply),
+        DecodeError::Body(err) if err.leaves_body_unread() => closing(reply),
         _ => reply,
     }
 }

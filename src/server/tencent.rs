@@ -7,7 +7,7 @@ use bytes::Bytes;
 use warp::http::{Method, StatusCode};
 use warp::{Filter, Rejection};
 
-use super::body::{BodyError, read_limited};
+use super::body::read_limited;
 use super::{Peer, State, access, closing, json_reply};
 use crate::protocol::tencent::{self, TencentError};
 use crate::record;
@@ -46,9 +46,7 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
                 };
                 let raw = match read_limited(len, body, state.max_body_bytes, state.read_timeout).await {
                     Ok(raw) => raw,
-                    Err(BodyError::TooLarge) => return fail(&TencentError::TooLarge { limit: state.max_body_bytes }),
-                    Err(BodyError::Read(e)) => return fail(&TencentError::BodyRead(e)),
-                    Err(BodyError::Timeout) => return fail(&TencentError::BodyRead("not received in time".into())),
+                    Err(err) => return fail(&TencentError::Body(err)),
                 };
                 handle(&state, &query, raw, started).await
             },
@@ -83,7 +81,7 @@ fn fail(err: &TencentError) -> warp::reply::Response {
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
     let reply = json_reply(status, tencent::encode_fail(&err.to_string()));
     match err {
-        TencentError::TooLarge { .. } | TencentError::BodyRead(_) => closing(reply),
+        TencentError::Body(err) if err.leaves_body_unread() => closing(reply),
         _ => reply,
     }
 }
