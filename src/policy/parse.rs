@@ -91,9 +91,10 @@ pub struct RawError {
     #[serde(deserialize_with = "err_code")]
     pub code: i32,
     /// OpenIM's `errMsg`.
+    #[serde(deserialize_with = "text")]
     pub message: String,
     /// OpenIM's `errDlt`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text")]
     pub detail: String,
 }
 
@@ -131,7 +132,9 @@ pub enum RawEntry {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOps {
+    #[serde(default, deserialize_with = "some_scalar")]
     pub equals: Option<Scalar>,
+    #[serde(default, deserialize_with = "some_scalar")]
     pub not_equals: Option<Scalar>,
     #[serde(rename = "in")]
     pub in_: Option<Vec<Scalar>>,
@@ -366,9 +369,51 @@ impl<'de> Deserialize<'de> for Scalar {
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
                 Ok(Scalar::Bool(v))
             }
+            fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+                Err(E::custom(
+                    "null (`~`) is not a value to compare with: conditions compare strings, numbers and booleans; test presence with `exists`",
+                ))
+            }
         }
         d.deserialize_any(ScalarVisitor)
     }
+}
+
+/// `equals: v`: present means a value, so a YAML null is refused (by [`Scalar`]) rather
+/// than read as "no operator".
+fn some_scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Scalar>, D::Error> {
+    Scalar::deserialize(d).map(Some)
+}
+
+/// Text shown to users. A YAML null (`~`, `null`, or nothing after the colon) is refused:
+/// read as a string it would be the text "~" or "null", which is never what was meant.
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct TextVisitor;
+    impl Visitor<'_> for TextVisitor {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("text")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<String, E> {
+            Err(E::custom("is null (`~`); write the text, in quotes if it could be read as something else"))
+        }
+    }
+    d.deserialize_any(TextVisitor)
 }
 
 impl<'de> Deserialize<'de> for Pattern {
