@@ -1714,10 +1714,10 @@ async fn run(args: Args) -> bool {
             .body
             .clone(),
     );
-    // callgate closes a kept-alive connection once it has been idle for --read-timeout
-    // (10 s), without notice. Pooling idle connections for less than that rules out reusing
-    // one just as it closes, so that a transport error means a real failure; 90 (reqwest's
-    // and Go's default) exercises that case too.
+    // callgate closes a kept-alive connection once it has been idle for --idle-timeout
+    // (120 s), without notice. Pooling idle connections for less than that rules out reusing
+    // one just as it closes, so that a transport error means a real failure; a pool time
+    // above the server's idle timeout exercises that case too.
     let pool_idle = Duration::from_secs_f64(args.num("pool-idle-seconds", 5.0));
     let client = reqwest::Client::builder()
         .no_proxy()

@@ -31,6 +31,10 @@ pub const DEFAULT_TENCENT_MAX_SKEW: &str = "60s";
 pub const DEFAULT_RECORD_MAX_BYTES: u64 = 64 << 20;
 /// How long a client may take to send headers, then a body, by default.
 pub const DEFAULT_READ_TIMEOUT: &str = "10s";
+/// How long a kept-alive connection may sit idle between requests by default: longer than
+/// the 90 s Go's `http.Transport` (OpenIM's client) keeps idle connections, so that the
+/// client, not callgate, closes them, and never as it sends a callback down one.
+pub const DEFAULT_IDLE_TIMEOUT: &str = "120s";
 /// The largest request head by default: 64 KiB.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
 /// Callbacks handled at once by default.
@@ -120,9 +124,15 @@ pub struct Settings {
     #[arg(long, env = "CALLGATE_ALLOW_SOURCE", value_name = "CIDR", value_delimiter = ',')]
     pub allow_source: Option<Vec<String>>,
 
-    /// How long a client may take to send a request's headers, and then its body [default: 10s]
+    /// How long a client may take to send a request's headers, from their first byte, and then
+    /// its body [default: 10s]
     #[arg(long, env = "CALLGATE_READ_TIMEOUT", value_name = "DURATION")]
     pub read_timeout: Option<String>,
+
+    /// How long a connection may wait, idle, for its next request before it is closed; the
+    /// read timeout applies from the request's first byte [default: 120s]
+    #[arg(long, env = "CALLGATE_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
 
     /// Largest request head (request line and headers) in bytes [default: 65536]
     #[arg(long, env = "CALLGATE_MAX_HEADER_BYTES", value_name = "BYTES")]
@@ -191,6 +201,8 @@ pub struct Config {
     pub allow_sources: Vec<Cidr>,
     /// Header (and body) read timeout.
     pub read_timeout: Duration,
+    /// How long a connection may wait idle for its next request.
+    pub idle_timeout: Duration,
     /// Largest request head.
     pub max_header_bytes: usize,
     /// Callbacks handled at once.
@@ -286,6 +298,7 @@ impl Settings {
             openim_path_token: self.openim_path_token.or(lower.openim_path_token),
             allow_source: self.allow_source.or(lower.allow_source),
             read_timeout: self.read_timeout.or(lower.read_timeout),
+            idle_timeout: self.idle_timeout.or(lower.idle_timeout),
             max_header_bytes: self.max_header_bytes.or(lower.max_header_bytes),
             max_concurrent_requests: self.max_concurrent_requests.or(lower.max_concurrent_requests),
             max_connections: self.max_connections.or(lower.max_connections),
@@ -317,6 +330,9 @@ impl Settings {
         let read_timeout_text = self.read_timeout.unwrap_or_else(|| DEFAULT_READ_TIMEOUT.to_string());
         let read_timeout = crate::duration::parse(&read_timeout_text)
             .map_err(|message| ConfigError::Value { key: "read_timeout", message })?;
+        let idle_timeout_text = self.idle_timeout.unwrap_or_else(|| DEFAULT_IDLE_TIMEOUT.to_string());
+        let idle_timeout = crate::duration::parse(&idle_timeout_text)
+            .map_err(|message| ConfigError::Value { key: "idle_timeout", message })?;
         let allow_sources = self
             .allow_source
             .unwrap_or_default()
@@ -370,6 +386,7 @@ impl Settings {
             openim_path_token: non_empty(self.openim_path_token),
             allow_sources,
             read_timeout,
+            idle_timeout,
             max_header_bytes,
             max_concurrent_requests,
             max_connections,

@@ -185,6 +185,7 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
         busy: tokio::sync::Semaphore::new(config.max_concurrent_requests),
         conn_limits: server::ConnLimits {
             read_timeout: config.read_timeout,
+            idle_timeout: config.idle_timeout,
             max_header_bytes: config.max_header_bytes,
             max_connections: config.max_connections,
         },

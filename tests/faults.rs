@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a failure should panic")]
 //! Faults while serving: the record directory vanishes (so records cannot be written), the
-//! policy directory is deleted, and a list file of 1,000,000 IDs.
+//! policy directory is deleted or swapped for another, and a list file of 1,000,000 IDs.
 
 mod common;
 
@@ -62,7 +62,8 @@ async fn records_that_cannot_be_written_fail_tencent_and_are_counted_for_openim(
 }
 
 /// The policy directory deleted while serving: the serving set stays, the failure shows in
-/// status; once the directory is back, SIGHUP (or the admin reload) loads it.
+/// status; once the directory is back it is watched again and loaded, with no SIGHUP, and
+/// so are later edits in it. (Fixed bug: the watch died with the old directory.)
 #[tokio::test]
 async fn a_deleted_policy_directory_leaves_the_serving_set_in_force() {
     let parent = tempfile::tempdir().unwrap();
@@ -86,13 +87,60 @@ async fn a_deleted_policy_directory_leaves_the_serving_set_in_force() {
         refusal(150, "no", "")
     );
 
+    // Made again as a deploy tool does, possibly on the old inode (ext4 reuses it at once).
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("10.yaml"), DENY_SYS.replace("code: 150", "code: 151")).unwrap();
-    server.signal("HUP");
     server.wait_for_new_version(&version, Duration::from_secs(10)).await;
     assert_eq!(
         server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("sys_1")).await.1,
         refusal(151, "no", "")
+    );
+    assert_eq!(server.admin_get("/v1/status").await["last_reload"]["ok"], true);
+
+    // An edit in place in the new directory is seen too: the watch is on it.
+    let recreated = server.policy_version().await;
+    std::fs::write(dir.join("10.yaml"), DENY_SYS.replace("code: 150", "code: 152")).unwrap();
+    server.wait_for_new_version(&recreated, Duration::from_secs(10)).await;
+    assert_eq!(
+        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("sys_1")).await.1,
+        refusal(152, "no", "")
+    );
+    assert!(!server.logs().contains("SIGHUP"), "reloaded by the watcher alone");
+}
+
+/// The policy path is a symlink a deploy points at each release in turn: the new release goes
+/// live with no SIGHUP, and edits in it are seen (the watch follows the link's new target).
+#[tokio::test]
+async fn a_policy_symlink_pointed_at_a_new_release_is_watched_again() {
+    let parent = tempfile::tempdir().unwrap();
+    let release = |name: &str, code: u32| {
+        let dir = parent.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("10.yaml"), DENY_SYS.replace("code: 150", &format!("code: {code}"))).unwrap();
+    };
+    release("v1", 150);
+    let current = parent.path().join("current");
+    std::os::unix::fs::symlink("v1", &current).unwrap();
+    let server = Server::start(&current, &[]);
+    let v1 = server.policy_version().await;
+
+    // Swapped atomically, as `ln -sfn` over a temporary link and a rename do.
+    release("v2", 151);
+    let next = parent.path().join("current.next");
+    std::os::unix::fs::symlink("v2", &next).unwrap();
+    std::fs::rename(&next, &current).unwrap();
+    server.wait_for_new_version(&v1, Duration::from_secs(10)).await;
+    assert_eq!(
+        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("sys_1")).await.1,
+        refusal(151, "no", "")
+    );
+
+    let v2 = server.policy_version().await;
+    std::fs::write(parent.path().join("v2/10.yaml"), DENY_SYS.replace("code: 150", "code: 152")).unwrap();
+    server.wait_for_new_version(&v2, Duration::from_secs(10)).await;
+    assert_eq!(
+        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("sys_1")).await.1,
+        refusal(152, "no", "")
     );
 }
 

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a failure should panic")]
 //! Access control and limits over real sockets: the OpenIM path token, the source
-//! allowlist, header size, slow headers and bodies, concurrent callbacks and connections.
+//! allowlist, header size, slow headers and bodies, idle kept-alive connections, concurrent
+//! callbacks and connections.
 
 mod common;
 
@@ -28,6 +29,44 @@ async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Option<String
         Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
         Err(_) => None,
     }
+}
+
+/// One callback as a keep-alive HTTP/1.1 client sends it.
+const CALLBACK: &[u8] =
+    b"POST /openim/cmdX HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+
+/// Reads one response (head, then a Content-Length body) and leaves the connection open.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_one = async {
+        loop {
+            if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if out.len() >= end + 4 + len {
+                    return;
+                }
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed mid-response: {}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_one).await.expect("no response within 10 s");
+    String::from_utf8(out).unwrap()
+}
+
+/// Sends one callback down `stream` and asserts the whole refusal comes back on it.
+async fn assert_refused_on(stream: &mut TcpStream) {
+    stream.write_all(CALLBACK).await.unwrap();
+    let answer = read_response(stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(&format!("\r\n\r\n{}", refusal(150, "no", ""))), "{answer}");
+    assert!(!answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
 }
 
 #[tokio::test]
@@ -102,6 +141,64 @@ async fn a_slow_client_cannot_hold_a_connection_or_a_request() {
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains(r#""errCode":1014,"errMsg":"body was not received in time""#), "{answer}");
+}
+
+/// Regression: hyper starts its header read timeout as soon as it waits for a request, so
+/// a kept-alive connection idle for `--read-timeout` (10 s) was closed, and a callback a Go
+/// client (which keeps idle connections 90 s) sent down it just then failed.
+#[tokio::test]
+async fn an_idle_kept_alive_connection_outlives_the_read_timeout() {
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    let server = Server::start(dir.path(), &["--read-timeout", "1s", "--idle-timeout", "5s"]);
+    let mut conn = connect(&server.base).await;
+    assert_refused_on(&mut conn).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The same socket, so the same connection, serves again after twice the read timeout.
+    assert_refused_on(&mut conn).await;
+
+    // Once a request starts to arrive, even after an idle spell, the read timeout applies
+    // again, not what is left of the idle timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    conn.write_all(b"POST /openim/cmdX HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let answer = read_to_close(&mut conn, Duration::from_secs(10)).await;
+    assert!(answer.is_some(), "connection still open after 10 s");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "closed too early: {took:?}");
+    assert!(took < Duration::from_secs(3), "held to the idle timeout, not the read timeout: {took:?}");
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    // The read timeout (10 s) is far longer, so a close within 5 s is the idle timeout's.
+    let server = Server::start(dir.path(), &["--idle-timeout", "1s"]);
+    let mut used = connect(&server.base).await;
+    assert_refused_on(&mut used).await;
+    let started = Instant::now();
+    let answer = read_to_close(&mut used, Duration::from_secs(5)).await;
+    assert_eq!(answer.as_deref(), Some(""), "an idle kept-alive connection must be closed, without a word");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed too early: {:?}", started.elapsed());
+
+    // A connection that never sends a request is idle too.
+    let mut unused = connect(&server.base).await;
+    let answer = read_to_close(&mut unused, Duration::from_secs(5)).await;
+    assert_eq!(answer.as_deref(), Some(""));
+}
+
+#[tokio::test]
+async fn idle_connections_do_not_hold_up_shutdown() {
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    let mut server = Server::start(dir.path(), &["--idle-timeout", "60s"]);
+    let mut used = connect(&server.base).await;
+    assert_refused_on(&mut used).await;
+    let mut unused = connect(&server.base).await;
+    let started = Instant::now();
+    assert_eq!(server.terminate(), Some(0));
+    // Well under the 10 s shutdown waits for requests in flight.
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+    assert_eq!(read_to_close(&mut used, Duration::from_secs(5)).await.as_deref(), Some(""));
+    assert_eq!(read_to_close(&mut unused, Duration::from_secs(5)).await.as_deref(), Some(""));
 }
 
 #[tokio::test]

@@ -4,7 +4,9 @@
 //! answer comes wholly from one set. A reload builds the new set off the request path and
 //! swaps it in; a set that fails to load leaves the old one serving.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -135,25 +137,62 @@ const QUIET: Duration = Duration::from_millis(100);
 /// The longest a reload waits for quiet once a change was seen.
 const MAX_WAIT: Duration = Duration::from_millis(400);
 
+/// How often the watcher checks that the directory it watches is still the one at the
+/// policy path.
+const RECHECK: Duration = Duration::from_secs(1);
+
 /// Keeps the watch alive; dropping it stops watching.
 pub struct Watch {
-    _watcher: notify::RecommendedWatcher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // The task owns the notify watcher: ending it ends the watch.
+        self.task.abort();
+    }
 }
 
 /// Watches the store's directory (recursively, so list files and ConfigMap `..data` swaps
 /// count) and reloads after each burst of changes. Must be called inside a tokio runtime.
+///
+/// A notify watch follows the directory it was set on, not its path: once the directory is
+/// removed (`rm -rf policies && cp -r new policies`), moved away, or the path is a symlink
+/// pointed elsewhere, the watch sees nothing of what is at the path now. So, once a
+/// [`RECHECK`], the watcher compares what is at the path with what it watches and, when they
+/// differ, watches the path again and reloads. A poll rather than a watch on the parent
+/// directory: the parent may be `/`, unreadable, or shared with the busy data directory, and a
+/// symlink's target can change without any event in it. "Differ" is a new device and inode,
+/// or a removal or move of the watched directory itself reported by notify, since a directory
+/// removed and made again at once may get the same inode back.
 pub fn watch(store: Arc<PolicyStore>) -> notify::Result<Watch> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-        Ok(event) if is_change(&event.kind) => {
-            let _ = tx.send(());
+    let dir = store.dir().to_path_buf();
+    let is_lost = Arc::new(AtomicBool::new(false));
+    let mut watcher = notify::recommended_watcher({
+        let dir = dir.clone();
+        let is_lost = is_lost.clone();
+        move |res: notify::Result<notify::Event>| match res {
+            Ok(event) if is_change(&event.kind) => {
+                if is_self_gone(&event, &dir) {
+                    is_lost.store(true, Ordering::Relaxed);
+                }
+                let _ = tx.send(());
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("policy watcher error: {e}"),
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("policy watcher error: {e}"),
     })?;
-    watcher.watch(store.dir(), RecursiveMode::Recursive)?;
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
+    let mut root = Root { watched: identity(&dir), dir, is_lost, is_failing: false };
+    watcher.watch(&root.dir, RecursiveMode::Recursive)?;
+    let task = tokio::spawn(async move {
+        let mut recheck = tokio::time::interval(RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                seen = rx.recv() => if seen.is_none() { return },
+                _ = recheck.tick() => if !root.rewatch_if_replaced(&mut watcher) { continue },
+            }
             let first = Instant::now();
             while first.elapsed() < MAX_WAIT {
                 match tokio::time::timeout(QUIET, rx.recv()).await {
@@ -167,7 +206,71 @@ pub fn watch(store: Arc<PolicyStore>) -> notify::Result<Watch> {
             let _ = tokio::task::spawn_blocking(move || store.reload()).await;
         }
     });
-    Ok(Watch { _watcher: watcher })
+    Ok(Watch { task })
+}
+
+/// The policy directory as the watcher knows it.
+struct Root {
+    dir: PathBuf,
+    /// The device and inode watched; `None` while nothing is (the directory is missing, or
+    /// watching it failed).
+    watched: Option<(u64, u64)>,
+    /// Set by the watcher when notify reports the watched directory itself removed or moved.
+    is_lost: Arc<AtomicBool>,
+    /// Whether the last attempt to watch failed, so a lasting failure is logged once.
+    is_failing: bool,
+}
+
+impl Root {
+    /// Watches the path again if what is there is not what is watched. Returns whether it
+    /// did, so the new directory's files should be loaded.
+    fn rewatch_if_replaced(&mut self, watcher: &mut notify::RecommendedWatcher) -> bool {
+        let now = identity(&self.dir);
+        let is_lost = self.is_lost.swap(false, Ordering::Relaxed);
+        if now.is_none() {
+            // Missing: the serving set stays, and the failed reload its removal caused shows
+            // in status.
+            self.watched = None;
+            return false;
+        }
+        if now == self.watched && !is_lost {
+            return false;
+        }
+        // The old watch may be gone already: notify drops it when the directory is removed.
+        let _ = watcher.unwatch(&self.dir);
+        match watcher.watch(&self.dir, RecursiveMode::Recursive) {
+            Ok(()) => {
+                tracing::info!(dir = %self.dir.display(), "policy directory replaced; watching the new one");
+                self.watched = now;
+                self.is_failing = false;
+                true
+            }
+            Err(e) => {
+                if !self.is_failing {
+                    tracing::warn!(
+                        dir = %self.dir.display(),
+                        "cannot watch the replaced policy directory, trying again every {RECHECK:?}: {e}"
+                    );
+                }
+                self.is_failing = true;
+                self.watched = None;
+                false
+            }
+        }
+    }
+}
+
+/// The device and inode of the directory at `dir` (through symlinks), if there is one.
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(dir).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether `event` says the watched directory itself was removed or moved away, so the watch
+/// on it is dead or follows it elsewhere.
+fn is_self_gone(event: &notify::Event, dir: &Path) -> bool {
+    use notify::event::ModifyKind;
+    matches!(event.kind, EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)))
+        && event.paths.iter().any(|p| p == dir)
 }
 
 /// Whether an event may have changed what a load would read. Opens and reads are not
