@@ -61,6 +61,113 @@ async fn records_that_cannot_be_written_fail_tencent_and_are_counted_for_openim(
     }
 }
 
+/// A small tmpfs, unmounted (lazily, so open files do not stop it) on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `bytes`; `None` when not running as root (mounting needs it). As
+    /// root a failure to mount is a failure of the test.
+    fn mount(bytes: u64) -> Option<SmallDisk> {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let euid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1));
+        if euid != Some("0") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot mount a tmpfs as root");
+        Some(SmallDisk { dir })
+    }
+
+    /// Fills the disk up but for `free` bytes: a reserve file of that size is made first,
+    /// then a filler grows until the disk is full, then the reserve is removed. Returns the
+    /// filler's path; removing it frees the disk.
+    fn fill_leaving(&self, free: usize) -> std::path::PathBuf {
+        use std::io::Write;
+        let reserve = self.dir.path().join("reserve");
+        std::fs::write(&reserve, vec![b'r'; free]).unwrap();
+        let filler = self.dir.path().join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![b'f'; 4096];
+        while file.write_all(&chunk).is_ok() {}
+        std::fs::remove_file(reserve).unwrap();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// The record disk full (a real ENOSPC from a small tmpfs): Tencent callbacks are answered
+/// FAIL while nothing can be written, OpenIM callbacks are still decided and their lost
+/// records counted, and once space is freed records are written again by themselves, with
+/// no torn line left in the file.
+#[tokio::test]
+async fn a_full_record_disk_fails_tencent_and_recovers_when_space_is_freed() {
+    let Some(disk) = SmallDisk::mount(512 << 10) else {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    };
+    let dir = PolicyDir::with("10.yaml", DENY_SYS);
+    let records = disk.dir.path().join("records");
+    std::fs::create_dir(&records).unwrap();
+    let filler = disk.fill_leaving(16 << 10);
+    let mut server = Server::start_with_data(dir.path(), &records, &[]);
+    let query = "SdkAppid=1&CallbackCommand=Sns.CallbackFriendDelete&contenttype=json&ClientIP=1.1.1.1&OptPlatform=Web";
+    let body = wire(&sample("tencent/Sns.CallbackFriendDelete.json"));
+
+    let mut acknowledged = 0;
+    let failed = loop {
+        let (status, answer) = server.post_tencent(query, &body).await;
+        if status != 200 {
+            break (status, answer);
+        }
+        acknowledged += 1;
+        assert!(acknowledged < 1000, "16 KiB never filled up");
+    };
+    assert!(acknowledged > 0, "the first records fit");
+    assert_eq!(failed.0, 500);
+    assert!(failed.1.starts_with(r#"{"ActionStatus":"FAIL","ErrorCode":1,"ErrorInfo":"cannot record the callback"#));
+    assert!(failed.1.contains("No space left on device"), "{}", failed.1);
+
+    for _ in 0..20 {
+        assert_eq!(
+            server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("sys_1")).await.1,
+            refusal(150, "no", "")
+        );
+    }
+    // OpenIM records are written behind the answer, so the losses are counted a moment later.
+    server.wait_for_metric("callgate_records_failed_total", 21.0, Duration::from_secs(10)).await;
+
+    std::fs::remove_file(filler).unwrap();
+    let started = Instant::now();
+    while server.post_tencent(query, &body).await.0 != 200 {
+        assert!(started.elapsed() < Duration::from_secs(20), "never recovered");
+    }
+    acknowledged += 1;
+    assert_eq!(server.terminate(), Some(0));
+    // Every line in the file is whole (a failed write is cut back), and every acknowledged
+    // callback is there.
+    let recorded = events(&records, &["--source", "tencent"]);
+    assert_eq!(recorded.len(), acknowledged, "acknowledged callbacks on disk");
+    for f in std::fs::read_dir(&records).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("torn line {line:?}: {e}"));
+        }
+    }
+}
+
 /// The policy directory deleted while serving: the serving set stays, the failure shows in
 /// status; once the directory is back it is watched again and loaded, with no SIGHUP, and
 /// so are later edits in it. (Fixed bug: the watch died with the old directory.)
