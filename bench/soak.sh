@@ -30,7 +30,7 @@
 #
 # Knobs (environment): SOAK_SECONDS=600 CALIBRATE_SECONDS=10 SOAK_FRACTION=0.7 SOAK_WORKERS=64
 # SOAK_MAX_REQUESTS=20000000 SOAK_POOL_IDLE_SECONDS=5 (how long the driver keeps idle
-# connections; callgate closes them after 10 s idle; 90 is reqwest's and Go's default)
+# connections; callgate closes them after --idle-timeout, 120 s; 90 is reqwest's and Go's default)
 # SOAK_KEEP=0
 
 set -euo pipefail
