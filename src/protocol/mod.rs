@@ -9,7 +9,7 @@ pub mod tencent;
 
 use std::borrow::Cow;
 
-use serde::de::{Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// What is wrong with a callback body itself, whichever server sent it.
@@ -51,12 +51,13 @@ impl BodyError {
     }
 }
 
-/// Parses a body that must be one UTF-8 JSON object. Only the top-level keys `keep` accepts
-/// are built into the map; the values of the others are checked as JSON and skipped, so a
-/// caller that reads a few fields does not pay for building the rest.
+/// Parses a body that must be one JSON object. Only the top-level keys `keep` accepts are
+/// built into the map; the values of the others are walked by [`Skip`] and dropped, so a
+/// caller that reads a few fields does not pay for building the rest. What is accepted, and
+/// every error message, is exactly what parsing the whole body into a `serde_json::Value`
+/// gives (the same nesting limit, number range and UTF-8 checks), whatever is kept.
 pub fn parse_object(raw: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Map<String, Value>, BodyError> {
-    let text = std::str::from_utf8(raw).map_err(|e| BodyError::NotJson(format!("not UTF-8: {e}")))?;
-    let mut de = serde_json::Deserializer::from_str(text);
+    let mut de = serde_json::Deserializer::from_slice(raw);
     let body = TopLevel { keep }.deserialize(&mut de).and_then(|body| de.end().map(|()| body));
     body.map_err(|e| BodyError::NotJson(e.to_string()))?.map_err(BodyError::NotObject)
 }
@@ -93,14 +94,14 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
             if (self.keep)(&key) {
                 body.insert(key.into_owned(), map.next_value()?);
             } else {
-                map.next_value::<IgnoredAny>()?;
+                map.next_value::<Skip>()?;
             }
         }
         Ok(Ok(body))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        while seq.next_element::<Skip>()?.is_some() {}
         Ok(Err("an array"))
     }
 
@@ -126,6 +127,62 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
 
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok(Err("null"))
+    }
+}
+
+/// A JSON value parsed the way `serde_json::Value` parses it (through `deserialize_any`, so
+/// with its nesting limit, number range and UTF-8 checks) but built into nothing. serde's
+/// `IgnoredAny` is cheaper still, but serde_json skips it without those checks, so what a
+/// body may hold would depend on which keys a policy set reads.
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Skip, D::Error> {
+        de.deserialize_any(Skip)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_key::<Skip>()?.is_some() {
+            map.next_value::<Skip>()?;
+        }
+        Ok(Skip)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
     }
 }
 
@@ -169,6 +226,37 @@ mod tests {
         assert!(matches!(parse(b"{\"a\":1,\"b\":\"\xff\"}"), Err(BodyError::NotJson(_))));
         assert!(matches!(parse(br#"{"b":"\x"}"#), Err(BodyError::NotJson(_))));
         assert!(matches!(parse(b"{} x"), Err(BodyError::NotJson(_))));
+    }
+
+    #[test]
+    fn skipped_values_are_held_to_what_a_full_parse_accepts_with_the_same_messages() {
+        let deep = format!("{{\"b\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        let bodies: [&[u8]; 9] = [
+            deep.as_bytes(),
+            br#"{"b":1e999}"#,
+            br#"{"b":-1e400,"a":1}"#,
+            b"{\"b\":\"u_\xff\"}",
+            b"\xff{}",
+            br#"{"b":"\ud800"}"#,
+            br#"{"b":{"c":[1,2,{"d":"\u00e9"}]},"a":[true,null]}"#,
+            br#"[1e999]"#,
+            br#"{"b":1,}"#,
+        ];
+        for body in bodies {
+            let full = serde_json::from_slice::<Value>(body);
+            let some = parse_object(body, &|k| k == "a");
+            match (full, some) {
+                (Err(full), Err(BodyError::NotJson(some))) => assert_eq!(some, full.to_string()),
+                (Ok(Value::Object(full)), Ok(some)) => {
+                    assert_eq!(some.get("a"), full.get("a"));
+                    assert!(some.get("b").is_none());
+                }
+                (Ok(Value::Array(_)), Err(BodyError::NotObject("an array"))) => {}
+                (full, some) => {
+                    panic!("{}: full parse {full:?}, skipping parse {some:?}", String::from_utf8_lossy(body))
+                }
+            }
+        }
     }
 
     #[test]

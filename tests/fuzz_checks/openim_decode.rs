@@ -4,10 +4,11 @@
 //! `\n` after it are that command (and are also tried as a path and a query with
 //! `command_from_url`); the rest is the body. Nothing may panic; a decoded event has a valid
 //! command, agreed by URL and body, and the body as received; a refusal encodes to JSON;
-//! which keys are kept changes nothing but the keys in the event's map.
+//! which keys are kept changes nothing but the keys in the event's map, and a body is
+//! refused as not JSON exactly when `serde_json::Value` refuses it, with its message.
 
 use bytes::Bytes;
-use callgate::protocol::openim;
+use callgate::protocol::{BodyError, openim};
 use serde_json::Value;
 
 /// Runs the check on one input.
@@ -33,6 +34,14 @@ pub fn check(data: &[u8]) {
         }
         (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "refusal depends on the keys kept"),
         _ => panic!("keeping keys changed the outcome: {keep_none:?} / {keep_all:?}"),
+    }
+    // What is valid JSON is what serde_json's Value takes, with its messages, kept keys or not.
+    if let Err(e) = serde_json::from_slice::<Value>(body) {
+        let message = match &keep_none {
+            Err(openim::DecodeError::Body(BodyError::NotJson(m))) => m,
+            other => panic!("a body serde_json refuses ({e}) decoded as {other:?}"),
+        };
+        assert_eq!(*message, e.to_string());
     }
     match keep_all {
         Ok(event) => {
