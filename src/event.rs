@@ -34,7 +34,9 @@ pub struct Event {
     pub command: String,
     /// OpenIM's `operationID` header (empty when absent).
     pub operation_id: String,
-    /// The parsed body; always a JSON object.
+    /// The parsed body, a JSON object. An OpenIM decoder keeps only `callbackCommand` and
+    /// the top-level keys the policy set reads ([`crate::policy::PolicySet::reads`]); the
+    /// offline tools and the Tencent decoder keep every key.
     pub body: Map<String, Value>,
     /// The body exactly as received, kept for the record.
     pub raw: Bytes,
