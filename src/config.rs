@@ -111,6 +111,11 @@ pub struct Settings {
     #[arg(long, env = "CALLGATE_REDIS_TIMEOUT", value_name = "DURATION")]
     pub redis_timeout: Option<String>,
 
+    /// PEM file of the CA(s) that signed Redis's certificate, for a rediss:// URL whose
+    /// certificate the system does not trust [default: the system's trusted CAs]
+    #[arg(long, env = "CALLGATE_REDIS_CA_FILE", value_name = "FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
     /// What a rate cap answers when its store cannot: allow (fail open) or deny [default: allow]
     #[arg(long, env = "CALLGATE_ON_ERROR", value_name = "ANSWER")]
     pub on_error: Option<OnError>,
@@ -191,6 +196,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Timeout of each Redis call.
     pub redis_timeout: Duration,
+    /// CAs to verify a `rediss://` Redis with, instead of the system's.
+    pub redis_ca_file: Option<PathBuf>,
     /// What a cap answers when its store cannot.
     pub on_error: OnError,
     /// Most keys the in-memory cap store tracks.
@@ -293,6 +300,7 @@ impl Settings {
             record_max_bytes: self.record_max_bytes.or(lower.record_max_bytes),
             redis_url: self.redis_url.or(lower.redis_url),
             redis_timeout: self.redis_timeout.or(lower.redis_timeout),
+            redis_ca_file: self.redis_ca_file.or(lower.redis_ca_file),
             on_error: self.on_error.or(lower.on_error),
             cap_max_keys: self.cap_max_keys.or(lower.cap_max_keys),
             openim_path_token: self.openim_path_token.or(lower.openim_path_token),
@@ -377,6 +385,7 @@ impl Settings {
             is_recording: self.records.unwrap_or(true),
             redis_url: non_empty(self.redis_url),
             redis_timeout,
+            redis_ca_file: self.redis_ca_file,
             on_error: self.on_error.unwrap_or_default(),
             cap_max_keys,
             record_max_bytes,

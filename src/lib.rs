@@ -10,6 +10,7 @@
 //! - [`policy`]: YAML policies → `PolicySet`; evaluation; live reload
 //! - [`server`]: the warp listeners; the only module that knows HTTP
 //! - [`ratecap`]: rolling-window counts for rate caps, in memory or in Redis
+//! - [`redis_client`]: the Redis client (plain or TLS) that caps and the record stream share
 //! - [`duration`]: the `30s`/`1m` syntax shared by policies and config
 
 pub mod config;
@@ -19,4 +20,5 @@ pub mod policy;
 pub mod protocol;
 pub mod ratecap;
 pub mod record;
+pub mod redis_client;
 pub mod server;

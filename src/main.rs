@@ -13,7 +13,7 @@ use callgate::event::Event;
 use callgate::policy::{self, Outcome, PolicyStore};
 use callgate::ratecap::{CapStore, MemoryCaps, RedisCaps};
 use callgate::record::{self, EventFilter, Recorder, StreamSink};
-use callgate::server;
+use callgate::{redis_client, server};
 
 /// A policy-gated callback decision engine for OpenIM and Tencent Cloud Chat.
 #[derive(Parser)]
@@ -154,13 +154,20 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     // The Redis client binds to the runtime it is made in.
     let _in_runtime = runtime.enter();
-    let caps = Arc::new(match &config.redis_url {
-        Some(url) => CapStore::Redis(RedisCaps::new(url, config.redis_timeout).context("--redis-url")?),
+    let redis = match &config.redis_url {
+        Some(url) => Some(redis_client::client(url, config.redis_ca_file.as_deref()).context("--redis-url")?),
+        None => None,
+    };
+    if let Some(client) = &redis {
+        runtime.spawn(redis_client::probe(client.clone()));
+    }
+    let caps = Arc::new(match &redis {
+        Some(client) => CapStore::Redis(RedisCaps::new(client.clone(), config.redis_timeout).context("--redis-url")?),
         None => CapStore::Memory(MemoryCaps::new(config.cap_max_keys)),
     });
     let recorder = if config.is_recording {
-        let stream = match &config.redis_url {
-            Some(url) => Some(StreamSink::spawn(url, config.redis_timeout).context("--redis-url")?),
+        let stream = match redis {
+            Some(client) => Some(StreamSink::spawn(client, config.redis_timeout).context("--redis-url")?),
             None => None,
         };
         Some(Arc::new(Recorder::open(&config.data_dir, config.record_max_bytes, stream)?))

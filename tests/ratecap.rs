@@ -211,3 +211,49 @@ async fn redis_killed_and_restarted() {
     assert_eq!(closed.post(UNBLOCK, &unblock("u_9", "z")).await.1, capped());
     assert!(closed.logs().contains("redis is back"), "{}", closed.logs());
 }
+
+/// `rediss://`: caps (and the record stream) use a Redis reached over TLS, its certificate
+/// verified against `--redis-ca-file`. Without that file the test's private CA is unknown to
+/// the system, so the handshake fails and caps answer per on_error: verification is on.
+#[tokio::test]
+async fn redis_over_tls_with_its_certificate_verified() {
+    let redis = RedisServer::start_tls();
+    let dir = PolicyDir::with("10.yaml", &cap_policy(2, "1h"));
+    let (url, ca) = (redis.tls_url(), redis.ca_file());
+    let verified = Server::start(
+        dir.path(),
+        &["--redis-url", &url, "--redis-ca-file", ca.to_str().unwrap(), "--on-error", "deny"],
+    );
+    assert_eq!(verified.post(UNBLOCK, &unblock("u_1", "a")).await.1, ALLOW);
+    assert_eq!(verified.post(UNBLOCK, &unblock("u_1", "b")).await.1, ALLOW);
+    assert_eq!(verified.post(UNBLOCK, &unblock("u_1", "c")).await.1, capped());
+    // Counted in that Redis (seen through its plain port), and the records reached its stream.
+    let started = Instant::now();
+    while redis.command(&["XLEN", "callgate:records"]) != ":3" {
+        assert!(started.elapsed() < Duration::from_secs(10), "records did not reach the stream over TLS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(redis.command(&["DBSIZE"]), ":2", "one cap key and the record stream");
+    assert_eq!(verified.metric("callgate_redis_errors_total").await, 0.0, "{}", verified.logs());
+
+    let unverified = Server::start(dir.path(), &["--redis-url", &url, "--on-error", "deny"]);
+    for i in 0..5 {
+        assert_eq!(unverified.post(UNBLOCK, &unblock("u_2", &format!("x{i}"))).await.1, capped(), "on_error deny");
+    }
+    // The start-up probe says why, rather than leaving only timeouts in the log.
+    let limit = Duration::from_secs(10);
+    unverified.wait_for_log("cannot connect to redis: invalid peer certificate: UnknownIssuer", limit).await;
+    verified.wait_for_log("redis is reachable", limit).await;
+
+    // A CA file is for TLS only, and must hold a certificate: both refused at start.
+    let plain = redis.url();
+    let err =
+        Server::try_start(dir.path(), &["--redis-url", &plain, "--redis-ca-file", ca.to_str().unwrap()]).err().unwrap();
+    assert!(err.contains("rediss://"), "{err}");
+    let not_pem = dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let err = Server::try_start(dir.path(), &["--redis-url", &url, "--redis-ca-file", not_pem.to_str().unwrap()])
+        .err()
+        .unwrap();
+    assert!(err.contains("holds no PEM certificate"), "{err}");
+}

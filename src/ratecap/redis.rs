@@ -92,10 +92,10 @@ impl std::fmt::Debug for RedisCaps {
 }
 
 impl RedisCaps {
-    /// A store for `url` (`redis://host:port/db`). Connects lazily, so callgate starts even
-    /// while Redis is down; caps then answer per `on_error` until it is back.
-    pub fn new(url: &str, timeout: Duration) -> Result<RedisCaps, CapError> {
-        let client = redis::Client::open(url).map_err(|e| CapError::Redis(e.to_string()))?;
+    /// A store in the Redis of `client` (see [`crate::redis_client`]). Connects lazily, so
+    /// callgate starts even while Redis is down; caps then answer per `on_error` until it is
+    /// back.
+    pub fn new(client: redis::Client, timeout: Duration) -> Result<RedisCaps, CapError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
             .set_response_timeout(Some(timeout))

@@ -24,9 +24,9 @@ pub struct StreamSink {
 }
 
 impl StreamSink {
-    /// Starts the task that copies lines to Redis at `url`. Must be called in a runtime.
-    pub fn spawn(url: &str, timeout: Duration) -> Result<StreamSink, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+    /// Starts the task that copies lines to the Redis of `client` (see
+    /// [`crate::redis_client`]). Must be called in a runtime.
+    pub fn spawn(client: redis::Client, timeout: Duration) -> Result<StreamSink, redis::RedisError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
             .set_response_timeout(Some(timeout.max(Duration::from_secs(1))));

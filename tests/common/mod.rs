@@ -213,6 +213,15 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the log holds `needle`; fails the test after `limit`.
+    pub async fn wait_for_log(&self, needle: &str, limit: Duration) {
+        let started = Instant::now();
+        while !self.logs().contains(needle) {
+            assert!(started.elapsed() < limit, "no `{needle}` in the log within {limit:?}:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// POSTs `body` to `path` on the callback listener; returns status and body text.
     pub async fn post(&self, path: &str, body: &str) -> (u16, String) {
         let resp = self
@@ -307,16 +316,54 @@ pub fn events(data: &Path, args: &[&str]) -> Vec<serde_json::Value> {
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// The TLS port, when started with [`RedisServer::start_tls`].
+    pub tls_port: Option<u16>,
     _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl RedisServer {
     /// Starts redis-server on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = RedisServer { child: None, port, _dir: tempfile::tempdir().unwrap() };
+        let mut redis =
+            RedisServer { child: None, port: free_port(), tls_port: None, _dir: tempfile::tempdir().unwrap() };
         redis.restart();
         redis
+    }
+
+    /// Starts redis-server listening also with TLS on a second port, with a certificate for
+    /// `127.0.0.1` and `localhost` signed by a CA made for this server alone
+    /// ([`RedisServer::ca_file`]). The plain port stays open for the test's own commands.
+    pub fn start_tls() -> RedisServer {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("redis.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("redis.key"), key.serialize_pem()).unwrap();
+        let mut redis = RedisServer { child: None, port: free_port(), tls_port: Some(free_port()), _dir: dir };
+        redis.restart();
+        redis
+    }
+
+    /// The PEM file of the CA that signed the TLS certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self._dir.path().join("ca.pem")
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT`.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port.expect("started with start_tls"))
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -339,6 +386,7 @@ impl RedisServer {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self._dir.path())
+            .args(self.tls_args())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -349,6 +397,23 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    fn tls_args(&self) -> Vec<String> {
+        let Some(port) = self.tls_port else { return Vec::new() };
+        let file = |name: &str| self._dir.path().join(name).display().to_string();
+        vec![
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            file("redis.crt"),
+            "--tls-key-file".into(),
+            file("redis.key"),
+            "--tls-ca-cert-file".into(),
+            file("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]
     }
 
     fn answers_ping(&self) -> bool {
