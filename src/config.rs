@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::protocol::tencent::TencentAuth;
 use crate::ratecap::OnError;
+use crate::redis_client::TlsFiles;
 
 /// Where OpenIM and Tencent callbacks are served by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -116,6 +117,15 @@ pub struct Settings {
     #[arg(long, env = "CALLGATE_REDIS_CA_FILE", value_name = "FILE")]
     pub redis_ca_file: Option<PathBuf>,
 
+    /// PEM certificate callgate shows a rediss:// Redis that asks clients for one
+    /// (tls-auth-clients); with --redis-client-key [default: none]
+    #[arg(long, env = "CALLGATE_REDIS_CLIENT_CERT", value_name = "FILE")]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-client-cert [default: none]
+    #[arg(long, env = "CALLGATE_REDIS_CLIENT_KEY", value_name = "FILE")]
+    pub redis_client_key: Option<PathBuf>,
+
     /// What a rate cap answers when its store cannot: allow (fail open) or deny [default: allow]
     #[arg(long, env = "CALLGATE_ON_ERROR", value_name = "ANSWER")]
     pub on_error: Option<OnError>,
@@ -196,8 +206,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Timeout of each Redis call.
     pub redis_timeout: Duration,
-    /// CAs to verify a `rediss://` Redis with, instead of the system's.
-    pub redis_ca_file: Option<PathBuf>,
+    /// Certificate files of a `rediss://` connection.
+    pub redis_tls: TlsFiles,
     /// What a cap answers when its store cannot.
     pub on_error: OnError,
     /// Most keys the in-memory cap store tracks.
@@ -301,6 +311,8 @@ impl Settings {
             redis_url: self.redis_url.or(lower.redis_url),
             redis_timeout: self.redis_timeout.or(lower.redis_timeout),
             redis_ca_file: self.redis_ca_file.or(lower.redis_ca_file),
+            redis_client_cert: self.redis_client_cert.or(lower.redis_client_cert),
+            redis_client_key: self.redis_client_key.or(lower.redis_client_key),
             on_error: self.on_error.or(lower.on_error),
             cap_max_keys: self.cap_max_keys.or(lower.cap_max_keys),
             openim_path_token: self.openim_path_token.or(lower.openim_path_token),
@@ -385,7 +397,11 @@ impl Settings {
             is_recording: self.records.unwrap_or(true),
             redis_url: non_empty(self.redis_url),
             redis_timeout,
-            redis_ca_file: self.redis_ca_file,
+            redis_tls: TlsFiles {
+                ca: self.redis_ca_file,
+                client_cert: self.redis_client_cert,
+                client_key: self.redis_client_key,
+            },
             on_error: self.on_error.unwrap_or_default(),
             cap_max_keys,
             record_max_bytes,

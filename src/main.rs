@@ -155,7 +155,7 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
     // The Redis client binds to the runtime it is made in.
     let _in_runtime = runtime.enter();
     let redis = match &config.redis_url {
-        Some(url) => Some(redis_client::client(url, config.redis_ca_file.as_deref()).context("--redis-url")?),
+        Some(url) => Some(redis_client::client(url, &config.redis_tls).context("--redis-url")?),
         None => None,
     };
     if let Some(client) = &redis {

@@ -103,15 +103,17 @@ async fn the_example_config_names_every_setting_once_each_with_a_valid_value() {
     let all: Vec<&str> =
         text.lines().map(|l| if setting_of(l).is_some() { l.trim_start_matches("# ") } else { l }).collect();
     let dir = PolicyDir::new();
-    // A CA file goes with a rediss:// URL and must exist: the example's path is this
-    // machine's test CA, and its URL the TLS form of the example's.
-    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    dir.write("redis-ca.pem", &ca.cert.pem());
-    let ca_path = dir.path().join("redis-ca.pem");
+    // TLS files go with a rediss:// URL and must exist: the example's paths become files
+    // made here, and its URL the TLS form of the example's.
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    dir.write("redis.crt", &made.cert.pem());
+    dir.write("redis.key", &made.signing_key.serialize_pem());
+    let file = |name: &str| dir.path().join(name).display().to_string();
     let all: Vec<String> = all
         .iter()
         .map(|l| match setting_of(l) {
-            Some("redis_ca_file") => format!("redis_ca_file: {}", ca_path.display()),
+            Some(key @ ("redis_ca_file" | "redis_client_cert")) => format!("{key}: {}", file("redis.crt")),
+            Some("redis_client_key") => format!("redis_client_key: {}", file("redis.key")),
             Some("redis_url") => l.replace("redis://", "rediss://"),
             _ => l.to_string(),
         })

@@ -217,7 +217,7 @@ async fn redis_killed_and_restarted() {
 /// the system, so the handshake fails and caps answer per on_error: verification is on.
 #[tokio::test]
 async fn redis_over_tls_with_its_certificate_verified() {
-    let redis = RedisServer::start_tls();
+    let redis = RedisServer::start_tls(false);
     let dir = PolicyDir::with("10.yaml", &cap_policy(2, "1h"));
     let (url, ca) = (redis.tls_url(), redis.ca_file());
     let verified = Server::start(
@@ -255,5 +255,38 @@ async fn redis_over_tls_with_its_certificate_verified() {
     let err = Server::try_start(dir.path(), &["--redis-url", &url, "--redis-ca-file", not_pem.to_str().unwrap()])
         .err()
         .unwrap();
-    assert!(err.contains("holds no PEM certificate"), "{err}");
+    assert!(err.contains("holds no PEM block"), "{err}");
+}
+
+/// A Redis that asks TLS clients for a certificate (Redis's own default): callgate shows the
+/// one given by --redis-client-cert/--redis-client-key; without it the handshake fails, the
+/// log says so, and caps answer per on_error.
+#[tokio::test]
+async fn redis_that_asks_for_a_client_certificate() {
+    let redis = RedisServer::start_tls(true);
+    let dir = PolicyDir::with("10.yaml", &cap_policy(1, "1h"));
+    let (url, ca, (cert, key)) = (redis.tls_url(), redis.ca_file(), redis.client_cert());
+    let ca = ca.to_str().unwrap();
+    let with_cert = Server::start(
+        dir.path(),
+        &[
+            "--redis-url",
+            &url,
+            "--redis-ca-file",
+            ca,
+            "--redis-client-cert",
+            cert.to_str().unwrap(),
+            "--redis-client-key",
+            key.to_str().unwrap(),
+            "--on-error",
+            "deny",
+        ],
+    );
+    assert_eq!(with_cert.post(UNBLOCK, &unblock("u_1", "a")).await.1, ALLOW, "{}", with_cert.logs());
+    assert_eq!(with_cert.post(UNBLOCK, &unblock("u_1", "b")).await.1, capped());
+    with_cert.wait_for_log("redis is reachable", Duration::from_secs(10)).await;
+
+    let without = Server::start(dir.path(), &["--redis-url", &url, "--redis-ca-file", ca, "--on-error", "deny"]);
+    assert_eq!(without.post(UNBLOCK, &unblock("u_2", "a")).await.1, capped(), "on_error deny");
+    without.wait_for_log("cannot connect to redis", Duration::from_secs(10)).await;
 }

@@ -318,6 +318,8 @@ pub struct RedisServer {
     pub port: u16,
     /// The TLS port, when started with [`RedisServer::start_tls`].
     pub tls_port: Option<u16>,
+    /// Whether TLS clients must show a certificate signed by the CA.
+    requires_client_cert: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -328,8 +330,13 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts redis-server on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
-        let mut redis =
-            RedisServer { child: None, port: free_port(), tls_port: None, _dir: tempfile::tempdir().unwrap() };
+        let mut redis = RedisServer {
+            child: None,
+            port: free_port(),
+            tls_port: None,
+            requires_client_cert: false,
+            _dir: tempfile::tempdir().unwrap(),
+        };
         redis.restart();
         redis
     }
@@ -337,21 +344,37 @@ impl RedisServer {
     /// Starts redis-server listening also with TLS on a second port, with a certificate for
     /// `127.0.0.1` and `localhost` signed by a CA made for this server alone
     /// ([`RedisServer::ca_file`]). The plain port stays open for the test's own commands.
-    pub fn start_tls() -> RedisServer {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    /// With `requires_client_cert`, TLS clients must show a certificate signed by that CA,
+    /// as [`RedisServer::client_cert`] is.
+    pub fn start_tls(requires_client_cert: bool) -> RedisServer {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        // Each certificate gets its own name: OpenSSL (Redis) takes a certificate whose
+        // subject is its issuer's for self-signed, and refuses it.
+        let params = |names: &[&str], common_name: &str| {
+            let mut params = CertificateParams::new(names.iter().map(ToString::to_string).collect::<Vec<_>>()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, common_name);
+            params
+        };
         let dir = tempfile::tempdir().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut ca_params = params(&[], "callgate test CA");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.path().join("redis.crt"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("redis.key"), key.serialize_pem()).unwrap();
-        let mut redis = RedisServer { child: None, port: free_port(), tls_port: Some(free_port()), _dir: dir };
+        for (name, names, common_name) in
+            [("redis", &["127.0.0.1", "localhost"][..], "redis"), ("client", &["callgate"][..], "callgate")]
+        {
+            let key = KeyPair::generate().unwrap();
+            let cert = params(names, common_name).signed_by(&key, &ca).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.crt")), cert.pem()).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        }
+        let mut redis = RedisServer {
+            child: None,
+            port: free_port(),
+            tls_port: Some(free_port()),
+            requires_client_cert,
+            _dir: dir,
+        };
         redis.restart();
         redis
     }
@@ -359,6 +382,11 @@ impl RedisServer {
     /// The PEM file of the CA that signed the TLS certificate.
     pub fn ca_file(&self) -> PathBuf {
         self._dir.path().join("ca.pem")
+    }
+
+    /// A client certificate and its key, signed by the CA.
+    pub fn client_cert(&self) -> (PathBuf, PathBuf) {
+        (self._dir.path().join("client.crt"), self._dir.path().join("client.key"))
     }
 
     /// `rediss://127.0.0.1:TLS_PORT`.
@@ -412,7 +440,7 @@ impl RedisServer {
             "--tls-ca-cert-file".into(),
             file("ca.pem"),
             "--tls-auth-clients".into(),
-            "no".into(),
+            if self.requires_client_cert { "yes" } else { "no" }.into(),
         ]
     }
 
