@@ -31,6 +31,11 @@ pub enum RedisSetupError {
     /// Only one of the client certificate and its key was given.
     #[error("a client certificate needs its key, and a key its certificate: give both, or neither")]
     HalfClientPair,
+    /// The URL asks to skip certificate verification.
+    #[error(
+        "callgate always verifies Redis's certificate: drop `#insecure` from the URL (a private CA goes in --redis-ca-file)"
+    )]
+    Insecure,
     /// A file could not be used.
     #[error("{what} `{path}`: {reason}")]
     File { what: &'static str, path: String, reason: String },
@@ -39,6 +44,14 @@ pub enum RedisSetupError {
 /// A client for `url`; connections are made later, by whoever uses it. The URL is never
 /// printed, as it may hold a password.
 pub fn client(url: &str, tls: &TlsFiles) -> Result<redis::Client, RedisSetupError> {
+    let client = build(url, tls)?;
+    if let redis::ConnectionAddr::TcpTls { insecure: true, .. } = client.get_connection_info().addr() {
+        return Err(RedisSetupError::Insecure);
+    }
+    Ok(client)
+}
+
+fn build(url: &str, tls: &TlsFiles) -> Result<redis::Client, RedisSetupError> {
     let is_tls = url.starts_with("rediss://");
     if is_tls {
         // rustls needs a process-wide crypto provider; ring is the only one built in. A
@@ -125,6 +138,13 @@ mod tests {
 
     fn files(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> TlsFiles {
         TlsFiles { ca: ca.map(Into::into), client_cert: cert.map(Into::into), client_key: key.map(Into::into) }
+    }
+
+    #[test]
+    fn verification_cannot_be_skipped() {
+        let err = client("rediss://127.0.0.1:6380/#insecure", &TlsFiles::default()).unwrap_err();
+        assert!(matches!(err, RedisSetupError::Insecure), "{err}");
+        assert!(client("rediss://127.0.0.1:6380/0", &TlsFiles::default()).is_ok());
     }
 
     #[test]
