@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::protocol::tencent::TencentAuth;
 use crate::ratecap::OnError;
+use crate::record::Retention;
 use crate::redis_client::TlsFiles;
 
 /// Where OpenIM and Tencent callbacks are served by default.
@@ -103,6 +104,16 @@ pub struct Settings {
     /// Size at which a record file is closed and a new one started [default: 67108864]
     #[arg(long, env = "CALLGATE_RECORD_MAX_BYTES", value_name = "BYTES")]
     pub record_max_bytes: Option<u64>,
+
+    /// Delete a record file once its newest record is older than this (e.g. 30d)
+    /// [default: keep every file]
+    #[arg(long, env = "CALLGATE_RECORD_MAX_AGE", value_name = "DURATION")]
+    pub record_max_age: Option<String>,
+
+    /// Delete the oldest record files while all of them take more bytes than this (the file
+    /// being written is always kept) [default: no limit]
+    #[arg(long, env = "CALLGATE_RECORD_MAX_TOTAL_BYTES", value_name = "BYTES")]
+    pub record_max_total_bytes: Option<u64>,
 
     /// Redis for rate caps shared by several instances, as redis://host:6379/0 [default: caps in memory]
     #[arg(long, env = "CALLGATE_REDIS_URL", value_name = "URL", hide_env_values = true)]
@@ -202,6 +213,8 @@ pub struct Config {
     pub is_recording: bool,
     /// Size at which a record file is rotated.
     pub record_max_bytes: u64,
+    /// Which closed record files are kept.
+    pub record_retention: Retention,
     /// Redis URL for shared rate caps; `None` keeps caps in memory.
     pub redis_url: Option<String>,
     /// Timeout of each Redis call.
@@ -308,6 +321,8 @@ impl Settings {
             tencent_max_skew: self.tencent_max_skew.or(lower.tencent_max_skew),
             records: self.records.or(lower.records),
             record_max_bytes: self.record_max_bytes.or(lower.record_max_bytes),
+            record_max_age: self.record_max_age.or(lower.record_max_age),
+            record_max_total_bytes: self.record_max_total_bytes.or(lower.record_max_total_bytes),
             redis_url: self.redis_url.or(lower.redis_url),
             redis_timeout: self.redis_timeout.or(lower.redis_timeout),
             redis_ca_file: self.redis_ca_file.or(lower.redis_ca_file),
@@ -344,6 +359,21 @@ impl Settings {
         let record_max_bytes = self.record_max_bytes.unwrap_or(DEFAULT_RECORD_MAX_BYTES);
         if record_max_bytes < 4096 {
             return Err(ConfigError::Value { key: "record_max_bytes", message: "must be at least 4096".into() });
+        }
+        let record_max_age = self
+            .record_max_age
+            .map(|text| crate::duration::parse(&text))
+            .transpose()
+            .map_err(|message| ConfigError::Value { key: "record_max_age", message })?;
+        if let Some(total) = self.record_max_total_bytes
+            && total < record_max_bytes
+        {
+            return Err(ConfigError::Value {
+                key: "record_max_total_bytes",
+                message: format!(
+                    "must be at least record_max_bytes ({record_max_bytes}): the file being written is always kept"
+                ),
+            });
         }
         let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
         let admin_listen = addr("admin_listen", self.admin_listen, DEFAULT_ADMIN_LISTEN)?;
@@ -405,6 +435,7 @@ impl Settings {
             on_error: self.on_error.unwrap_or_default(),
             cap_max_keys,
             record_max_bytes,
+            record_retention: Retention { max_age: record_max_age, max_total_bytes: self.record_max_total_bytes },
             listen: addr("listen", self.listen, DEFAULT_LISTEN)?,
             admin_listen,
             admin_token,

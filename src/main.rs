@@ -170,7 +170,7 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
             Some(client) => Some(StreamSink::spawn(client, config.redis_timeout).context("--redis-url")?),
             None => None,
         };
-        Some(Arc::new(Recorder::open(&config.data_dir, config.record_max_bytes, stream)?))
+        Some(Arc::new(Recorder::open(&config.data_dir, config.record_max_bytes, config.record_retention, stream)?))
     } else {
         tracing::warn!("records are off: callbacks are decided and acknowledged but not recorded");
         None

@@ -259,6 +259,53 @@ async fn record_files_rotate_by_size_and_lose_nothing() {
     assert_eq!(owners, expected, "records in order, none lost");
 }
 
+/// `--record-max-total-bytes`: the oldest files are deleted so that all files together,
+/// the one being written counted as full, never pass the limit; the newest records stay.
+/// `--record-max-age`: at start-up (and every few seconds), a file whose newest record is
+/// older than the age is deleted.
+#[tokio::test]
+async fn old_record_files_are_deleted_by_total_size_and_by_age() {
+    let dir = PolicyDir::new();
+    let data = tempfile::tempdir().unwrap();
+    let total = |dir: &std::path::Path| -> u64 {
+        std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()
+    };
+    let extra = ["--record-max-bytes", "4096", "--record-max-total-bytes", "12288"];
+    let mut server = Server::start_with_data(dir.path(), data.path(), &extra);
+    for i in 0..100 {
+        let body = format!(
+            r#"{{"callbackCommand":"callbackAfterRemoveBlackCommand","ownerUserID":"u_{i}","blackUserID":"u_x"}}"#
+        );
+        assert_eq!(server.post("/openim/callbackAfterRemoveBlackCommand", &body).await.0, 200);
+        assert!(total(data.path()) <= 12288, "after {i}: {} bytes", total(data.path()));
+    }
+    server.wait_for_metric("callgate_records_pruned_files_total", 1.0, std::time::Duration::from_secs(10)).await;
+    assert_eq!(server.terminate(), Some(0));
+    assert!(total(data.path()) <= 12288, "{} bytes", total(data.path()));
+    let owners: Vec<String> =
+        events(data.path(), &[]).iter().map(|r| r["body"]["ownerUserID"].as_str().unwrap().to_string()).collect();
+    let first: usize = owners[0].trim_start_matches("u_").parse().unwrap();
+    assert!(first > 0, "the oldest records were deleted");
+    let expected: Vec<String> = (first..100).map(|i| format!("u_{i}")).collect();
+    assert_eq!(owners, expected, "the newest records kept, in order");
+
+    // Two files from two minutes ago: the first's newest record is older than the second
+    // file, 90 s old; the second's may be as new as the files written above.
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let line = |who: &str| {
+        format!(
+            "{{\"time\":\"2026-01-01T00:00:00.000Z\",\"source\":\"openim\",\"command\":\"c\",\"decision\":\"allow\",\"body\":{{\"ownerUserID\":\"{who}\"}}}}\n"
+        )
+    };
+    for (ago, who) in [(120_000, "old_1"), (90_000, "old_2")] {
+        std::fs::write(data.path().join(format!("records-{:013}.jsonl", now_ms - ago)), line(who)).unwrap();
+    }
+    let server = Server::start_with_data(dir.path(), data.path(), &["--record-max-age", "30s"]);
+    let kept = |who: &str| !events(data.path(), &["--user", who]).is_empty();
+    assert!(!kept("old_1") && kept("old_2") && kept("u_99"), "{}", server.logs());
+    assert!(server.logs().contains("deleted a record file: older than --record-max-age"), "{}", server.logs());
+}
+
 /// Sends signed Tencent callbacks from many tasks, kills the server with SIGKILL while they
 /// are in flight, restarts it on the same data directory, and checks that every callback
 /// that was acknowledged is in the records, and that every record line parses.

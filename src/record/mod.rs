@@ -12,7 +12,7 @@ mod writer;
 
 pub use query::{EventFilter, FilterError, query};
 pub use stream::{STREAM_KEY, STREAM_MAX_LEN, StreamSink};
-pub use writer::{RecordError, Recorder, SEGMENT_PREFIX, SEGMENT_SUFFIX};
+pub use writer::{RecordError, Recorder, Retention, SEGMENT_PREFIX, SEGMENT_SUFFIX};
 
 use std::time::{Duration, SystemTime};
 

@@ -127,7 +127,12 @@ pub fn query(dir: &Path, filter: &EventFilter) -> Result<Vec<String>, FilterErro
         {
             continue;
         }
-        let reader = BufReader::new(std::fs::File::open(file).map_err(read_err)?);
+        let reader = match std::fs::File::open(file) {
+            Ok(f) => BufReader::new(f),
+            // Deleted by the retention since it was listed: its records are gone.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(read_err(e)),
+        };
         for line in reader.lines() {
             let line = line.map_err(read_err)?;
             let Ok(record) = serde_json::from_str::<Value>(&line) else { continue };

@@ -8,6 +8,8 @@
 //!
 //! Files are `records-<unix ms at creation>.jsonl`; the newest is appended to. On start, a
 //! torn last line (a crash mid-write) is cut off and kept beside the file as `….torn`.
+//! With a [`Retention`], the thread also deletes the oldest files it no longer keeps: at
+//! start, after each rotation, and every [`PRUNE_EVERY`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -39,6 +41,26 @@ const QUEUE_WAIT: Duration = Duration::from_millis(500);
 /// that under load it wakes once per batch rather than once per record.
 const LINGER: Duration = Duration::from_millis(1);
 
+/// How often the writer looks for files its [`Retention`] no longer keeps (also after
+/// each rotation).
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// Which closed record files are kept; the file being written is always kept. The default
+/// keeps every file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// A file is deleted once its newest record is older than this.
+    pub max_age: Option<Duration>,
+    /// The oldest files are deleted while all of them together take more bytes than this.
+    pub max_total_bytes: Option<u64>,
+}
+
+impl Retention {
+    fn keeps_all(self) -> bool {
+        self == Retention::default()
+    }
+}
+
 /// Why a record could not be written.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RecordError {
@@ -69,11 +91,18 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Opens (creating it if needed) the record directory, repairs a torn last line, and
-    /// starts the writer thread. `max_file_bytes` is the size at which a file is rotated.
-    /// Records written are also copied to `stream` when given.
-    pub fn open(dir: &Path, max_file_bytes: u64, stream: Option<StreamSink>) -> Result<Recorder, RecordError> {
-        let segment = Segment::open_newest(dir, max_file_bytes)?;
+    /// Opens (creating it if needed) the record directory, repairs a torn last line, deletes
+    /// the files `retention` does not keep, and starts the writer thread. `max_file_bytes`
+    /// is the size at which a file is rotated. Records written are also copied to `stream`
+    /// when given.
+    pub fn open(
+        dir: &Path,
+        max_file_bytes: u64,
+        retention: Retention,
+        stream: Option<StreamSink>,
+    ) -> Result<Recorder, RecordError> {
+        let segment = Segment::open_newest(dir, max_file_bytes, retention)?;
+        segment.prune();
         let (tx, rx) = mpsc::channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("callgate-records".into())
@@ -151,22 +180,30 @@ fn run(mut segment: Segment, mut rx: mpsc::Receiver<Job>, stream: Option<StreamS
     let mut is_dirty = false;
     let mut was_failing = false;
     let mut was_waited_for = false;
+    let mut last_prune = Instant::now();
     loop {
-        // Wait for work, but wake up in time to sync records nobody waits for.
-        let first = if is_dirty {
-            let left = SYNC_EVERY.saturating_sub(last_sync.elapsed());
-            match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+        let retention = segment.retention;
+        if !retention.keeps_all() && last_prune.elapsed() >= PRUNE_EVERY {
+            segment.prune();
+            last_prune = Instant::now();
+        }
+        // Wait for work, but wake up in time to sync records nobody waits for, and to prune.
+        let sync_in = is_dirty.then(|| SYNC_EVERY.saturating_sub(last_sync.elapsed()));
+        let prune_in = (!retention.keeps_all()).then(|| PRUNE_EVERY.saturating_sub(last_prune.elapsed()));
+        let first = match sync_in.into_iter().chain(prune_in).min() {
+            None => rx.blocking_recv(),
+            Some(left) => match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
                 Ok(job) => job,
                 Err(_idle) => {
-                    if segment.sync().is_ok() {
-                        is_dirty = false;
+                    if is_dirty && last_sync.elapsed() >= SYNC_EVERY {
+                        if segment.sync().is_ok() {
+                            is_dirty = false;
+                        }
+                        last_sync = Instant::now();
                     }
-                    last_sync = Instant::now();
                     continue;
                 }
-            }
-        } else {
-            rx.blocking_recv()
+            },
         };
         let Some(first) = first else {
             let _ = segment.sync();
@@ -244,30 +281,31 @@ struct Segment {
     /// Bytes known written whole; a failed write is cut back to this.
     len: u64,
     max_bytes: u64,
+    retention: Retention,
 }
 
 impl Segment {
     /// Opens the newest record file for appending, after cutting off a torn last line; or
     /// creates the first one.
-    fn open_newest(dir: &Path, max_bytes: u64) -> Result<Segment, RecordError> {
+    fn open_newest(dir: &Path, max_bytes: u64, retention: Retention) -> Result<Segment, RecordError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
         let newest = segment_files(dir).map_err(|e| io_error(dir, &e))?.pop();
-        let Some(path) = newest else { return Segment::create(dir, max_bytes, 0) };
+        let Some(path) = newest else { return Segment::create(dir, max_bytes, retention, 0) };
         repair_torn_tail(&path).map_err(|e| io_error(dir, &e))?;
         let mut file = OpenOptions::new().append(true).open(&path).map_err(|e| io_error(dir, &e))?;
         let len = file.seek(SeekFrom::End(0)).map_err(|e| io_error(dir, &e))?;
-        Ok(Segment { dir: dir.to_path_buf(), path, file, len, max_bytes })
+        Ok(Segment { dir: dir.to_path_buf(), path, file, len, max_bytes, retention })
     }
 
     /// Creates a new file named after the current time (later than `after_ms`).
-    fn create(dir: &Path, max_bytes: u64, after_ms: u64) -> Result<Segment, RecordError> {
+    fn create(dir: &Path, max_bytes: u64, retention: Retention, after_ms: u64) -> Result<Segment, RecordError> {
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let ms = now_ms.max(after_ms + 1);
         let path = dir.join(format!("{SEGMENT_PREFIX}{ms:013}{SEGMENT_SUFFIX}"));
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io_error(dir, &e))?;
         // Make the new name itself durable, or a crash could lose the whole file.
         File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(dir, &e))?;
-        Ok(Segment { dir: dir.to_path_buf(), path, file, len: 0, max_bytes })
+        Ok(Segment { dir: dir.to_path_buf(), path, file, len: 0, max_bytes, retention })
     }
 
     fn created_ms(&self) -> u64 {
@@ -285,7 +323,9 @@ impl Segment {
                 self.write(buf)?;
                 buf.clear();
                 self.sync()?;
-                *self = Segment::create(&self.dir, self.max_bytes, self.created_ms())?;
+                *self = Segment::create(&self.dir, self.max_bytes, self.retention, self.created_ms())?;
+                // Before the new file gets its first line, so the files never pass the limit.
+                self.prune();
             }
             buf.extend_from_slice(line);
         }
@@ -314,6 +354,57 @@ impl Segment {
     }
 }
 
+impl Segment {
+    /// Deletes the closed record files the retention no longer keeps, oldest first; never
+    /// this one. The size limit counts this file as full, so that all files together stay
+    /// within it while this one fills. A file that cannot be deleted is logged and tried
+    /// again later.
+    fn prune(&self) {
+        let retention = self.retention;
+        if retention.keeps_all() {
+            return;
+        }
+        let files = match segment_files(&self.dir) {
+            Ok(files) => files,
+            Err(e) => return tracing::warn!(dir = %self.dir.display(), "cannot list record files to prune: {e}"),
+        };
+        let closed: Vec<(&PathBuf, u64)> = files
+            .iter()
+            .take_while(|f| **f != self.path)
+            .map(|f| (f, std::fs::metadata(f).map_or(0, |m| m.len())))
+            .collect();
+        let mut closed_total: u64 = closed.iter().map(|(_, len)| len).sum();
+        let budget = retention.max_total_bytes.map(|max| max.saturating_sub(self.max_bytes.max(self.len)));
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        for (i, (file, len)) in closed.iter().enumerate() {
+            // Every record of a file was written before the next file was created.
+            let closed_ms = files.get(i + 1).and_then(|f| segment_ms(f)).unwrap_or(now_ms);
+            let is_too_old =
+                retention.max_age.is_some_and(|age| now_ms.saturating_sub(closed_ms) > age.as_millis() as u64);
+            let is_over_size = budget.is_some_and(|budget| closed_total > budget);
+            if !is_too_old && !is_over_size {
+                break;
+            }
+            if let Err(e) = std::fs::remove_file(file) {
+                tracing::warn!(file = %file.display(), "cannot delete a record file the retention no longer keeps: {e}");
+                break;
+            }
+            let _ = std::fs::remove_file(torn_path(file));
+            closed_total -= len;
+            metrics::counter!("callgate_records_pruned_files_total").increment(1);
+            let why = if is_too_old { "older than --record-max-age" } else { "over --record-max-total-bytes" };
+            tracing::info!(file = %file.display(), "deleted a record file: {why}");
+        }
+    }
+}
+
+/// Where the torn tail cut off a record file is kept.
+fn torn_path(path: &Path) -> PathBuf {
+    let mut side = path.as_os_str().to_owned();
+    side.push(".torn");
+    side.into()
+}
+
 /// The record files of `dir`, oldest first.
 pub(crate) fn segment_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> =
@@ -337,13 +428,12 @@ fn repair_torn_tail(path: &Path) -> std::io::Result<()> {
     }
     let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let torn = &bytes[keep..];
-    let mut side = path.as_os_str().to_owned();
-    side.push(".torn");
+    let side = torn_path(path);
     std::fs::OpenOptions::new().create(true).append(true).open(&side)?.write_all(torn)?;
     let file = OpenOptions::new().write(true).open(path)?;
     file.set_len(keep as u64)?;
     file.sync_all()?;
-    tracing::warn!(file = %path.display(), bytes = torn.len(), kept_in = %Path::new(&side).display(), "cut off a torn last record (the process stopped mid-write)");
+    tracing::warn!(file = %path.display(), bytes = torn.len(), kept_in = %side.display(), "cut off a torn last record (the process stopped mid-write)");
     Ok(())
 }
 
@@ -361,10 +451,57 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("records-0000000000001.jsonl.torn")).unwrap(), b"{\"b\":");
     }
 
+    /// Writes record files created `ago_ms` before now, of `size` bytes each; returns them.
+    fn files(dir: &Path, ago_ms: &[u64], size: usize) -> Vec<PathBuf> {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let line = format!("{}\n", "x".repeat(size - 1));
+        ago_ms
+            .iter()
+            .map(|ago| {
+                let path = dir.join(format!("{SEGMENT_PREFIX}{:013}{SEGMENT_SUFFIX}", now_ms - ago));
+                std::fs::write(&path, &line).unwrap();
+                path
+            })
+            .collect()
+    }
+
+    #[test]
+    fn retention_by_size_deletes_the_oldest_files_until_all_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path(), &[30_000, 20_000, 10_000, 0], 100);
+        // Files of 100 bytes, the newest being written (counted as full, 100 bytes): two
+        // closed files fit in 300 bytes beside it.
+        let open = |max_total_bytes| {
+            Segment::open_newest(dir.path(), 100, Retention { max_age: None, max_total_bytes: Some(max_total_bytes) })
+                .unwrap()
+        };
+        open(300).prune();
+        assert_eq!(segment_files(dir.path()).unwrap(), f[1..].to_vec());
+        open(250).prune();
+        assert_eq!(segment_files(dir.path()).unwrap(), f[2..].to_vec());
+        // The file being written is kept even when it alone is over the limit.
+        open(50).prune();
+        assert_eq!(segment_files(dir.path()).unwrap(), f[3..].to_vec());
+    }
+
+    #[test]
+    fn retention_by_age_deletes_files_whose_newest_record_is_too_old() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each file's newest record is older than its successor's creation.
+        let f = files(dir.path(), &[60_000, 30_000, 2_000, 1_000], 10);
+        std::fs::write(torn_path(&f[0]), "{\"torn").unwrap();
+        let retention = Retention { max_age: Some(Duration::from_secs(10)), max_total_bytes: None };
+        Segment::open_newest(dir.path(), 4096, retention).unwrap().prune();
+        assert_eq!(segment_files(dir.path()).unwrap(), f[1..].to_vec(), "only the first closed over 10 s ago");
+        assert!(!torn_path(&f[0]).exists(), "its torn tail goes with it");
+        Segment::open_newest(dir.path(), 4096, Retention::default()).unwrap().prune();
+        assert_eq!(segment_files(dir.path()).unwrap(), f[1..].to_vec(), "the default keeps every file");
+    }
+
     #[tokio::test]
     async fn durable_records_are_on_disk_and_files_rotate() {
         let dir = tempfile::tempdir().unwrap();
-        let recorder = Recorder::open(dir.path(), 100, None).unwrap();
+        let recorder = Recorder::open(dir.path(), 100, Retention::default(), None).unwrap();
         for i in 0..10 {
             recorder
                 .record_durable(format!("{{\"n\":{i},\"pad\":\"0123456789012345678901234567890\"}}\n").into_bytes())
