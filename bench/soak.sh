@@ -16,7 +16,8 @@
 #    badly signed Tencent callbacks). Every answer is checked byte for byte. Every second it
 #    rewrites the policy directory (two revisions with the same answers, by write-and-rename)
 #    and polls /v1/status until the new version is live; every 30 s it samples the server's
-#    VmRSS; it prunes old record files so the disk does not fill.
+#    VmRSS and the record files' total size, which callgate's own retention
+#    (--record-max-total-bytes, 32 MiB) must keep within its limit.
 # 3. Stops the server with SIGTERM and checks that it exits cleanly and logged no panic and
 #    no error.
 #
@@ -86,12 +87,13 @@ timeout 1800 cargo build --release --quiet --bin callgate --example soak || die 
 
 POLICIES="$WORK/policies"
 DATA="$WORK/data"
+RECORD_LIMIT=33554432
 "$DRIVER" write-policies "$POLICIES"
 "$CALLGATE" validate --policies "$POLICIES" >&2 || die "the soak policy set does not validate"
 
 "$CALLGATE" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
     --policies "$POLICIES" --data-dir "$DATA" --record-max-bytes 8388608 \
-    --tencent-app-id "$APP_ID" --tencent-token "$TOKEN" --log-format json \
+    --record-max-total-bytes "$RECORD_LIMIT" --tencent-app-id "$APP_ID" --tencent-token "$TOKEN" --log-format json \
     >"$WORK/server.out" 2>"$WORK/server.log" &
 SERVER_PID=$!
 
@@ -118,7 +120,7 @@ timeout $((SOAK_SECONDS + CALIBRATE_SECONDS + 300)) "$DRIVER" run \
     --tencent-app-id "$APP_ID" --tencent-token "$TOKEN" \
     --seconds "$SOAK_SECONDS" --calibrate-seconds "$CALIBRATE_SECONDS" \
     --fraction "$SOAK_FRACTION" --workers "$SOAK_WORKERS" --max-requests "$SOAK_MAX_REQUESTS" \
-    --pool-idle-seconds "$SOAK_POOL_IDLE_SECONDS" &
+    --pool-idle-seconds "$SOAK_POOL_IDLE_SECONDS" --record-max-total-bytes "$RECORD_LIMIT" &
 DRIVER_PID=$!
 wait "$DRIVER_PID"
 DRIVER_RC=$?

@@ -1545,27 +1545,15 @@ async fn reload_loop(ctx: Arc<Ctx>, dir: PathBuf, stats: Arc<Mutex<ReloadStats>>
     }
 }
 
-/// Removes all but the newest few record files (the README allows removing any but the
-/// newest), so a long soak does not fill the disk. Returns files removed and their bytes.
-fn prune_records(dir: &Path, keep: usize) -> (u64, u64) {
+/// The record files in `dir` and their bytes together. The server keeps them within
+/// `--record-max-total-bytes` itself; the soak checks that it does.
+fn record_files(dir: &Path) -> (u64, u64) {
     let Ok(entries) = std::fs::read_dir(dir) else { return (0, 0) };
-    let mut files: Vec<(String, PathBuf)> = entries
+    entries
         .filter_map(Result::ok)
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-        .filter(|(n, _)| n.starts_with("records-") && n.ends_with(".jsonl"))
-        .collect();
-    files.sort();
-    let (mut removed, mut bytes) = (0, 0);
-    if files.len() > keep {
-        for (_, path) in &files[..files.len() - keep] {
-            let len = std::fs::metadata(path).map_or(0, |m| m.len());
-            if std::fs::remove_file(path).is_ok() {
-                removed += 1;
-                bytes += len;
-            }
-        }
-    }
-    (removed, bytes)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("records-"))
+        .filter_map(|e| e.metadata().ok())
+        .fold((0, 0), |(n, bytes), m| (n + 1, bytes + m.len()))
 }
 
 /// Friend requests past the cap, with known answers: each new key gets three allows, then
@@ -1668,7 +1656,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: soak write-policies DIR\n       soak run --base URL --admin URL --pid PID --policies DIR --data-dir DIR \\\n                --tencent-app-id ID --tencent-token TOKEN [--seconds 600] [--calibrate-seconds 10] \\\n                [--fraction 0.7] [--workers 64] [--max-requests 20000000] [--samples DIR] \\\n                [--pool-idle-seconds 5]"
+                "usage: soak write-policies DIR\n       soak run --base URL --admin URL --pid PID --policies DIR --data-dir DIR \\\n                --tencent-app-id ID --tencent-token TOKEN [--seconds 600] [--calibrate-seconds 10] \\\n                [--fraction 0.7] [--workers 64] [--max-requests 20000000] [--samples DIR] \\\n                [--pool-idle-seconds 5] [--record-max-total-bytes N]"
             );
             std::process::exit(2);
         }
@@ -1686,6 +1674,7 @@ async fn run(args: Args) -> bool {
     let fraction: f64 = args.num("fraction", 0.7);
     let workers: usize = args.num("workers", 64);
     let max_requests: u64 = args.num("max-requests", 20_000_000);
+    let record_limit: u64 = args.num("record-max-total-bytes", u64::MAX);
     let samples = PathBuf::from(args.values.get("samples").cloned().unwrap_or_else(|| {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples").to_string_lossy().into_owned()
     }));
@@ -1816,16 +1805,17 @@ async fn run(args: Args) -> bool {
         });
     }
 
-    let (mut pruned, mut pruned_bytes) = (0u64, 0u64);
+    let (mut most_files, mut most_bytes) = (0u64, 0u64);
     let mut next_rss = load_start + Duration::from_secs(30);
     let mut last_sent = ctx.stats.total_sent();
     let mut last_at = Instant::now();
     let mut baseline: Option<u64> = None;
     while Instant::now() < load_end && ctx.stats.total_sent() < max_requests {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let (n, b) = prune_records(&data_dir, 3);
-        pruned += n;
-        pruned_bytes += b;
+        let (files, bytes) = record_files(&data_dir);
+        if bytes > most_bytes {
+            (most_files, most_bytes) = (files, bytes);
+        }
         if rss_kb(pid).is_none() {
             is_alive = false;
             println!("[soak] the server (pid {pid}) is gone after {:.0} s of load", load_start.elapsed().as_secs_f64());
@@ -1959,8 +1949,9 @@ async fn run(args: Args) -> bool {
         println!("  first reload problem: {p}");
     }
     println!(
-        "records: {pruned} rotated files pruned during the run ({:.0} MB); dry-run records found by /v1/events?decision=would_deny: {}",
-        pruned_bytes as f64 / 1e6,
+        "records: at most {:.1} MB in {most_files} files seen (callgate's retention limit {:.1} MB); dry-run records found by /v1/events?decision=would_deny: {}",
+        most_bytes as f64 / 1e6,
+        record_limit as f64 / 1e6,
         would_deny.map_or("query failed".into(), |n| n.to_string())
     );
     println!("server RSS (VmRSS), open fds, threads:");
@@ -2007,6 +1998,9 @@ async fn run(args: Args) -> bool {
     }
     if !is_flat {
         failures.push("RSS growing".into());
+    }
+    if most_bytes > record_limit {
+        failures.push("record files over --record-max-total-bytes".into());
     }
     if r.not_ok > 0 || r.write_errors > 0 || r.live_in_time == 0 || r.wrong_rule_count > 0 {
         failures.push("reloads failing".into());
