@@ -79,6 +79,9 @@ enum Command {
         /// At most this many, the newest [default: no limit]
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
+        /// Then keep printing matching records as they are written, until stopped (Ctrl-C)
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
 }
 
@@ -103,12 +106,13 @@ fn main() -> ExitCode {
         Command::Validate { policies } => validate(&policies.dir()),
         Command::Test { policies } => test(&policies.dir()),
         Command::Schema => schema(),
-        Command::Events { data_dir, since, user, command, decision, source, limit } => {
+        Command::Events { data_dir, since, user, command, decision, source, limit, follow } => {
             let data_dir = data_dir.unwrap_or_else(|| callgate::config::DEFAULT_DATA_DIR.into());
             events(
                 &data_dir,
                 since.as_deref(),
                 EventFilter { since: None, user, command, decision, source, limit: limit.unwrap_or(0) },
+                follow,
             )
         }
     };
@@ -352,12 +356,23 @@ fn schema() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn events(data_dir: &Path, since: Option<&str>, mut filter: EventFilter) -> Result<ExitCode> {
+fn events(data_dir: &Path, since: Option<&str>, mut filter: EventFilter, follow: bool) -> Result<ExitCode> {
+    /// How often `--follow` looks for new records.
+    const POLL: std::time::Duration = std::time::Duration::from_millis(200);
     filter.since = since.map(callgate::duration::parse).transpose().map_err(|m| anyhow::anyhow!("--since: {m}"))?;
-    let lines = record::query(data_dir, &filter)?;
-    let mut out = std::io::stdout().lock();
-    for line in lines {
-        writeln!(out, "{line}")?;
+    let (mut lines, mut cursor) = record::query_after(data_dir, &filter, &record::Cursor::default())?;
+    // What is written from now on is printed whole: --limit bounds only the records before.
+    filter.limit = 0;
+    loop {
+        let mut out = std::io::stdout().lock();
+        for line in &lines {
+            writeln!(out, "{line}")?;
+        }
+        out.flush()?;
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(POLL);
+        (lines, cursor) = record::query_after(data_dir, &filter, &cursor)?;
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -259,6 +259,67 @@ async fn record_files_rotate_by_size_and_lose_nothing() {
     assert_eq!(owners, expected, "records in order, none lost");
 }
 
+/// `callgate events --follow` prints the matching records there are, then each new one as
+/// it is written, across file rotation, until stopped.
+#[tokio::test]
+async fn events_follow_prints_new_records_as_they_are_written() {
+    let dir = PolicyDir::new();
+    let mut server = Server::start(dir.path(), &["--record-max-bytes", "4096"]);
+    let unblock = |who: &str| {
+        format!(r#"{{"callbackCommand":"callbackAfterRemoveBlackCommand","ownerUserID":"{who}","blackUserID":"u_x"}}"#)
+    };
+    server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("u_0")).await;
+    let started = std::time::Instant::now();
+    while events(server.data_dir(), &[]).is_empty() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the first record was not written");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    /// Stops the follower however the test ends: it never stops by itself.
+    struct Follower(std::process::Child);
+    impl Drop for Follower {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut follower = Follower(
+        std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
+            .args(["events", "--follow", "--command", "callbackAfterRemoveBlackCommand", "--data-dir"])
+            .arg(server.data_dir())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = follower.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let other = r#"{"callbackCommand":"callbackBeforeAddBlackCommand","ownerUserID":"u_1","blackUserID":"u_x"}"#;
+    for i in 1..=60 {
+        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock(&format!("u_{i}"))).await;
+        server.post("/openim/callbackBeforeAddBlackCommand", other).await;
+    }
+    let mut owners = Vec::new();
+    while owners.len() < 61 {
+        let line =
+            rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap_or_else(|_| panic!("followed {owners:?}"));
+        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+        owners.push(record["body"]["ownerUserID"].as_str().unwrap().to_string());
+    }
+    drop(follower);
+    let expected: Vec<String> = (0..=60).map(|i| format!("u_{i}")).collect();
+    assert_eq!(owners, expected, "every matching record once, in order");
+    let files = std::fs::read_dir(server.data_dir()).unwrap().count();
+    assert!(files > 3, "the records rotated across {files} files");
+    assert_eq!(server.terminate(), Some(0));
+}
+
 /// `--record-max-total-bytes`: the oldest files are deleted so that all files together,
 /// the one being written counted as full, never pass the limit; the newest records stay.
 /// `--record-max-age`: at start-up (and every few seconds), a file whose newest record is

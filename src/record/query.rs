@@ -1,8 +1,8 @@
 //! Reading records back: the filters of `callgate events` and `GET /v1/events`.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
@@ -109,6 +109,22 @@ fn has_id(value: &Value, under_id_key: bool, id: &str) -> bool {
 /// The record lines matching `filter`, oldest first (the newest `limit` of them).
 /// Lines that are not JSON (there should be none) are skipped.
 pub fn query(dir: &Path, filter: &EventFilter) -> Result<Vec<String>, FilterError> {
+    Ok(query_after(dir, filter, &Cursor::default())?.0)
+}
+
+/// Where a reader of the records stopped: a file, and the offset just past the last whole
+/// line it read. The default cursor is before the first record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor {
+    file: Option<PathBuf>,
+    offset: u64,
+}
+
+/// Like [`query`], but only the lines written after `after`; also returns where reading
+/// stopped, so that calling again with it yields only the records written since
+/// (`callgate events --follow`). A line still being written is left for the next call; a
+/// file deleted meanwhile (retention) is passed over.
+pub fn query_after(dir: &Path, filter: &EventFilter, after: &Cursor) -> Result<(Vec<String>, Cursor), FilterError> {
     filter.validate()?;
     let read_err = |e: std::io::Error| FilterError::Read { dir: dir.display().to_string(), message: e.to_string() };
     let files = match segment_files(dir) {
@@ -119,7 +135,13 @@ pub fn query(dir: &Path, filter: &EventFilter) -> Result<Vec<String>, FilterErro
     let cutoff = filter.since.and_then(|d| SystemTime::now().checked_sub(d));
     let cutoff_ms = cutoff.and_then(|c| c.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
     let mut out = VecDeque::new();
+    let mut cursor = after.clone();
     for (i, file) in files.iter().enumerate() {
+        let start = match &after.file {
+            Some(read) if file < read => continue,
+            Some(read) if file == read => after.offset,
+            _ => 0,
+        };
         // A file whose successor was created before the cutoff holds only older records.
         let next_created = files.get(i + 1).and_then(|f| segment_ms(f));
         if let (Some(cutoff_ms), Some(next)) = (cutoff_ms, next_created)
@@ -127,30 +149,66 @@ pub fn query(dir: &Path, filter: &EventFilter) -> Result<Vec<String>, FilterErro
         {
             continue;
         }
-        let reader = match std::fs::File::open(file) {
+        let mut reader = match std::fs::File::open(file) {
             Ok(f) => BufReader::new(f),
             // Deleted by the retention since it was listed: its records are gone.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(read_err(e)),
         };
-        for line in reader.lines() {
-            let line = line.map_err(read_err)?;
-            let Ok(record) = serde_json::from_str::<Value>(&line) else { continue };
+        reader.seek(SeekFrom::Start(start)).map_err(read_err)?;
+        let mut offset = start;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line).map_err(read_err)?;
+            if line.pop() != Some(b'\n') {
+                break; // the end, or a line still being written
+            }
+            offset += n as u64;
+            let Ok(text) = std::str::from_utf8(&line) else { continue };
+            let Ok(record) = serde_json::from_str::<Value>(text) else { continue };
             if filter.matches(&record, cutoff) {
-                out.push_back(line);
+                out.push_back(text.to_string());
                 if filter.limit > 0 && out.len() > filter.limit {
                     out.pop_front();
                 }
             }
         }
+        cursor = Cursor { file: Some(file.clone()), offset };
     }
-    Ok(out.into())
+    Ok((out.into(), cursor))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn reading_after_a_cursor_yields_only_newer_whole_lines_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = |n: u32| format!("{{\"time\":\"2026-01-01T00:00:00Z\",\"n\":{n}}}\n");
+        let a = dir.path().join("records-0000000000001.jsonl");
+        std::fs::write(&a, format!("{}{}", rec(1), rec(2))).unwrap();
+        let all = EventFilter::default();
+        let (lines, cursor) = query_after(dir.path(), &all, &Cursor::default()).unwrap();
+        assert_eq!(lines.len(), 2);
+        // A line being written is not read until whole; a new file is read from its start.
+        let mut file = std::fs::OpenOptions::new().append(true).open(&a).unwrap();
+        std::io::Write::write_all(&mut file, b"{\"time\":\"2026").unwrap();
+        let (lines, cursor) = query_after(dir.path(), &all, &cursor).unwrap();
+        assert!(lines.is_empty());
+        std::io::Write::write_all(&mut file, b"-01-01T00:00:00Z\",\"n\":3}\n").unwrap();
+        std::fs::write(dir.path().join("records-0000000000002.jsonl"), rec(4)).unwrap();
+        let (lines, cursor) = query_after(dir.path(), &all, &cursor).unwrap();
+        let ns: Vec<Value> = lines.iter().map(|l| serde_json::from_str::<Value>(l).unwrap()["n"].clone()).collect();
+        assert_eq!(ns, [json!(3), json!(4)]);
+        // The file read last deleted (retention): later files are still found.
+        std::fs::remove_file(dir.path().join("records-0000000000002.jsonl")).unwrap();
+        std::fs::write(dir.path().join("records-0000000000003.jsonl"), rec(5)).unwrap();
+        let (lines, _) = query_after(dir.path(), &all, &cursor).unwrap();
+        assert_eq!(lines, [rec(5).trim_end()]);
+    }
 
     #[test]
     fn user_matches_id_fields_at_any_depth_only() {
