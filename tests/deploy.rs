@@ -2,7 +2,8 @@
 //! The files in deploy/ against the real binary, so they cannot rot: the example config
 //! names every setting and starts a server, the Kubernetes manifest's ConfigMap is the
 //! shipped policy set and serves as the kubelet mounts it, with the Deployment's settings,
-//! and the systemd unit passes only real flags.
+//! the systemd unit passes only real flags, and the alert rules watch metrics the server
+//! exports.
 
 mod common;
 
@@ -286,4 +287,55 @@ fn the_systemd_unit_passes_real_flags_and_matches_the_example_config() {
     assert_eq!(setting("policies"), format!("/etc/{}/policies", value("ConfigurationDirectory")));
     assert_eq!(setting("data_dir"), format!("/var/lib/{}", value("StateDirectory")));
     assert_eq!(value("WorkingDirectory"), setting("data_dir"));
+}
+
+/// The metric names in `expr`, without a histogram's `_bucket`/`_sum`/`_count` suffix, each
+/// with whether it stands directly inside `increase(` (its first event must be seen).
+fn rule_metrics(expr: &str) -> Vec<(String, bool)> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("callgate_") {
+        let name: String =
+            rest[at..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit()).collect();
+        let in_increase = rest[..at].ends_with("increase(");
+        let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
+        found.push((base.to_string(), in_increase));
+        rest = &rest[at + name.len()..];
+    }
+    found
+}
+
+/// Every alert in deploy/prometheus-rules.yaml names metrics a real server exports, and each
+/// counter an `increase()` watches is exported at 0 before anything happened, so the first
+/// failure moves it.
+#[tokio::test]
+async fn the_alert_rules_watch_metrics_the_server_exports() {
+    let rules: Value = serde_yaml_ng::from_str(&read("deploy/prometheus-rules.yaml")).unwrap();
+    let mut names = Vec::new();
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            assert!(rule["alert"].as_str().is_some_and(|a| a.starts_with("Callgate")), "{rule:?}");
+            assert!(rule["labels"]["severity"].as_str().is_some(), "{rule:?}");
+            names.extend(rule_metrics(str_of(&rule["expr"])));
+        }
+    }
+    assert!(names.len() >= 9, "{names:?}");
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let server = Server::start(&repo("policies"), &["--redis-url", &url]);
+    let scrape =
+        || async { server.client.get(format!("{}/metrics", server.admin)).send().await.unwrap().text().await.unwrap() };
+    let exported = |text: &str, name: &str| text.lines().any(|l| l.starts_with(&format!("# TYPE {name} ")));
+    let at_start = scrape().await;
+    for (name, in_increase) in &names {
+        assert!(!in_increase || exported(&at_start, name), "`{name}` is not exported at start-up:\n{at_start}");
+    }
+    // The rest appear with their first event: a decision, a bad callback of each kind.
+    assert_eq!(server.post("/openim/callbackBeforeAddBlackCommand", STAFF_BLOCK).await.0, 200);
+    assert_eq!(server.post("/openim/callbackBeforeAddBlackCommand", "not json").await.0, 400);
+    assert_eq!(server.post_tencent("CallbackCommand=Sns.CallbackBlackListDelete", "{}").await.0, 400);
+    let after = scrape().await;
+    for (name, _) in &names {
+        assert!(exported(&after, name), "`{name}` is not exported:\n{after}");
+    }
 }

@@ -157,15 +157,54 @@ pub async fn serve(
 }
 
 /// Installs the process-wide Prometheus recorder; every `metrics::` call from then on is
-/// exported at the admin `/metrics`.
+/// exported at the admin `/metrics`. The counters an operator alerts on are exported at 0
+/// from the start (see [`zero_counters`]).
 pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     // Decisions take microseconds; the buckets reach OpenIM's 5 s timeout.
     let buckets =
         [0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0];
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("callgate_decision_seconds".into()), &buckets)?
-        .install_recorder()
+        .install_recorder()?;
+    zero_counters();
+    Ok(handle)
+}
+
+/// Exports the counters of trouble at 0. A counter that first appears at 1 looks, to
+/// Prometheus's `increase()` and `rate()`, like one that did not move, so an alert on the
+/// first failure would never fire. Each label value listed here is one the code uses;
+/// `tests/deploy.rs` checks that every counter `deploy/prometheus-rules.yaml` alerts on is
+/// exported by a server that has done nothing yet.
+fn zero_counters() {
+    for name in [
+        "callgate_records_written_total",
+        "callgate_records_failed_total",
+        "callgate_records_pruned_files_total",
+        "callgate_stream_records_total",
+        "callgate_stream_records_dropped_total",
+        "callgate_tencent_callbacks_total",
+        "callgate_tencent_unrecorded_total",
+        "callgate_connections_refused_total",
+        "callgate_admin_unauthorized_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for source in ["openim", "tencent"] {
+        metrics::counter!("callgate_busy_total", "source" => source).increment(0);
+    }
+    for (source, reason) in [("openim", "source"), ("openim", "path_token"), ("tencent", "source")] {
+        metrics::counter!("callgate_forbidden_total", "source" => source, "reason" => reason).increment(0);
+    }
+    for result in ["ok", "error", "unchanged"] {
+        metrics::counter!("callgate_policy_reloads_total", "result" => result).increment(0);
+    }
+    for reason in ["timeout", "redis", "circuit_open", "full"] {
+        metrics::counter!("callgate_ratecap_errors_total", "reason" => reason).increment(0);
+    }
+    for reason in ["timeout", "redis"] {
+        metrics::counter!("callgate_redis_errors_total", "reason" => reason).increment(0);
+    }
 }
 
 /// Marks an answer sent before the request body was read: the connection is closed after
