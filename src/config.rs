@@ -119,6 +119,10 @@ pub struct Settings {
     #[arg(long, env = "CALLGATE_REDIS_URL", value_name = "URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
+    /// --redis-url is a node of a Redis Cluster: find the others from it [default: false]
+    #[arg(long, env = "CALLGATE_REDIS_CLUSTER", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub redis_cluster: Option<bool>,
+
     /// How long a Redis call may take before the cap answers per --on-error [default: 50ms]
     #[arg(long, env = "CALLGATE_REDIS_TIMEOUT", value_name = "DURATION")]
     pub redis_timeout: Option<String>,
@@ -217,6 +221,8 @@ pub struct Config {
     pub record_retention: Retention,
     /// Redis URL for shared rate caps; `None` keeps caps in memory.
     pub redis_url: Option<String>,
+    /// Whether `redis_url` is a node of a Redis Cluster.
+    pub is_redis_cluster: bool,
     /// Timeout of each Redis call.
     pub redis_timeout: Duration,
     /// Certificate files of a `rediss://` connection.
@@ -325,6 +331,7 @@ impl Settings {
             record_max_total_bytes: self.record_max_total_bytes.or(lower.record_max_total_bytes),
             redis_url: self.redis_url.or(lower.redis_url),
             redis_timeout: self.redis_timeout.or(lower.redis_timeout),
+            redis_cluster: self.redis_cluster.or(lower.redis_cluster),
             redis_ca_file: self.redis_ca_file.or(lower.redis_ca_file),
             redis_client_cert: self.redis_client_cert.or(lower.redis_client_cert),
             redis_client_key: self.redis_client_key.or(lower.redis_client_key),
@@ -427,6 +434,7 @@ impl Settings {
             is_recording: self.records.unwrap_or(true),
             redis_url: non_empty(self.redis_url),
             redis_timeout,
+            is_redis_cluster: self.redis_cluster.unwrap_or(false),
             redis_tls: TlsFiles {
                 ca: self.redis_ca_file,
                 client_cert: self.redis_client_cert,

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -13,7 +14,8 @@ use callgate::event::Event;
 use callgate::policy::{self, Outcome, PolicyStore};
 use callgate::ratecap::{CapStore, MemoryCaps, RedisCaps};
 use callgate::record::{self, EventFilter, Recorder, StreamSink};
-use callgate::{redis_client, server};
+use callgate::redis_client::RedisTarget;
+use callgate::server;
 
 /// A policy-gated callback decision engine for OpenIM and Tencent Cloud Chat.
 #[derive(Parser)]
@@ -159,19 +161,24 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
     // The Redis client binds to the runtime it is made in.
     let _in_runtime = runtime.enter();
     let redis = match &config.redis_url {
-        Some(url) => Some(redis_client::client(url, &config.redis_tls).context("--redis-url")?),
+        Some(url) => Some(RedisTarget::new(url, &config.redis_tls, config.is_redis_cluster).context("--redis-url")?),
         None => None,
     };
-    if let Some(client) = &redis {
-        runtime.spawn(redis_client::probe(client.clone()));
+    if let Some(target) = &redis {
+        runtime.spawn(target.clone().probe());
     }
     let caps = Arc::new(match &redis {
-        Some(client) => CapStore::Redis(RedisCaps::new(client.clone(), config.redis_timeout).context("--redis-url")?),
+        Some(target) => {
+            CapStore::Redis(RedisCaps::new(target.connect_lazily(config.redis_timeout)?, config.redis_timeout))
+        }
         None => CapStore::Memory(MemoryCaps::new(config.cap_max_keys)),
     });
     let recorder = if config.is_recording {
-        let stream = match redis {
-            Some(client) => Some(StreamSink::spawn(client, config.redis_timeout).context("--redis-url")?),
+        // Stream copies are not in a hurry: a longer timeout than the caps'.
+        let stream = match &redis {
+            Some(target) => {
+                Some(StreamSink::spawn(target.connect_lazily(config.redis_timeout.max(Duration::from_secs(1)))?))
+            }
             None => None,
         };
         Some(Arc::new(Recorder::open(&config.data_dir, config.record_max_bytes, config.record_retention, stream)?))

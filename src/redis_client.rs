@@ -1,11 +1,19 @@
-//! The one Redis client every Redis user in callgate shares (rate caps, the record stream),
-//! made from `--redis-url` and, for `rediss://`, `--redis-ca-file`.
+//! The one way callgate reaches Redis, shared by rate caps and the record stream: a
+//! [`RedisTarget`] made from `--redis-url` (one server, or with `--redis-cluster` a Redis
+//! Cluster found from one of its nodes) and, for `rediss://`, the TLS files; and the
+//! lazily made [`RedisConn`] both users send their commands on.
 //!
 //! `rediss://` connects over TLS (rustls) and always verifies Redis's certificate and host
 //! name: against the system's trusted CAs, or against the CAs in `--redis-ca-file` when set
 //! (a private CA, as self-hosted Redis usually has). There is no switch to skip verification.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// Files for a `rediss://` connection, each optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,26 +49,145 @@ pub enum RedisSetupError {
     File { what: &'static str, path: String, reason: String },
 }
 
-/// A client for `url`; connections are made later, by whoever uses it. The URL is never
-/// printed, as it may hold a password.
-pub fn client(url: &str, tls: &TlsFiles) -> Result<redis::Client, RedisSetupError> {
-    let client = build(url, tls)?;
-    if let redis::ConnectionAddr::TcpTls { insecure: true, .. } = client.get_connection_info().addr() {
-        return Err(RedisSetupError::Insecure);
-    }
-    Ok(client)
+/// Where Redis is.
+#[derive(Clone)]
+#[expect(clippy::large_enum_variant, reason = "made once at start-up; its size costs nothing")]
+pub enum RedisTarget {
+    /// One Redis server.
+    Single(redis::Client),
+    /// A Redis Cluster, its nodes and slots found from the one in the URL.
+    Cluster(ClusterClient),
 }
 
-fn build(url: &str, tls: &TlsFiles) -> Result<redis::Client, RedisSetupError> {
-    let is_tls = url.starts_with("rediss://");
-    if is_tls {
-        // rustls needs a process-wide crypto provider; ring is the only one built in. A
-        // second call finds it installed, which is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The connection info holds the password: never printed.
+        f.write_str(match self {
+            RedisTarget::Single(_) => "RedisTarget::Single",
+            RedisTarget::Cluster(_) => "RedisTarget::Cluster",
+        })
     }
-    let url_error = |e: redis::RedisError| RedisSetupError::Url { url: redact(url), reason: e.to_string() };
+}
+
+impl RedisTarget {
+    /// The Redis at `url`, with `tls` files for `rediss://`; `is_cluster` when `url` is a
+    /// node of a Redis Cluster. Nothing is connected yet. The URL is never printed, as it may
+    /// hold a password.
+    pub fn new(url: &str, tls: &TlsFiles, is_cluster: bool) -> Result<RedisTarget, RedisSetupError> {
+        let is_tls = url.starts_with("rediss://");
+        if is_tls {
+            // rustls needs a process-wide crypto provider; ring is the only one built in. A
+            // second call finds it installed, which is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let url_error = |e: redis::RedisError| RedisSetupError::Url { url: redact(url), reason: e.to_string() };
+        let certificates = certificates(tls, is_tls)?;
+        let client = match &certificates {
+            None => redis::Client::open(url),
+            Some(certificates) => redis::Client::build_with_tls(url, certificates.clone()),
+        }
+        .map_err(|e| match e.kind() {
+            redis::ErrorKind::InvalidClientConfig => url_error(e),
+            _ => RedisSetupError::File { what: "TLS files", path: describe(tls), reason: e.to_string() },
+        })?;
+        if let redis::ConnectionAddr::TcpTls { insecure: true, .. } = client.get_connection_info().addr() {
+            return Err(RedisSetupError::Insecure);
+        }
+        if !is_cluster {
+            return Ok(RedisTarget::Single(client));
+        }
+        let mut cluster = ClusterClientBuilder::new(vec![url]);
+        if let Some(certificates) = certificates {
+            cluster = cluster.certs(certificates);
+        }
+        cluster.build().map(RedisTarget::Cluster).map_err(url_error)
+    }
+
+    /// A connection that connects on first use, reconnects by itself after a failure, and is
+    /// cheap to clone. `timeout` bounds each command.
+    pub fn connect_lazily(&self, timeout: Duration) -> Result<RedisConn, RedisSetupError> {
+        let connect_timeout = timeout.max(Duration::from_millis(250));
+        match self {
+            RedisTarget::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map(RedisConn::Single)
+                    .map_err(|e| RedisSetupError::Url { url: "--redis-url".into(), reason: e.to_string() })
+            }
+            RedisTarget::Cluster(client) => {
+                let config = ClusterConfig::new().set_connection_timeout(connect_timeout).set_response_timeout(timeout);
+                Ok(RedisConn::Cluster(client.get_pending_async_connection_with_config(config)))
+            }
+        }
+    }
+
+    /// Connects once, at start-up, to say in the log whether Redis is reachable and, if not,
+    /// why: callers connect lazily and bound each call by a short timeout, so a wrong
+    /// certificate or password would otherwise only ever show as timeouts. Never fails.
+    pub async fn probe(self) {
+        const LIMIT: Duration = Duration::from_secs(5);
+        let (kind, result) = match &self {
+            RedisTarget::Single(client) => (
+                "redis",
+                tokio::time::timeout(LIMIT, client.get_multiplexed_async_connection()).await.map(|r| r.map(drop)),
+            ),
+            RedisTarget::Cluster(client) => {
+                ("redis cluster", tokio::time::timeout(LIMIT, client.get_async_connection()).await.map(|r| r.map(drop)))
+            }
+        };
+        match result {
+            Ok(Ok(())) => tracing::info!("{kind} is reachable"),
+            Ok(Err(e)) => tracing::error!("cannot connect to {kind}: {e}"),
+            Err(_) => tracing::error!("cannot connect to {kind}: no answer within {LIMIT:?}"),
+        }
+    }
+}
+
+/// A connection to a [`RedisTarget`]; commands go to the node that holds their keys.
+#[derive(Clone)]
+pub enum RedisConn {
+    /// To one server.
+    Single(ConnectionManager),
+    /// To a cluster's nodes.
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The certificates of the TLS files, read and checked; `None` when none are given.
+fn certificates(tls: &TlsFiles, is_tls: bool) -> Result<Option<redis::TlsCertificates>, RedisSetupError> {
     if *tls == TlsFiles::default() {
-        return redis::Client::open(url).map_err(url_error);
+        return Ok(None);
     }
     if !is_tls {
         return Err(RedisSetupError::FilesWithoutTls);
@@ -74,10 +201,7 @@ fn build(url: &str, tls: &TlsFiles) -> Result<redis::Client, RedisSetupError> {
         _ => return Err(RedisSetupError::HalfClientPair),
     };
     let root_cert = tls.ca.as_deref().map(|ca| read_pem("CA file", ca, "CERTIFICATE-----")).transpose()?;
-    redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert }).map_err(|e| match e.kind() {
-        redis::ErrorKind::InvalidClientConfig => url_error(e),
-        _ => RedisSetupError::File { what: "TLS files", path: describe(tls), reason: e.to_string() },
-    })
+    Ok(Some(redis::TlsCertificates { client_tls, root_cert }))
 }
 
 /// Reads a PEM file that must hold a block whose header ends with `marker`.
@@ -100,19 +224,6 @@ fn describe(tls: &TlsFiles) -> String {
         .join(", ")
 }
 
-/// Connects once, at start-up, to say in the log whether Redis is reachable and, if not,
-/// why: callers connect lazily and bound each call by a short timeout, so a wrong
-/// certificate or password would otherwise only ever show as timeouts. Never fails.
-pub async fn probe(client: redis::Client) {
-    const LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
-    let addr = client.get_connection_info().addr().to_string();
-    match tokio::time::timeout(LIMIT, client.get_multiplexed_async_connection()).await {
-        Ok(Ok(_)) => tracing::info!(redis = %addr, "redis is reachable"),
-        Ok(Err(e)) => tracing::error!(redis = %addr, "cannot connect to redis: {e}"),
-        Err(_) => tracing::error!(redis = %addr, "cannot connect to redis: no answer within {LIMIT:?}"),
-    }
-}
-
 /// The URL without its password, for messages.
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
@@ -129,6 +240,10 @@ fn redact(url: &str) -> String {
 mod tests {
     use super::*;
 
+    fn single(url: &str, tls: &TlsFiles) -> Result<RedisTarget, RedisSetupError> {
+        RedisTarget::new(url, tls, false)
+    }
+
     #[test]
     fn passwords_are_not_printed() {
         assert_eq!(redact("redis://:s3cret@h:6379/0"), "redis://:***@h:6379/0");
@@ -142,23 +257,23 @@ mod tests {
 
     #[test]
     fn verification_cannot_be_skipped() {
-        let err = client("rediss://127.0.0.1:6380/#insecure", &TlsFiles::default()).unwrap_err();
+        let err = single("rediss://127.0.0.1:6380/#insecure", &TlsFiles::default()).unwrap_err();
         assert!(matches!(err, RedisSetupError::Insecure), "{err}");
-        assert!(client("rediss://127.0.0.1:6380/0", &TlsFiles::default()).is_ok());
+        assert!(single("rediss://127.0.0.1:6380/0", &TlsFiles::default()).is_ok());
     }
 
     #[test]
     fn tls_files_need_tls() {
-        let err = client("redis://127.0.0.1:6379", &files(Some(Path::new("/nonexistent")), None, None)).unwrap_err();
+        let err = single("redis://127.0.0.1:6379", &files(Some(Path::new("/nonexistent")), None, None)).unwrap_err();
         assert!(matches!(err, RedisSetupError::FilesWithoutTls), "{err}");
     }
 
     #[test]
     fn a_client_certificate_needs_its_key() {
         let cert = Path::new("/c.pem");
-        let err = client("rediss://127.0.0.1:6379", &files(None, Some(cert), None)).unwrap_err();
+        let err = single("rediss://127.0.0.1:6379", &files(None, Some(cert), None)).unwrap_err();
         assert!(matches!(err, RedisSetupError::HalfClientPair), "{err}");
-        let err = client("rediss://127.0.0.1:6379", &files(None, None, Some(cert))).unwrap_err();
+        let err = single("rediss://127.0.0.1:6379", &files(None, None, Some(cert))).unwrap_err();
         assert!(matches!(err, RedisSetupError::HalfClientPair), "{err}");
     }
 
@@ -168,18 +283,18 @@ mod tests {
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not a certificate").unwrap();
         let url = "rediss://127.0.0.1:6379";
-        let err = client(url, &files(Some(&junk), None, None)).unwrap_err().to_string();
+        let err = single(url, &files(Some(&junk), None, None)).unwrap_err().to_string();
         assert!(err.starts_with("CA file `") && err.contains("holds no PEM block"), "{err}");
-        let err = client(url, &files(None, Some(&junk), Some(&junk))).unwrap_err().to_string();
+        let err = single(url, &files(None, Some(&junk), Some(&junk))).unwrap_err().to_string();
         assert!(err.starts_with("client certificate `"), "{err}");
         let missing = dir.path().join("missing.pem");
-        let err = client(url, &files(Some(&missing), None, None)).unwrap_err().to_string();
+        let err = single(url, &files(Some(&missing), None, None)).unwrap_err().to_string();
         assert!(err.contains("missing.pem") && err.contains("No such file"), "{err}");
     }
 
     #[test]
     fn a_bad_url_is_refused_without_its_password() {
-        let err = client("http://:pw@h", &TlsFiles::default()).unwrap_err().to_string();
+        let err = single("http://:pw@h", &TlsFiles::default()).unwrap_err().to_string();
         assert!(err.contains("http://:***@h") && !err.contains("pw"), "{err}");
     }
 }

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::redis_client::RedisConn;
 
 use super::{CapCheck, CapError, CapOutcome};
 
@@ -22,8 +23,10 @@ use super::{CapCheck, CapError, CapOutcome};
 const OPEN_AFTER: u32 = 3;
 /// How long the circuit stays open before one call is let through to try again.
 const OPEN_FOR: Duration = Duration::from_millis(500);
-/// Prefix of every key callgate writes.
-const KEY_PREFIX: &str = "callgate:cap:";
+/// Prefix of every key callgate writes. The `{callgate}` hash tag puts every cap key in one
+/// Redis Cluster slot: a decision's caps are checked by one script, which Cluster runs only
+/// on keys of one slot. (Caps are small counters; one node holds them all.)
+const KEY_PREFIX: &str = "{callgate}:cap:";
 
 /// KEYS: the cap keys. ARGV[1]: 1 when the answer is allow if no cap decides; then four
 /// per key: max, window in ms, 1 for dry run, 1 when the rule allows when exceeded.
@@ -77,7 +80,7 @@ return out
 
 /// Rate caps counted in Redis.
 pub struct RedisCaps {
-    conn: ConnectionManager,
+    conn: RedisConn,
     timeout: Duration,
     check: Script,
     peek: Script,
@@ -92,26 +95,19 @@ impl std::fmt::Debug for RedisCaps {
 }
 
 impl RedisCaps {
-    /// A store in the Redis of `client` (see [`crate::redis_client`]). Connects lazily, so
-    /// callgate starts even while Redis is down; caps then answer per `on_error` until it is
-    /// back.
-    pub fn new(client: redis::Client, timeout: Duration) -> Result<RedisCaps, CapError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| CapError::Redis(e.to_string()))?;
+    /// A store in the Redis of `conn` (see [`crate::redis_client`]), each call bounded by
+    /// `timeout`. The connection is lazy, so callgate starts even while Redis is down; caps
+    /// then answer per `on_error` until it is back.
+    pub fn new(conn: RedisConn, timeout: Duration) -> RedisCaps {
         metrics::gauge!("callgate_redis_circuit_open").set(0.0);
-        Ok(RedisCaps {
+        RedisCaps {
             conn,
             timeout,
             check: Script::new(CHECK),
             peek: Script::new(PEEK),
             failures: AtomicU32::new(0),
             open_until: Mutex::new(None),
-        })
+        }
     }
 
     fn key(key: &str) -> String {

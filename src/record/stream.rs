@@ -3,9 +3,7 @@
 //! after it was written to disk, and a stream that falls behind or is unreachable loses
 //! lines from the stream only (counted and logged), never from the files.
 
-use std::time::Duration;
-
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use crate::redis_client::RedisConn;
 use tokio::sync::mpsc;
 
 /// The stream records are added to.
@@ -24,16 +22,12 @@ pub struct StreamSink {
 }
 
 impl StreamSink {
-    /// Starts the task that copies lines to the Redis of `client` (see
-    /// [`crate::redis_client`]). Must be called in a runtime.
-    pub fn spawn(client: redis::Client, timeout: Duration) -> Result<StreamSink, redis::RedisError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
-            .set_response_timeout(Some(timeout.max(Duration::from_secs(1))));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+    /// Starts the task that copies lines to Redis over `conn` (see [`crate::redis_client`]).
+    /// Must be called in a runtime.
+    pub fn spawn(conn: RedisConn) -> StreamSink {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(conn, rx));
-        Ok(StreamSink { tx })
+        StreamSink { tx }
     }
 
     /// Queues a record line (with or without its newline) without waiting.
@@ -45,7 +39,7 @@ impl StreamSink {
     }
 }
 
-async fn run(mut conn: ConnectionManager, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn run(mut conn: RedisConn, mut rx: mpsc::Receiver<Vec<u8>>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut was_failing = false;
     while rx.recv_many(&mut batch, BATCH).await > 0 {

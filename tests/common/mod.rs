@@ -251,6 +251,17 @@ impl Server {
         text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
     }
 
+    /// The sum of every sample of `name`, whatever its labels (0 when absent), e.g.
+    /// `metric_sum("callgate_redis_errors_total")` over all reasons.
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        let resp = self.client.get(format!("{}/metrics", self.admin)).send().await.unwrap();
+        let text = resp.text().await.unwrap();
+        text.lines()
+            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Polls `/metrics` until `name` reaches `at_least`; panics after `limit`.
     pub async fn wait_for_metric(&self, name: &str, at_least: f64, limit: Duration) {
         let started = Instant::now();
@@ -320,6 +331,8 @@ pub struct RedisServer {
     pub tls_port: Option<u16>,
     /// Whether TLS clients must show a certificate signed by the CA.
     requires_client_cert: bool,
+    /// Whether it is a node of a Redis Cluster.
+    is_cluster_node: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -335,6 +348,7 @@ impl RedisServer {
             port: free_port(),
             tls_port: None,
             requires_client_cert: false,
+            is_cluster_node: false,
             _dir: tempfile::tempdir().unwrap(),
         };
         redis.restart();
@@ -373,6 +387,7 @@ impl RedisServer {
             port: free_port(),
             tls_port: Some(free_port()),
             requires_client_cert,
+            is_cluster_node: false,
             _dir: dir,
         };
         redis.restart();
@@ -415,6 +430,7 @@ impl RedisServer {
             .arg("--dir")
             .arg(self._dir.path())
             .args(self.tls_args())
+            .args(if self.is_cluster_node { &["--cluster-enabled", "yes"][..] } else { &[] })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -474,5 +490,60 @@ impl RedisServer {
         let mut line = String::new();
         BufReader::new(stream).read_line(&mut line).unwrap();
         line.trim_end().to_string()
+    }
+}
+
+/// A real Redis Cluster of three masters on random loopback ports (made by `redis-cli
+/// --cluster create`, which comes with redis-server), no persistence. Killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, joins them, and waits until every node says the cluster is ok.
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let mut node = RedisServer {
+                    child: None,
+                    port: free_port(),
+                    tls_port: None,
+                    requires_client_cert: false,
+                    is_cluster_node: true,
+                    _dir: tempfile::tempdir().unwrap(),
+                };
+                node.restart();
+                node
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (it comes with redis-server)");
+        assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        let cluster = RedisCluster { nodes };
+        let deadline = Instant::now() + START_TIMEOUT;
+        for node in &cluster.nodes {
+            while !cluster.cli(node.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "the cluster did not come up");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        cluster
+    }
+
+    /// `redis://127.0.0.1:PORT` of the first node.
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+
+    /// Runs a command with `redis-cli -c` (following the cluster's redirections) on the node
+    /// at `port`; returns its output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli").args(["-c", "-p", &port.to_string()]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
