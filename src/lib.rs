@@ -10,7 +10,7 @@
 //! - [`policy`]: YAML policies → `PolicySet`; evaluation; live reload
 //! - [`server`]: the warp listeners; the only module that knows HTTP
 //! - [`ratecap`]: rolling-window counts for rate caps, in memory or in Redis
-//! - [`redis_client`]: the Redis client (plain or TLS) that caps and the record stream share
+//! - [`redis_client`]: how caps and the record stream reach Redis (one server or a cluster, TLS)
 //! - [`duration`]: the `30s`/`1m` syntax shared by policies and config
 
 pub mod config;
