@@ -319,3 +319,40 @@ async fn caps_in_a_redis_cluster() {
     a.wait_for_log("redis cluster is reachable", Duration::from_secs(10)).await;
     assert_eq!(a.metric_sum("callgate_redis_errors_total").await, 0.0, "{}", a.logs());
 }
+
+/// The whole cluster killed mid-test: caps answer per on_error, fast; when the nodes come
+/// back (same ports, same cluster), callgate counts in the cluster again by itself.
+#[tokio::test]
+async fn a_redis_cluster_killed_and_restarted() {
+    let mut cluster = RedisCluster::start();
+    let dir = PolicyDir::with("10.yaml", &cap_policy(2, "1h"));
+    let url = cluster.url();
+    let server = Server::start(dir.path(), &["--redis-url", &url, "--redis-cluster", "--on-error", "deny"]);
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "a")).await.1, ALLOW);
+
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    for i in 0..20 {
+        let started = Instant::now();
+        assert_eq!(server.post(UNBLOCK, &unblock("u_2", &format!("x{i}"))).await.1, capped(), "on_error deny");
+        assert!(started.elapsed() < Duration::from_secs(1), "answer {i} took {:?}", started.elapsed());
+    }
+
+    cluster.restart();
+    let started = Instant::now();
+    loop {
+        // The restarted nodes are empty: u_9 is allowed twice, then capped.
+        if server.post(UNBLOCK, &unblock("u_9", "x")).await.1 == ALLOW {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "callgate did not go back to the cluster: {}",
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(server.post(UNBLOCK, &unblock("u_9", "y")).await.1, ALLOW);
+    assert_eq!(server.post(UNBLOCK, &unblock("u_9", "z")).await.1, capped());
+}

@@ -525,14 +525,27 @@ impl RedisCluster {
             .expect("redis-cli must be installed (it comes with redis-server)");
         assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
         let cluster = RedisCluster { nodes };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// Starts every node again (emptied of data, but on the same ports and keeping its
+    /// cluster configuration) and waits until the cluster is ok.
+    pub fn restart(&mut self) {
+        for node in &mut self.nodes {
+            node.restart();
+        }
+        self.wait_until_ok();
+    }
+
+    fn wait_until_ok(&self) {
         let deadline = Instant::now() + START_TIMEOUT;
-        for node in &cluster.nodes {
-            while !cluster.cli(node.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+        for node in &self.nodes {
+            while !self.cli(node.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
                 assert!(Instant::now() < deadline, "the cluster did not come up");
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        cluster
     }
 
     /// `redis://127.0.0.1:PORT` of the first node.
