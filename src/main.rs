@@ -365,7 +365,7 @@ fn schema() -> Result<ExitCode> {
 
 fn events(data_dir: &Path, since: Option<&str>, mut filter: EventFilter, follow: bool) -> Result<ExitCode> {
     /// How often `--follow` looks for new records.
-    const POLL: std::time::Duration = std::time::Duration::from_millis(200);
+    const POLL: Duration = Duration::from_millis(200);
     filter.since = since.map(callgate::duration::parse).transpose().map_err(|m| anyhow::anyhow!("--since: {m}"))?;
     let (mut lines, mut cursor) = record::query_after(data_dir, &filter, &record::Cursor::default())?;
     // What is written from now on is printed whole: --limit bounds only the records before.

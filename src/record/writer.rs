@@ -299,8 +299,7 @@ impl Segment {
 
     /// Creates a new file named after the current time (later than `after_ms`).
     fn create(dir: &Path, max_bytes: u64, retention: Retention, after_ms: u64) -> Result<Segment, RecordError> {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let ms = now_ms.max(after_ms + 1);
+        let ms = unix_ms_now().max(after_ms + 1);
         let path = dir.join(format!("{SEGMENT_PREFIX}{ms:013}{SEGMENT_SUFFIX}"));
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io_error(dir, &e))?;
         // Make the new name itself durable, or a crash could lose the whole file.
@@ -352,9 +351,7 @@ impl Segment {
     fn sync(&mut self) -> Result<(), RecordError> {
         self.file.sync_data().map_err(|e| io_error(&self.dir, &e))
     }
-}
 
-impl Segment {
     /// Deletes the closed record files the retention no longer keeps, oldest first; never
     /// this one. The size limit counts this file as full, so that all files together stay
     /// within it while this one fills. A file that cannot be deleted is logged and tried
@@ -375,7 +372,7 @@ impl Segment {
             .collect();
         let mut closed_total: u64 = closed.iter().map(|(_, len)| len).sum();
         let budget = retention.max_total_bytes.map(|max| max.saturating_sub(self.max_bytes.max(self.len)));
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now_ms = unix_ms_now();
         for (i, (file, len)) in closed.iter().enumerate() {
             // Every record of a file was written before the next file was created.
             let closed_ms = files.get(i + 1).and_then(|f| segment_ms(f)).unwrap_or(now_ms);
@@ -396,6 +393,11 @@ impl Segment {
             tracing::info!(file = %file.display(), "deleted a record file: {why}");
         }
     }
+}
+
+/// Milliseconds since the Unix epoch: the clock of record file names.
+fn unix_ms_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Where the torn tail cut off a record file is kept.

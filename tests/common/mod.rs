@@ -343,14 +343,18 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts redis-server on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
-        let mut redis = RedisServer {
-            child: None,
-            port: free_port(),
-            tls_port: None,
-            requires_client_cert: false,
-            is_cluster_node: false,
-            _dir: tempfile::tempdir().unwrap(),
-        };
+        RedisServer::launch(None, false, false, tempfile::tempdir().unwrap())
+    }
+
+    /// Starts redis-server on a free port, with the options given, in `dir`.
+    fn launch(
+        tls_port: Option<u16>,
+        requires_client_cert: bool,
+        is_cluster_node: bool,
+        dir: tempfile::TempDir,
+    ) -> RedisServer {
+        let mut redis =
+            RedisServer { child: None, port: free_port(), tls_port, requires_client_cert, is_cluster_node, _dir: dir };
         redis.restart();
         redis
     }
@@ -382,16 +386,7 @@ impl RedisServer {
             std::fs::write(dir.path().join(format!("{name}.crt")), cert.pem()).unwrap();
             std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
         }
-        let mut redis = RedisServer {
-            child: None,
-            port: free_port(),
-            tls_port: Some(free_port()),
-            requires_client_cert,
-            is_cluster_node: false,
-            _dir: dir,
-        };
-        redis.restart();
-        redis
+        RedisServer::launch(Some(free_port()), requires_client_cert, false, dir)
     }
 
     /// The PEM file of the CA that signed the TLS certificate.
@@ -502,20 +497,8 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts the nodes, joins them, and waits until every node says the cluster is ok.
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                let mut node = RedisServer {
-                    child: None,
-                    port: free_port(),
-                    tls_port: None,
-                    requires_client_cert: false,
-                    is_cluster_node: true,
-                    _dir: tempfile::tempdir().unwrap(),
-                };
-                node.restart();
-                node
-            })
-            .collect();
+        let nodes: Vec<RedisServer> =
+            (0..3).map(|_| RedisServer::launch(None, false, true, tempfile::tempdir().unwrap())).collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
