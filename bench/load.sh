@@ -24,7 +24,13 @@
 #    acknowledgements (target >= 10,000/s). After the rounds Redis is killed and `capredis`
 #    is measured again: p99 with Redis down (target < 10 ms).
 #
-# Knobs (environment): ROUNDS=5 DURATION=6 WARMUP=3 THREADS=2 CONNS=32 RELOADS=5 NOREC=1 SCENARIOS=1
+# 4. Calibration (EXTRA="500 1000 2000 3000", in ns; EXTRA= turns it off), in the same rotation:
+#    bare servers that busy-wait that long per request before answering (examples/bare_warp.rs,
+#    second argument). Their ratios show what a fixed extra cost per request does to the ratio
+#    on this machine, and so how much work per request a server may do to reach a target;
+#    the summary places callgate on that scale.
+#
+# Knobs (environment): ROUNDS=5 DURATION=6 WARMUP=3 THREADS=2 CONNS=32 RELOADS=5 NOREC=1 SCENARIOS=1 EXTRA
 # PIN=0 (PIN=1: servers on CPU 0, wrk on CPU 1 with one thread; steadier on 2 cores)
 
 set -euo pipefail
@@ -38,6 +44,7 @@ RELOADS=${RELOADS:-5}
 PIN=${PIN:-0}
 NOREC=${NOREC:-1}
 SCENARIOS=${SCENARIOS:-1}
+EXTRA=${EXTRA-500 1000 2000 3000}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -201,6 +208,16 @@ say "bare_warp: pid $BARE_PID, $BARE_ADDR"
 # The contenders, in the order each round runs them.
 NAMES=(bare callgate)
 declare -A ADDR=([bare]=$BARE_ADDR) PID=([bare]=$BARE_PID)
+CALIBRATION=()
+for ns in $EXTRA; do
+    name="bare+${ns}ns"
+    "${SERVER_CPU[@]}" "$BARE" 127.0.0.1:0 "$ns" >"$WORK/$name.out" 2>"$WORK/$name.log" &
+    PIDS+=("$!")
+    PID[$name]=$!
+    line=$(wait_for_line "$WORK/$name.out" "listening on" "${PID[$name]}") || die "$name did not start"
+    ADDR[$name]=$(sed -E 's|.*listening on http://([0-9.:]+).*|\1|' <<<"$line")
+    CALIBRATION+=("$name")
+done
 start_callgate callgate "$REPO/policies"
 ADDR[callgate]=$CG_ADDR PID[callgate]=$CG_PID
 if [[ "$NOREC" == 1 ]]; then
@@ -238,6 +255,7 @@ YAML
     ADDR[tencent]=$CG_ADDR PID[tencent]=$CG_PID LUA_OF[tencent]="$REPO/bench/tencent.lua"
     NAMES+=(cap capredis tencent)
 fi
+NAMES+=("${CALIBRATION[@]}")
 for name in "${NAMES[@]}"; do
     [[ "$(probe "${ADDR[$name]}")" == "$ALLOW" ]] ||
         die "$name at ${ADDR[$name]} does not allow the probe callback: $(probe "${ADDR[$name]}")"
@@ -259,7 +277,7 @@ for round in $(seq "$ROUNDS"); do
         RPS_OF[$name]+="$RPS " P50_OF[$name]+="$P50 " P99_OF[$name]+="$P99 " CPU_OF[$name]+="$CPU_US "
         [[ "$name" == bare ]] && bare_rps=$RPS
         RATIO_OF[$name]+="$(awk -v a="$RPS" -v b="$bare_rps" 'BEGIN { printf "%.3f", a / b }') "
-        line=$(printf 'round %d  %-9s %9.0f req/s  p50 %7.3f ms  p99 %7.3f ms  server CPU %6.2f us/req' \
+        line=$(printf 'round %d  %-14s %9.0f req/s  p50 %7.3f ms  p99 %7.3f ms  server CPU %6.2f us/req' \
             "$round" "$name" "$RPS" "$P50" "$P99" "$CPU_US")
         RUN_LINES+=("$line")
         say "$line"
@@ -477,9 +495,9 @@ LOAD_TOOK=$(grep -o '"took_ms":[0-9]*' "$WORK/reload.log" | cut -d: -f2 | tr '\n
     echo "policies: $REPO/policies (shipped)"
     printf '%s\n' "${RUN_LINES[@]}"
     echo "load average before/after: $LOAD_BEFORE / $LOAD_AFTER"
-    printf '%-9s %10s %10s %10s %14s %18s\n' server "req/s" "p50 ms" "p99 ms" "CPU us/req" "req/s vs bare"
+    printf '%-14s %10s %10s %10s %14s %18s\n' server "req/s" "p50 ms" "p99 ms" "CPU us/req" "req/s vs bare"
     for name in "${NAMES[@]}"; do
-        printf '%-9s %10.0f %10.3f %10.3f %14.2f %18s\n' "$name" "$(med "${RPS_OF[$name]}")" \
+        printf '%-14s %10.0f %10.3f %10.3f %14.2f %18s\n' "$name" "$(med "${RPS_OF[$name]}")" \
             "$(med "${P50_OF[$name]}")" "$(med "${P99_OF[$name]}")" "$(med "${CPU_OF[$name]}")" \
             "$(med "${RATIO_OF[$name]}")"
     done
@@ -488,6 +506,14 @@ LOAD_TOOK=$(grep -o '"took_ms":[0-9]*' "$WORK/reload.log" | cut -d: -f2 | tr '\n
     printf 'ratio callgate/bare of median req/s: %s   target >= 0.85: %s\n' "$RATIO" "$RATIO_OK"
     printf 'CPU per request, bare/callgate: %s (the throughput ratio if both were CPU-bound alone)\n' "$CPU_RATIO"
     echo "callgate wrote $RECORDED records; $ERRORS error lines in its log"
+    if [[ ${#CALIBRATION[@]} -gt 0 ]]; then
+        echo "---- calibration: a bare server that does N ns more work per request ----"
+        for name in "${CALIBRATION[@]}"; do
+            printf '%-14s median ratio %s  CPU %6.2f us/req\n' "$name" "$(med "${RATIO_OF[$name]}")" "$(med "${CPU_OF[$name]}")"
+        done
+        printf 'callgate       median ratio %s  CPU %6.2f us/req\n' "$(med "${RATIO_OF[callgate]}")" "$(med "${CPU_OF[callgate]}")"
+        echo "(a server reaches a ratio only if its own extra work per request is below the N whose ratio is that)"
+    fi
     if [[ -n "$ERROR_KINDS" ]]; then sed 's/^/  /' <<<"$ERROR_KINDS"; fi
     if [[ "$SCENARIOS" == 1 ]]; then
         echo "---- scenarios (same rounds; ratios are each round's own against bare) ----"
