@@ -47,6 +47,9 @@ pub enum RedisSetupError {
     /// A file could not be used.
     #[error("{what} `{path}`: {reason}")]
     File { what: &'static str, path: String, reason: String },
+    /// The Redis client refused the connection's settings.
+    #[error("cannot set up the connection to Redis: {reason}")]
+    Connection { reason: String },
 }
 
 /// Where Redis is.
@@ -116,7 +119,7 @@ impl RedisTarget {
                     .set_max_delay(Duration::from_millis(500));
                 ConnectionManager::new_lazy_with_config(client.clone(), config)
                     .map(RedisConn::Single)
-                    .map_err(|e| RedisSetupError::Url { url: "--redis-url".into(), reason: e.to_string() })
+                    .map_err(|e| RedisSetupError::Connection { reason: e.to_string() })
             }
             RedisTarget::Cluster(client) => {
                 let config = ClusterConfig::new().set_connection_timeout(connect_timeout).set_response_timeout(timeout);

@@ -320,6 +320,31 @@ async fn caps_in_a_redis_cluster() {
     assert_eq!(a.metric_sum("callgate_redis_errors_total").await, 0.0, "{}", a.logs());
 }
 
+/// A Redis Cluster reached over TLS, as managed Redis offers it: callgate finds the other
+/// nodes from the first and reaches them over TLS too, each verified against the CA file.
+#[tokio::test]
+async fn caps_in_a_redis_cluster_over_tls() {
+    let cluster = RedisCluster::start_tls();
+    let dir = PolicyDir::with("10.yaml", &cap_policy(2, "1h"));
+    let (url, ca) = (cluster.tls_url(), cluster.nodes[0].ca_file());
+    let server = Server::start(
+        dir.path(),
+        &["--redis-url", &url, "--redis-cluster", "--redis-ca-file", ca.to_str().unwrap(), "--on-error", "deny"],
+    );
+    // With on_error deny, an allow means the count reached the cluster.
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "a")).await.1, ALLOW, "{}", server.logs());
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "b")).await.1, ALLOW);
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "c")).await.1, capped());
+    let port = cluster.nodes[0].port;
+    let started = Instant::now();
+    while cluster.cli(port, &["XLEN", "callgate:records"]) != "3" {
+        assert!(started.elapsed() < Duration::from_secs(10), "records did not reach the stream in the cluster");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.wait_for_log("redis cluster is reachable", Duration::from_secs(10)).await;
+    assert_eq!(server.metric_sum("callgate_redis_errors_total").await, 0.0, "{}", server.logs());
+}
+
 /// The whole cluster killed mid-test: caps answer per on_error, fast; when the nodes come
 /// back (same ports, same cluster), callgate counts in the cluster again by itself.
 #[tokio::test]

@@ -323,6 +323,32 @@ pub fn events(data: &Path, args: &[&str]) -> Vec<serde_json::Value> {
     String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// The files of [`RedisServer::start_tls`], written into `dir`: `ca.pem`, a CA made for the
+/// test alone; `redis.crt`/`.key`, signed by it for `127.0.0.1` and `localhost`; and
+/// `client.crt`/`.key`, a client certificate signed by it.
+fn write_tls_files(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    // Each certificate gets its own name: OpenSSL (Redis) takes a certificate whose subject
+    // is its issuer's for self-signed, and refuses it.
+    let params = |names: &[&str], common_name: &str| {
+        let mut params = CertificateParams::new(names.iter().map(ToString::to_string).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+    };
+    let mut ca_params = params(&[], "callgate test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for (name, names, common_name) in
+        [("redis", &["127.0.0.1", "localhost"][..], "redis"), ("client", &["callgate"][..], "callgate")]
+    {
+        let key = KeyPair::generate().unwrap();
+        let cert = params(names, common_name).signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
 /// A real `redis-server` on a random loopback port, with no persistence. Killed on drop.
 pub struct RedisServer {
     child: Option<Child>,
@@ -365,27 +391,8 @@ impl RedisServer {
     /// With `requires_client_cert`, TLS clients must show a certificate signed by that CA,
     /// as [`RedisServer::client_cert`] is.
     pub fn start_tls(requires_client_cert: bool) -> RedisServer {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-        // Each certificate gets its own name: OpenSSL (Redis) takes a certificate whose
-        // subject is its issuer's for self-signed, and refuses it.
-        let params = |names: &[&str], common_name: &str| {
-            let mut params = CertificateParams::new(names.iter().map(ToString::to_string).collect::<Vec<_>>()).unwrap();
-            params.distinguished_name.push(DnType::CommonName, common_name);
-            params
-        };
         let dir = tempfile::tempdir().unwrap();
-        let mut ca_params = params(&[], "callgate test CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        for (name, names, common_name) in
-            [("redis", &["127.0.0.1", "localhost"][..], "redis"), ("client", &["callgate"][..], "callgate")]
-        {
-            let key = KeyPair::generate().unwrap();
-            let cert = params(names, common_name).signed_by(&key, &ca).unwrap();
-            std::fs::write(dir.path().join(format!("{name}.crt")), cert.pem()).unwrap();
-            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
-        }
+        write_tls_files(dir.path());
         RedisServer::launch(Some(free_port()), requires_client_cert, false, dir)
     }
 
@@ -452,6 +459,10 @@ impl RedisServer {
             file("ca.pem"),
             "--tls-auth-clients".into(),
             if self.requires_client_cert { "yes" } else { "no" }.into(),
+            // A TLS cluster's nodes talk to each other, and tell clients where they are, on
+            // their TLS ports.
+            "--tls-cluster".into(),
+            if self.is_cluster_node { "yes" } else { "no" }.into(),
         ]
     }
 
@@ -497,10 +508,36 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts the nodes, joins them, and waits until every node says the cluster is ok.
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> =
-            (0..3).map(|_| RedisServer::launch(None, false, true, tempfile::tempdir().unwrap())).collect();
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        RedisCluster::create(false)
+    }
+
+    /// The same, with every node also listening with TLS (as [`RedisServer::start_tls`],
+    /// all with certificates of one CA) and the nodes joined over TLS, so that the cluster
+    /// tells clients its nodes' TLS ports. Clients need no certificate of their own.
+    pub fn start_tls() -> RedisCluster {
+        RedisCluster::create(true)
+    }
+
+    fn create(is_tls: bool) -> RedisCluster {
+        let files = tempfile::tempdir().unwrap();
+        if is_tls {
+            write_tls_files(files.path());
+        }
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let dir = tempfile::tempdir().unwrap();
+                for file in std::fs::read_dir(files.path()).unwrap() {
+                    let file = file.unwrap();
+                    std::fs::copy(file.path(), dir.path().join(file.file_name())).unwrap();
+                }
+                RedisServer::launch(is_tls.then(free_port), false, true, dir)
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.tls_port.unwrap_or(n.port))).collect();
+        let ca = files.path().join("ca.pem");
+        let tls_args = if is_tls { vec!["--tls".into(), "--cacert".into(), ca.display().to_string()] } else { vec![] };
         let out = Command::new("redis-cli")
+            .args(tls_args)
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -534,6 +571,12 @@ impl RedisCluster {
     /// `redis://127.0.0.1:PORT` of the first node.
     pub fn url(&self) -> String {
         self.nodes[0].url()
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` of the first node, of a cluster made by
+    /// [`RedisCluster::start_tls`].
+    pub fn tls_url(&self) -> String {
+        self.nodes[0].tls_url()
     }
 
     /// Runs a command with `redis-cli -c` (following the cluster's redirections) on the node
