@@ -164,12 +164,13 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
         Some(url) => Some(RedisTarget::new(url, &config.redis_tls, config.is_redis_cluster).context("--redis-url")?),
         None => None,
     };
-    if let Some(target) = &redis {
-        runtime.spawn(target.clone().probe());
-    }
+    // The connections callbacks use, warmed by the probe.
+    let mut redis_conns = Vec::new();
     let caps = Arc::new(match &redis {
         Some(target) => {
-            CapStore::Redis(RedisCaps::new(target.connect_lazily(config.redis_timeout)?, config.redis_timeout))
+            let conn = target.connect_lazily(config.redis_timeout)?;
+            redis_conns.push(conn.clone());
+            CapStore::Redis(RedisCaps::new(conn, config.redis_timeout))
         }
         None => CapStore::Memory(MemoryCaps::new(config.cap_max_keys)),
     });
@@ -177,7 +178,9 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
         // Stream copies are not in a hurry: a longer timeout than the caps'.
         let stream = match &redis {
             Some(target) => {
-                Some(StreamSink::spawn(target.connect_lazily(config.redis_timeout.max(Duration::from_secs(1)))?))
+                let conn = target.connect_lazily(config.redis_timeout.max(Duration::from_secs(1)))?;
+                redis_conns.push(conn.clone());
+                Some(StreamSink::spawn(conn))
             }
             None => None,
         };
@@ -186,6 +189,9 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
         tracing::warn!("records are off: callbacks are decided and acknowledged but not recorded");
         None
     };
+    if let Some(target) = redis {
+        runtime.spawn(target.probe(redis_conns));
+    }
     let state = Arc::new(server::State {
         policies: Arc::new(store),
         is_dry_run: config.is_dry_run,

@@ -130,8 +130,11 @@ impl RedisTarget {
 
     /// Connects once, at start-up, to say in the log whether Redis is reachable and, if not,
     /// why: callers connect lazily and bound each call by a short timeout, so a wrong
-    /// certificate or password would otherwise only ever show as timeouts. Never fails.
-    pub async fn probe(self) {
+    /// certificate or password would otherwise only ever show as timeouts. When it is
+    /// reachable, first makes sure each of `warm` (the connections callbacks use) is
+    /// connected, so that the first callbacks do not spend their short timeout connecting;
+    /// then logs. Never fails.
+    pub async fn probe(self, warm: Vec<RedisConn>) {
         const LIMIT: Duration = Duration::from_secs(5);
         let (kind, result) = match &self {
             RedisTarget::Single(client) => (
@@ -143,10 +146,26 @@ impl RedisTarget {
             }
         };
         match result {
-            Ok(Ok(())) => tracing::info!("{kind} is reachable"),
+            Ok(Ok(())) => {
+                let until = tokio::time::Instant::now() + LIMIT;
+                for conn in warm {
+                    warm_up(conn, until).await;
+                }
+                tracing::info!("{kind} is reachable");
+            }
             Ok(Err(e)) => tracing::error!("cannot connect to {kind}: {e}"),
             Err(_) => tracing::error!("cannot connect to {kind}: no answer within {LIMIT:?}"),
         }
+    }
+}
+
+/// PINGs `conn` until it answers (it connects on the way), or until `until`.
+async fn warm_up(mut conn: RedisConn, until: tokio::time::Instant) {
+    while tokio::time::Instant::now() < until {
+        if redis::cmd("PING").query_async::<()>(&mut conn).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

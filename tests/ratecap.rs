@@ -33,20 +33,26 @@ fn backends() -> Vec<(&'static str, Option<RedisServer>)> {
     vec![("memory", None), ("redis", Some(RedisServer::start()))]
 }
 
-fn start(dir: &PolicyDir, redis: Option<&RedisServer>, extra: &[&str]) -> Server {
+/// Starts callgate on `dir`, with caps in `redis` when given; then waits until its start-up
+/// probe has connected to Redis, so no test's first callbacks race the connection.
+async fn start(dir: &PolicyDir, redis: Option<&RedisServer>, extra: &[&str]) -> Server {
     let url = redis.map(RedisServer::url);
     let mut args: Vec<&str> = extra.to_vec();
     if let Some(url) = &url {
         args.extend(["--redis-url", url]);
     }
-    Server::start(dir.path(), &args)
+    let server = Server::start(dir.path(), &args);
+    if redis.is_some() {
+        server.wait_for_log("redis is reachable", Duration::from_secs(10)).await;
+    }
+    server
 }
 
 #[tokio::test]
 async fn a_cap_allows_max_per_key_and_refused_callbacks_do_not_count() {
     for (name, redis) in backends() {
         let dir = PolicyDir::with("10.yaml", &cap_policy(3, "1m"));
-        let mut server = start(&dir, redis.as_ref(), &[]);
+        let mut server = start(&dir, redis.as_ref(), &[]).await;
         // Refused by an earlier rule: never counted against the cap.
         for _ in 0..5 {
             assert_eq!(server.post(UNBLOCK, &unblock("u_1", "sys_1")).await.1, refusal(150, "no", ""), "{name}");
@@ -80,7 +86,7 @@ async fn a_cap_allows_max_per_key_and_refused_callbacks_do_not_count() {
 async fn concurrent_requests_for_one_key_never_exceed_the_cap() {
     for (name, redis) in backends() {
         let dir = PolicyDir::with("10.yaml", &cap_policy(25, "1h"));
-        let server = Arc::new(start(&dir, redis.as_ref(), &[]));
+        let server = Arc::new(start(&dir, redis.as_ref(), &[]).await);
         let mut tasks = Vec::new();
         for t in 0..10 {
             let server = server.clone();
@@ -105,8 +111,8 @@ async fn concurrent_requests_for_one_key_never_exceed_the_cap() {
 async fn two_instances_sharing_redis_hold_one_global_cap() {
     let redis = RedisServer::start();
     let dir = PolicyDir::with("10.yaml", &cap_policy(10, "1h"));
-    let a = Arc::new(start(&dir, Some(&redis), &[]));
-    let b = Arc::new(start(&dir, Some(&redis), &[]));
+    let a = Arc::new(start(&dir, Some(&redis), &[]).await);
+    let b = Arc::new(start(&dir, Some(&redis), &[]).await);
     let mut tasks = Vec::new();
     for t in 0..8 {
         let server = if t % 2 == 0 { a.clone() } else { b.clone() };
@@ -130,7 +136,7 @@ async fn two_instances_sharing_redis_hold_one_global_cap() {
 async fn counts_survive_a_reload_that_keeps_rule_key_and_window() {
     for (name, redis) in backends() {
         let dir = PolicyDir::with("10.yaml", &cap_policy(3, "1h"));
-        let server = start(&dir, redis.as_ref(), &[]);
+        let server = start(&dir, redis.as_ref(), &[]).await;
         for i in 0..2 {
             assert_eq!(server.post(UNBLOCK, &unblock("u_1", &format!("u_{i}"))).await.1, ALLOW);
         }
@@ -176,8 +182,8 @@ async fn a_dry_run_cap_reports_would_deny_and_allows() {
 async fn redis_killed_and_restarted() {
     let mut redis = RedisServer::start();
     let dir = PolicyDir::with("10.yaml", &cap_policy(2, "1h"));
-    let open = start(&dir, Some(&redis), &[]);
-    let closed = start(&dir, Some(&redis), &["--on-error", "deny"]);
+    let open = start(&dir, Some(&redis), &[]).await;
+    let closed = start(&dir, Some(&redis), &["--on-error", "deny"]).await;
     assert_eq!(open.post(UNBLOCK, &unblock("u_1", "a")).await.1, ALLOW);
 
     redis.kill();
@@ -224,6 +230,7 @@ async fn redis_over_tls_with_its_certificate_verified() {
         dir.path(),
         &["--redis-url", &url, "--redis-ca-file", ca.to_str().unwrap(), "--on-error", "deny"],
     );
+    verified.wait_for_log("redis is reachable", Duration::from_secs(10)).await;
     assert_eq!(verified.post(UNBLOCK, &unblock("u_1", "a")).await.1, ALLOW);
     assert_eq!(verified.post(UNBLOCK, &unblock("u_1", "b")).await.1, ALLOW);
     assert_eq!(verified.post(UNBLOCK, &unblock("u_1", "c")).await.1, capped());
@@ -243,7 +250,6 @@ async fn redis_over_tls_with_its_certificate_verified() {
     // The start-up probe says why, rather than leaving only timeouts in the log.
     let limit = Duration::from_secs(10);
     unverified.wait_for_log("cannot connect to redis: invalid peer certificate: UnknownIssuer", limit).await;
-    verified.wait_for_log("redis is reachable", limit).await;
 
     // A CA file is for TLS only, and must hold a certificate: both refused at start.
     let plain = redis.url();
@@ -282,9 +288,9 @@ async fn redis_that_asks_for_a_client_certificate() {
             "deny",
         ],
     );
+    with_cert.wait_for_log("redis is reachable", Duration::from_secs(10)).await;
     assert_eq!(with_cert.post(UNBLOCK, &unblock("u_1", "a")).await.1, ALLOW, "{}", with_cert.logs());
     assert_eq!(with_cert.post(UNBLOCK, &unblock("u_1", "b")).await.1, capped());
-    with_cert.wait_for_log("redis is reachable", Duration::from_secs(10)).await;
 
     let without = Server::start(dir.path(), &["--redis-url", &url, "--redis-ca-file", ca, "--on-error", "deny"]);
     assert_eq!(without.post(UNBLOCK, &unblock("u_2", "a")).await.1, capped(), "on_error deny");
@@ -302,6 +308,9 @@ async fn caps_in_a_redis_cluster() {
     let url = cluster.url();
     let args = ["--redis-url", &url, "--redis-cluster", "--on-error", "deny"];
     let (a, b) = (Server::start(dir.path(), &args), Server::start(dir.path(), &args));
+    for server in [&a, &b] {
+        server.wait_for_log("redis cluster is reachable", Duration::from_secs(10)).await;
+    }
     let mut answers = Vec::new();
     for i in 0..6 {
         let server = if i % 2 == 0 { &a } else { &b };
@@ -310,13 +319,7 @@ async fn caps_in_a_redis_cluster() {
     let allowed = answers.iter().filter(|a| *a == ALLOW).count();
     assert_eq!(allowed, 3, "{answers:?}\n{}", a.logs());
     assert!(answers[3..].iter().all(|a| *a == capped()), "{answers:?}");
-    let port = cluster.nodes[0].port;
-    let started = Instant::now();
-    while cluster.cli(port, &["XLEN", "callgate:records"]) != "6" {
-        assert!(started.elapsed() < Duration::from_secs(10), "records did not reach the stream in the cluster");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    a.wait_for_log("redis cluster is reachable", Duration::from_secs(10)).await;
+    cluster.wait_for_records(6).await;
     assert_eq!(a.metric_sum("callgate_redis_errors_total").await, 0.0, "{}", a.logs());
 }
 
@@ -331,17 +334,13 @@ async fn caps_in_a_redis_cluster_over_tls() {
         dir.path(),
         &["--redis-url", &url, "--redis-cluster", "--redis-ca-file", ca.to_str().unwrap(), "--on-error", "deny"],
     );
-    // With on_error deny, an allow means the count reached the cluster.
+    // The start-up probe logs once the connections callbacks use are made. With on_error
+    // deny, an allow means the count reached the cluster.
+    server.wait_for_log("redis cluster is reachable", Duration::from_secs(10)).await;
     assert_eq!(server.post(UNBLOCK, &unblock("u_1", "a")).await.1, ALLOW, "{}", server.logs());
     assert_eq!(server.post(UNBLOCK, &unblock("u_1", "b")).await.1, ALLOW);
     assert_eq!(server.post(UNBLOCK, &unblock("u_1", "c")).await.1, capped());
-    let port = cluster.nodes[0].port;
-    let started = Instant::now();
-    while cluster.cli(port, &["XLEN", "callgate:records"]) != "3" {
-        assert!(started.elapsed() < Duration::from_secs(10), "records did not reach the stream in the cluster");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    server.wait_for_log("redis cluster is reachable", Duration::from_secs(10)).await;
+    cluster.wait_for_records(3).await;
     assert_eq!(server.metric_sum("callgate_redis_errors_total").await, 0.0, "{}", server.logs());
 }
 
@@ -353,6 +352,7 @@ async fn a_redis_cluster_killed_and_restarted() {
     let dir = PolicyDir::with("10.yaml", &cap_policy(2, "1h"));
     let url = cluster.url();
     let server = Server::start(dir.path(), &["--redis-url", &url, "--redis-cluster", "--on-error", "deny"]);
+    server.wait_for_log("redis cluster is reachable", Duration::from_secs(10)).await;
     assert_eq!(server.post(UNBLOCK, &unblock("u_1", "a")).await.1, ALLOW);
 
     for node in &mut cluster.nodes {

@@ -579,6 +579,15 @@ impl RedisCluster {
         self.nodes[0].tls_url()
     }
 
+    /// Waits up to 10 s until callgate's record stream in the cluster holds `len` records.
+    pub async fn wait_for_records(&self, len: usize) {
+        let started = Instant::now();
+        while self.cli(self.nodes[0].port, &["XLEN", "callgate:records"]) != len.to_string() {
+            assert!(started.elapsed() < Duration::from_secs(10), "records did not reach the stream in the cluster");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Runs a command with `redis-cli -c` (following the cluster's redirections) on the node
     /// at `port`; returns its output.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
