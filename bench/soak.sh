@@ -32,7 +32,9 @@
 # Knobs (environment): SOAK_SECONDS=600 CALIBRATE_SECONDS=10 SOAK_FRACTION=0.7 SOAK_WORKERS=64
 # SOAK_MAX_REQUESTS=20000000 SOAK_POOL_IDLE_SECONDS=5 (how long the driver keeps idle
 # connections; callgate closes them after --idle-timeout, 120 s; 90 is reqwest's and Go's default)
-# SOAK_KEEP=0
+# SOAK_KEEP=0 SOAK_REDIS=0 (SOAK_REDIS=1: rate caps and the record stream in a real
+# redis-server started here, so the soak also covers the shared-state path; the answers
+# must be the same as in memory)
 
 set -euo pipefail
 
@@ -43,6 +45,7 @@ SOAK_WORKERS=${SOAK_WORKERS:-64}
 SOAK_MAX_REQUESTS=${SOAK_MAX_REQUESTS:-20000000}
 SOAK_POOL_IDLE_SECONDS=${SOAK_POOL_IDLE_SECONDS:-5}
 SOAK_KEEP=${SOAK_KEEP:-0}
+SOAK_REDIS=${SOAK_REDIS:-0}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -54,10 +57,11 @@ TOKEN="soak-$(od -An -tx8 -N8 /dev/urandom | tr -d ' \n')"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/callgate-soak.XXXXXX")
 SERVER_PID=
 DRIVER_PID=
+REDIS_PID=
 
 cleanup() {
     local pid
-    for pid in "$DRIVER_PID" "$SERVER_PID"; do
+    for pid in "$DRIVER_PID" "$SERVER_PID" "$REDIS_PID"; do
         [[ -n "$pid" ]] || continue
         kill -TERM "$pid" 2>/dev/null || true
         for _ in $(seq 100); do
@@ -91,7 +95,21 @@ RECORD_LIMIT=33554432
 "$DRIVER" write-policies "$POLICIES"
 "$CALLGATE" validate --policies "$POLICIES" >&2 || die "the soak policy set does not validate"
 
-"$CALLGATE" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+REDIS_ARGS=()
+if [[ "$SOAK_REDIS" == 1 ]]; then
+    command -v redis-server >/dev/null 2>&1 || die "SOAK_REDIS=1 needs redis-server (apt-get install -y redis-server)"
+    REDIS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 100); do
+        redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break
+        sleep 0.05
+    done
+    REDIS_ARGS=(--redis-url "redis://127.0.0.1:$REDIS_PORT")
+    say "redis-server pid $REDIS_PID on 127.0.0.1:$REDIS_PORT: caps and the record stream are there"
+fi
+
+"$CALLGATE" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 "${REDIS_ARGS[@]}" \
     --policies "$POLICIES" --data-dir "$DATA" --record-max-bytes 8388608 \
     --record-max-total-bytes "$RECORD_LIMIT" --tencent-app-id "$APP_ID" --tencent-token "$TOKEN" --log-format json \
     >"$WORK/server.out" 2>"$WORK/server.log" &
@@ -164,6 +182,9 @@ WARNS=$(grep -c '"level":"WARN"' "$LOG" || true)
         grep -i -m5 -e '"level":"ERROR"' -e panic "$LOG" | cut -c1-400 | sed 's/^/  /'
     fi
     echo "records left in the data directory: $(ls "$DATA" | wc -l) files, $(du -sh "$DATA" | cut -f1)"
+    if [[ -n "$REDIS_PID" ]]; then
+        echo "redis: $(redis-cli -p "$REDIS_PORT" XLEN callgate:records 2>/dev/null || echo '?') entries in callgate:records (capped), $(redis-cli -p "$REDIS_PORT" DBSIZE 2>/dev/null || echo '?') keys"
+    fi
     if [[ "$DRIVER_RC" == 0 && "$SERVER_RC" == 0 && "$PANICS" == 0 && "$ERRORS" == 0 ]]; then
         echo "SOAK: PASS (driver verdict PASS, clean exit, no panic, no error logged)"
     else

@@ -148,10 +148,17 @@ impl RedisTarget {
         match result {
             Ok(Ok(())) => {
                 let until = tokio::time::Instant::now() + LIMIT;
+                let mut is_warm = true;
                 for conn in warm {
-                    warm_up(conn, until).await;
+                    is_warm &= warm_up(conn, until).await;
                 }
-                tracing::info!("{kind} is reachable");
+                if is_warm {
+                    tracing::info!("{kind} is reachable");
+                } else {
+                    tracing::warn!(
+                        "{kind} is reachable, but the connections callbacks use did not answer within {LIMIT:?}"
+                    );
+                }
             }
             Ok(Err(e)) => tracing::error!("cannot connect to {kind}: {e}"),
             Err(_) => tracing::error!("cannot connect to {kind}: no answer within {LIMIT:?}"),
@@ -159,14 +166,16 @@ impl RedisTarget {
     }
 }
 
-/// PINGs `conn` until it answers (it connects on the way), or until `until`.
-async fn warm_up(mut conn: RedisConn, until: tokio::time::Instant) {
+/// PINGs `conn` until it answers (it connects on the way), or until `until`; says whether
+/// it answered.
+async fn warm_up(mut conn: RedisConn, until: tokio::time::Instant) -> bool {
     while tokio::time::Instant::now() < until {
         if redis::cmd("PING").query_async::<()>(&mut conn).await.is_ok() {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    false
 }
 
 /// A connection to a [`RedisTarget`]; commands go to the node that holds their keys.
