@@ -27,7 +27,7 @@ fn main() {
         let user = format!("u_{i:08}");
         let check = CapCheck {
             rule: "unblock-rate".into(),
-            key: cap_key("unblock-rate", per, "ownerUserID", &[&user]),
+            key: cap_key("unblock-rate", per, "ownerUserID", [&user]),
             max: 10,
             per,
             is_dry_run: false,

@@ -282,12 +282,10 @@ impl PolicySet {
 
 /// The cap check of a rate-capped rule for one callback body.
 fn cap_check(rule: &Rule, cap: &RateCap, body: &Map<String, Value>) -> CapCheck {
-    let values: Vec<Cow<'_, str>> =
-        cap.fields.iter().map(|f| lookup(body, f).and_then(value_text).unwrap_or(Cow::Borrowed(""))).collect();
-    let values: Vec<&str> = values.iter().map(|v| v.as_ref()).collect();
+    let values = cap.fields.iter().map(|f| lookup(body, f).and_then(value_text).unwrap_or(Cow::Borrowed("")));
     CapCheck {
         rule: rule.id.clone(),
-        key: cap_key(&rule.id, cap.per, &cap.field_names, &values),
+        key: cap_key(&rule.id, cap.per, &cap.field_names, values),
         max: cap.max,
         per: cap.per,
         is_dry_run: rule.is_dry_run,

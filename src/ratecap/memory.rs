@@ -130,26 +130,21 @@ impl MemoryCaps {
         shard_ids.sort_unstable();
         shard_ids.dedup();
         let mut guards: Vec<MutexGuard<'_, Shard>> = shard_ids.iter().map(|&i| lock(&self.shards[i])).collect();
-        let positions: Vec<usize> =
-            hashes.iter().map(|h| shard_ids.binary_search(&Self::shard_of(h)).unwrap_or(0)).collect();
+        let guard_of = |i: usize| shard_ids.binary_search(&Self::shard_of(&hashes[i])).unwrap_or(0);
 
-        let counts: Vec<u64> = checks
-            .iter()
-            .enumerate()
-            .map(|(i, c)| match guards[positions[i]].get_mut(&hashes[i]) {
-                Some(w) => w.prune(now, c.per.as_millis() as u64) as u64,
-                None => 0,
-            })
-            .collect();
-        let (outcome, to_count) = resolve(checks, |i| counts[i], allow_if_none_decides);
+        let counts = |i: usize| match guards[guard_of(i)].get_mut(&hashes[i]) {
+            Some(w) => w.prune(now, checks[i].per.as_millis() as u64) as u64,
+            None => 0,
+        };
+        let (outcome, to_count) = resolve(checks, counts, allow_if_none_decides);
         // Refuse before changing anything, so a full store never counts half a callback.
-        let new_keys = to_count.iter().filter(|&&i| !guards[positions[i]].contains_key(&hashes[i])).count();
+        let new_keys = to_count.iter().filter(|&&i| !guards[guard_of(i)].contains_key(&hashes[i])).count();
         if new_keys > 0 && self.keys.load(Ordering::Relaxed) + new_keys > self.max_keys {
             return Err(CapError::Full(self.max_keys));
         }
         for i in to_count {
             let per_ms = u32::try_from(checks[i].per.as_millis()).unwrap_or(u32::MAX);
-            match guards[positions[i]].entry(hashes[i]) {
+            match guards[guard_of(i)].entry(hashes[i]) {
                 Entry::Occupied(mut e) => {
                     let w = e.get_mut();
                     w.per_ms = per_ms;

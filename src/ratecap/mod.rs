@@ -130,17 +130,16 @@ impl CapStore {
 /// The key of one cap: rule id, window, key field names and their values. Counts survive a
 /// reload exactly when rule id, key fields and window are unchanged. Parts are separated by
 /// `\u{1f}` (unit separator), which IDs do not contain.
-pub fn cap_key(rule: &str, per: Duration, fields: &str, values: &[&str]) -> String {
-    let mut key =
-        String::with_capacity(rule.len() + fields.len() + 16 + values.iter().map(|v| v.len() + 1).sum::<usize>());
+pub fn cap_key<V: AsRef<str>>(rule: &str, per: Duration, fields: &str, values: impl IntoIterator<Item = V>) -> String {
+    use std::fmt::Write;
+    let mut key = String::with_capacity(rule.len() + fields.len() + 64);
     key.push_str(rule);
-    key.push('\u{1f}');
-    key.push_str(&per.as_millis().to_string());
-    key.push('\u{1f}');
+    // Writing into a String cannot fail.
+    let _ = write!(key, "\u{1f}{}\u{1f}", per.as_millis());
     key.push_str(fields);
     for v in values {
         key.push('\u{1f}');
-        key.push_str(v);
+        key.push_str(v.as_ref());
     }
     key
 }
@@ -149,7 +148,7 @@ pub fn cap_key(rule: &str, per: Duration, fields: &str, values: &[&str]) -> Stri
 /// the outcome, and which checks must count this callback.
 fn resolve(
     checks: &[CapCheck],
-    counts: impl Fn(usize) -> u64,
+    mut counts: impl FnMut(usize) -> u64,
     allow_if_none_decides: bool,
 ) -> (CapOutcome, Vec<usize>) {
     let mut outcome = CapOutcome { decided_by: None, counts: vec![None; checks.len()] };
@@ -207,5 +206,12 @@ mod tests {
         assert_eq!(count, vec![0, 2]);
         let (_, count) = resolve(&checks, |i| [4, 1, 0][i], false);
         assert!(count.is_empty(), "a callback refused by a later rule is not counted");
+    }
+
+    #[test]
+    fn cap_key_keeps_its_exact_form() {
+        // Counts in Redis, and across reloads, are found by this string: it must not change.
+        let key = cap_key("unblock-rate", Duration::from_secs(60), "ownerUserID,groupID", ["u_1", "g_2"]);
+        assert_eq!(key, "unblock-rate\u{1f}60000\u{1f}ownerUserID,groupID\u{1f}u_1\u{1f}g_2");
     }
 }
