@@ -1,6 +1,6 @@
 -- wrk script: POSTs OpenIM callbacks as OpenIM sends them.
 --
--- Bodies are the shared samples (/work/shared/samples/openim) compacted to one line with a
+-- Bodies are the shared samples (tests/fixtures/samples/openim) compacted to one line with a
 -- trailing newline (Go's json.Encoder), keys in Go's order. Headers as OpenIM sets them:
 -- Content-Type: application/json; charset=utf-8, and operationID. Requests rotate over the
 -- bodies below, weighted towards the blocklist removal callback; the list is formatted once

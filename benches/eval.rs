@@ -26,7 +26,7 @@ use callgate::ratecap::{CapStore, MemoryCaps, OnError};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::{Map, Value};
 
-// The shared samples (/work/shared/samples/openim), compacted to one line as OpenIM sends them.
+// The shared samples (tests/fixtures/samples/openim), compacted to one line as OpenIM sends them.
 const REMOVE_BLACK: &str =
     r#"{"callbackCommand":"callbackAfterRemoveBlackCommand","ownerUserID":"u_1001","blackUserID":"u_1005"}"#;
 const ADD_BLACK: &str =

@@ -1676,7 +1676,7 @@ async fn run(args: Args) -> bool {
     let max_requests: u64 = args.num("max-requests", 20_000_000);
     let record_limit: u64 = args.num("record-max-total-bytes", u64::MAX);
     let samples = PathBuf::from(args.values.get("samples").cloned().unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples").to_string_lossy().into_owned()
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples").to_string_lossy().into_owned()
     }));
     let authority = base.strip_prefix("http://").unwrap_or(&base).to_string();
     let addr: SocketAddr = authority.parse().expect("--base is http://IP:PORT");

@@ -22,7 +22,7 @@ impl Lcg {
 }
 
 fn samples() -> Vec<(String, Map<String, Value>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples/openim");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples/openim");
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();

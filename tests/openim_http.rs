@@ -831,7 +831,7 @@ async fn wrong_methods_and_unknown_paths_answer_in_openim_shape() {
 
 #[tokio::test]
 async fn every_openim_sample_is_decided() {
-    let samples_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples/openim");
+    let samples_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples/openim");
     let mut names: Vec<String> = std::fs::read_dir(&samples_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -80,7 +80,7 @@ fn check_prints_decision_and_trace() {
 
 #[test]
 fn check_decides_every_shared_sample() {
-    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples/openim");
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples/openim");
     let mut args = vec!["check".to_string(), "--policies".into(), "policies".into()];
     for entry in std::fs::read_dir(samples).unwrap() {
         args.push(entry.unwrap().path().to_str().unwrap().to_string());

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 /// How long a server may take to print its ready line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The samples shipped in ../shared/samples.
+/// The real-shaped callback bodies kept in tests/fixtures/samples (see its INDEX.md).
 pub fn sample(rel: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples").join(rel);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples").join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("sample {}: {e}", path.display()))
 }
 
