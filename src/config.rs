@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use std::time::Duration;
 
+use crate::protocol::openim::OpenImVersion;
 use crate::protocol::tencent::TencentAuth;
 use crate::ratecap::OnError;
 use crate::record::Retention;
@@ -25,18 +26,21 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9091";
 pub const DEFAULT_POLICIES: &str = "policies";
 /// The record directory by default.
 pub const DEFAULT_DATA_DIR: &str = "data";
-/// The largest callback body accepted by default: 1 MiB.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// The largest callback body decided by default: 16 MiB, twice the 8 MiB a stock OpenIM
+/// server's gRPC limit lets a message reach. A larger body is refused, never let through.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
+/// Bytes of callback bodies held at once by default, across all requests: 256 MiB. A body
+/// waits for room (within the read timeout) before it is read.
+pub const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: usize = 256 << 20;
 /// How far a Tencent `RequestTime` may be from now by default.
 pub const DEFAULT_TENCENT_MAX_SKEW: &str = "60s";
 /// The size at which a record file is rotated by default: 64 MiB.
 pub const DEFAULT_RECORD_MAX_BYTES: u64 = 64 << 20;
 /// How long a client may take to send headers, then a body, by default.
 pub const DEFAULT_READ_TIMEOUT: &str = "10s";
-/// How long a kept-alive connection may sit idle between requests by default: longer than
-/// the 90 s Go's `http.Transport` (OpenIM's client) keeps idle connections, so that the
-/// client, not callgate, closes them, and never as it sends a callback down one.
-pub const DEFAULT_IDLE_TIMEOUT: &str = "120s";
+/// How long, after SIGTERM, callgate keeps answering (not ready, `Connection: close`) before
+/// it stops, by default: time for load balancers and Kubernetes endpoints to move away.
+pub const DEFAULT_SHUTDOWN_DELAY: &str = "5s";
 /// The largest request head by default: 64 KiB.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
 /// Callbacks handled at once by default.
@@ -81,9 +85,19 @@ pub struct Settings {
     #[arg(long, env = "CALLGATE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
 
-    /// Largest callback body in bytes [default: 1048576]
+    /// Largest callback body decided, in bytes; a larger one is refused [default: 16777216]
     #[arg(long, env = "CALLGATE_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
+
+    /// Bytes of callback bodies held in memory at once, all requests together; a body waits
+    /// for room within the read timeout [default: 268435456]
+    #[arg(long, env = "CALLGATE_MAX_BODY_BYTES_IN_FLIGHT", value_name = "BYTES")]
+    pub max_body_bytes_in_flight: Option<usize>,
+
+    /// The OpenIM server version (e.g. 3.8.3, 3.5, 2.3), where a proxy rewrites callback URLs
+    /// so the URL form no longer tells it [default: inferred from each request's URL form]
+    #[arg(long, env = "CALLGATE_OPENIM_VERSION", value_name = "VERSION")]
+    pub openim_version: Option<String>,
 
     /// Tencent SdkAppid that callbacks must carry [default: accept any, with a warning]
     #[arg(long, env = "CALLGATE_TENCENT_APP_ID", value_name = "ID")]
@@ -159,10 +173,16 @@ pub struct Settings {
     #[arg(long, env = "CALLGATE_READ_TIMEOUT", value_name = "DURATION")]
     pub read_timeout: Option<String>,
 
-    /// How long a connection may wait, idle, for its next request before it is closed; the
-    /// read timeout applies from the request's first byte [default: 120s]
+    /// Close a connection idle this long between requests (racing a client that sends a
+    /// callback down it just then), or `none`; the read timeout applies from a request's first
+    /// byte [default: none: idle connections are kept while the client keeps them]
     #[arg(long, env = "CALLGATE_IDLE_TIMEOUT", value_name = "DURATION")]
     pub idle_timeout: Option<String>,
+
+    /// After SIGTERM, keep answering callbacks this long (with `Connection: close`, /readyz
+    /// not ready) before stopping; SIGINT stops at once [default: 5s]
+    #[arg(long, env = "CALLGATE_SHUTDOWN_DELAY", value_name = "DURATION")]
+    pub shutdown_delay: Option<String>,
 
     /// Largest request head (request line and headers) in bytes [default: 65536]
     #[arg(long, env = "CALLGATE_MAX_HEADER_BYTES", value_name = "BYTES")]
@@ -209,8 +229,12 @@ pub struct Config {
     pub is_dry_run: bool,
     /// Log format.
     pub log_format: LogFormat,
-    /// Largest callback body in bytes.
+    /// Largest callback body decided.
     pub max_body_bytes: usize,
+    /// Bytes of callback bodies held at once.
+    pub max_body_bytes_in_flight: usize,
+    /// The OpenIM version set by the operator; `None` infers it from each URL.
+    pub openim_version: Option<OpenImVersion>,
     /// What Tencent callbacks must prove.
     pub tencent: TencentAuth,
     /// Whether records are written.
@@ -237,8 +261,11 @@ pub struct Config {
     pub allow_sources: Vec<Cidr>,
     /// Header (and body) read timeout.
     pub read_timeout: Duration,
-    /// How long a connection may wait idle for its next request.
-    pub idle_timeout: Duration,
+    /// How long a connection may wait idle for its next request; `None` for as long as the
+    /// client keeps it.
+    pub idle_timeout: Option<Duration>,
+    /// How long callbacks are still answered after SIGTERM.
+    pub shutdown_delay: Duration,
     /// Largest request head.
     pub max_header_bytes: usize,
     /// Callbacks handled at once.
@@ -322,6 +349,8 @@ impl Settings {
             dry_run: self.dry_run.or(lower.dry_run),
             log_format: self.log_format.or(lower.log_format),
             max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
+            max_body_bytes_in_flight: self.max_body_bytes_in_flight.or(lower.max_body_bytes_in_flight),
+            openim_version: self.openim_version.or(lower.openim_version),
             tencent_app_id: self.tencent_app_id.or(lower.tencent_app_id),
             tencent_token: self.tencent_token.or(lower.tencent_token),
             tencent_max_skew: self.tencent_max_skew.or(lower.tencent_max_skew),
@@ -341,6 +370,7 @@ impl Settings {
             allow_source: self.allow_source.or(lower.allow_source),
             read_timeout: self.read_timeout.or(lower.read_timeout),
             idle_timeout: self.idle_timeout.or(lower.idle_timeout),
+            shutdown_delay: self.shutdown_delay.or(lower.shutdown_delay),
             max_header_bytes: self.max_header_bytes.or(lower.max_header_bytes),
             max_concurrent_requests: self.max_concurrent_requests.or(lower.max_concurrent_requests),
             max_connections: self.max_connections.or(lower.max_connections),
@@ -360,9 +390,22 @@ impl Settings {
         if max_body_bytes == 0 {
             return Err(ConfigError::Value { key: "max_body_bytes", message: "must be at least 1".into() });
         }
-        let skew_text = self.tencent_max_skew.unwrap_or_else(|| DEFAULT_TENCENT_MAX_SKEW.to_string());
-        let max_skew = crate::duration::parse(&skew_text)
-            .map_err(|message| ConfigError::Value { key: "tencent_max_skew", message })?;
+        let max_body_bytes_in_flight = self.max_body_bytes_in_flight.unwrap_or(DEFAULT_MAX_BODY_BYTES_IN_FLIGHT);
+        if max_body_bytes_in_flight < max_body_bytes {
+            return Err(ConfigError::Value {
+                key: "max_body_bytes_in_flight",
+                message: format!(
+                    "must be at least max_body_bytes ({max_body_bytes}), or no body that large could be read"
+                ),
+            });
+        }
+        let openim_version = self
+            .openim_version
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| OpenImVersion::parse(v.trim()))
+            .transpose()
+            .map_err(|message| ConfigError::Value { key: "openim_version", message })?;
+        let max_skew = duration("tencent_max_skew", self.tencent_max_skew, DEFAULT_TENCENT_MAX_SKEW)?;
         let record_max_bytes = self.record_max_bytes.unwrap_or(DEFAULT_RECORD_MAX_BYTES);
         if record_max_bytes < 4096 {
             return Err(ConfigError::Value { key: "record_max_bytes", message: "must be at least 4096".into() });
@@ -384,12 +427,15 @@ impl Settings {
         }
         let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
         let admin_listen = addr("admin_listen", self.admin_listen, DEFAULT_ADMIN_LISTEN)?;
-        let read_timeout_text = self.read_timeout.unwrap_or_else(|| DEFAULT_READ_TIMEOUT.to_string());
-        let read_timeout = crate::duration::parse(&read_timeout_text)
-            .map_err(|message| ConfigError::Value { key: "read_timeout", message })?;
-        let idle_timeout_text = self.idle_timeout.unwrap_or_else(|| DEFAULT_IDLE_TIMEOUT.to_string());
-        let idle_timeout = crate::duration::parse(&idle_timeout_text)
-            .map_err(|message| ConfigError::Value { key: "idle_timeout", message })?;
+        let read_timeout = duration("read_timeout", self.read_timeout, DEFAULT_READ_TIMEOUT)?;
+        let idle_timeout = match self.idle_timeout.as_deref().map(str::trim) {
+            None | Some("" | "none" | "0") => None,
+            Some(_) => Some(duration("idle_timeout", self.idle_timeout, "")?),
+        };
+        let shutdown_delay = match self.shutdown_delay.as_deref().map(str::trim) {
+            Some("0" | "0s") => Duration::ZERO,
+            _ => duration("shutdown_delay", self.shutdown_delay, DEFAULT_SHUTDOWN_DELAY)?,
+        };
         let allow_sources = self
             .allow_source
             .unwrap_or_default()
@@ -418,9 +464,7 @@ impl Settings {
                 ),
             });
         }
-        let timeout_text = self.redis_timeout.unwrap_or_else(|| DEFAULT_REDIS_TIMEOUT.to_string());
-        let redis_timeout = crate::duration::parse(&timeout_text)
-            .map_err(|message| ConfigError::Value { key: "redis_timeout", message })?;
+        let redis_timeout = duration("redis_timeout", self.redis_timeout, DEFAULT_REDIS_TIMEOUT)?;
         let cap_max_keys = self.cap_max_keys.unwrap_or(DEFAULT_CAP_MAX_KEYS);
         if cap_max_keys == 0 {
             return Err(ConfigError::Value { key: "cap_max_keys", message: "must be at least 1".into() });
@@ -451,6 +495,7 @@ impl Settings {
             allow_sources,
             read_timeout,
             idle_timeout,
+            shutdown_delay,
             max_header_bytes,
             max_concurrent_requests,
             max_connections,
@@ -459,8 +504,16 @@ impl Settings {
             is_dry_run: self.dry_run.unwrap_or(false),
             log_format: self.log_format.unwrap_or_default(),
             max_body_bytes,
+            max_body_bytes_in_flight,
+            openim_version,
         })
     }
+}
+
+/// A duration setting: its value, or `default` when unset.
+fn duration(key: &'static str, value: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_string());
+    crate::duration::parse(&text).map_err(|message| ConfigError::Value { key, message })
 }
 
 #[cfg(test)]

@@ -152,6 +152,14 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
     if config.is_dry_run {
         tracing::warn!("dry run: every callback is answered allow; records show what the rules would have answered");
     }
+    if let Some(version) = config.openim_version {
+        tracing::info!("OpenIM version set to {}: answers take its form whatever the URL", version.as_str());
+        if !version.enforces_refusals() {
+            tracing::warn!(
+                "OpenIM 3.6 never enforces a callback's refusal (it only logs it): rules that deny are recorded, but the operations go on; upgrade OpenIM to 3.7 or later"
+            );
+        }
+    }
     if config.tencent.app_id.is_none() {
         tracing::warn!(
             "no Tencent app ID configured: Tencent callbacks from any SdkAppid are accepted; set --tencent-app-id"
@@ -195,7 +203,12 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
     let state = Arc::new(server::State {
         policies: Arc::new(store),
         is_dry_run: config.is_dry_run,
-        max_body_bytes: config.max_body_bytes,
+        body_limits: server::BodyLimits {
+            max_bytes: config.max_body_bytes,
+            timeout: config.read_timeout,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_body_bytes_in_flight)),
+        },
+        openim_version: config.openim_version,
         tencent: config.tencent.clone(),
         recorder,
         data_dir: config.data_dir.clone(),
@@ -205,7 +218,6 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
         admin_token: config.admin_token.clone(),
         openim_path_token: config.openim_path_token.clone(),
         allow_sources: config.allow_sources.clone(),
-        read_timeout: config.read_timeout,
         busy: tokio::sync::Semaphore::new(config.max_concurrent_requests),
         conn_limits: server::ConnLimits {
             read_timeout: config.read_timeout,
@@ -213,6 +225,8 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
             max_header_bytes: config.max_header_bytes,
             max_connections: config.max_connections,
         },
+        shutdown_delay: config.shutdown_delay,
+        draining: Default::default(),
     });
 
     runtime.block_on(async {
@@ -247,15 +261,22 @@ fn spawn_sighup_reload(store: Arc<PolicyStore>) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// SIGTERM (what orchestrators send) drains first; SIGINT (Ctrl-C at a terminal) stops at once.
+async fn shutdown_signal() -> server::Stop {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot listen for SIGTERM/SIGINT; stop the process with SIGKILL");
         return std::future::pending().await;
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = term.recv() => {
+            tracing::info!("SIGTERM received");
+            server::Stop::Drain
+        }
+        _ = int.recv() => {
+            tracing::info!("SIGINT received");
+            server::Stop::Now
+        }
     }
 }
 

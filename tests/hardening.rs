@@ -13,8 +13,9 @@ use tokio::net::TcpStream;
 
 const DENY_ALL: &str = "rules:\n  - id: no\n    decision: deny\n    error: { code: 150, message: no }\n";
 
+/// "Go on" in every OpenIM version: a caller that is not allowed decides nothing.
 fn forbidden() -> String {
-    r#"{"actionCode":1,"errCode":1012,"errMsg":"forbidden","errDlt":"","nextCode":0}"#.to_string()
+    r#"{"actionCode":0,"errCode":0,"errMsg":"forbidden","errDlt":"forbidden","nextCode":0}"#.to_string()
 }
 
 /// Opens a raw connection to `base` (`http://host:port`).
@@ -77,7 +78,9 @@ async fn the_openim_path_token_is_required_and_never_logged() {
     let denied = refusal(150, "no", "");
     assert_eq!(server.post("/openim/k7Hq2pZ/cmdX", body).await, (200, denied.clone()));
     assert_eq!(server.post("/openim/k7Hq2pZ?command=cmdX", body).await, (200, denied.clone()));
-    assert_eq!(server.post("/openim/k7Hq2pZ", body).await, (200, denied.clone()));
+    // The command only in the body: OpenIM 2.x's bare URL, refused in its form.
+    let denied_v2 = denied.replacen(r#""actionCode":0"#, r#""actionCode":1"#, 1);
+    assert_eq!(server.post("/openim/k7Hq2pZ", body).await, (200, denied_v2));
     for path in ["/openim/cmdX", "/openim", "/openim/k7Hq2pY/cmdX", "/openim/k7Hq2pZZ/cmdX", "/openim?command=cmdX"] {
         assert_eq!(server.post(path, body).await, (403, forbidden()), "{path}");
     }
@@ -133,14 +136,17 @@ async fn a_slow_client_cannot_hold_a_connection_or_a_request() {
     assert!(answer.is_some(), "connection still open after 10 s");
     assert!(started.elapsed() >= Duration::from_millis(900), "closed too early: {:?}", started.elapsed());
 
-    // A body that never finishes: answered 400 (errCode 1014) after the timeout.
+    // A body that never finishes: answered 400 ("go on", body_timeout) after the timeout.
     let mut slow = connect(&server.base).await;
     slow.write_all(b"POST /openim/cmdX HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":").await.unwrap();
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf)).await.unwrap().unwrap();
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains(r#""errCode":1014,"errMsg":"body was not received in time""#), "{answer}");
+    assert!(
+        answer.contains(r#""errCode":0,"errMsg":"body was not received in time","errDlt":"body_timeout","nextCode":0"#),
+        "{answer}"
+    );
 }
 
 /// Regression: hyper starts its header read timeout as soon as it waits for a request, so
@@ -166,6 +172,22 @@ async fn an_idle_kept_alive_connection_outlives_the_read_timeout() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(900), "closed too early: {took:?}");
     assert!(took < Duration::from_secs(3), "held to the idle timeout, not the read timeout: {took:?}");
+}
+
+/// OpenIM ≥ 3.7 keeps idle connections forever and does not retry a POST: by default a
+/// connection idle longer than every timeout callgate has is still served when reused.
+#[tokio::test]
+async fn by_default_an_idle_connection_is_kept_past_every_timeout() {
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    let server = Server::start(dir.path(), &["--read-timeout", "1s", "--redis-timeout", "1s"]);
+    let mut conn = connect(&server.base).await;
+    assert_refused_on(&mut conn).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_refused_on(&mut conn).await;
+    // A connection that has never sent a request is kept too.
+    let mut fresh = connect(&server.base).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_refused_on(&mut fresh).await;
 }
 
 #[tokio::test]
@@ -208,7 +230,7 @@ async fn callbacks_past_the_concurrency_limit_get_503_in_wire_format() {
     // One callback holds the only slot while its body trickles in. If a probe happened to
     // hold the slot just when the holder arrived, the holder itself was answered 503: then
     // start over with a new holder.
-    let busy = r#"{"actionCode":1,"errCode":1013,"errMsg":"callgate is busy; too many callbacks at once","errDlt":"","nextCode":0}"#;
+    let busy = r#"{"actionCode":0,"errCode":0,"errMsg":"callgate is busy; too many callbacks at once","errDlt":"busy","nextCode":0}"#;
     let started = Instant::now();
     let mut holder = loop {
         assert!(started.elapsed() < Duration::from_secs(30), "never busy");
@@ -230,16 +252,42 @@ async fn callbacks_past_the_concurrency_limit_get_503_in_wire_format() {
     assert_eq!(server.post("/openim/cmdX", "{}").await.0, 200, "the slot is free again");
 }
 
+/// At the connection cap the connection idle the longest makes room for a new one; when
+/// every connection is busy with a request, a new one is closed at once.
 #[tokio::test]
-async fn connections_past_the_limit_are_closed_at_once() {
+async fn at_the_connection_cap_the_longest_idle_connection_makes_room() {
     let dir = PolicyDir::with("10.yaml", DENY_ALL);
-    let server = Server::start(dir.path(), &["--max-connections", "2"]);
-    let _a = connect(&server.base).await;
-    let _b = connect(&server.base).await;
-    let mut c = connect(&server.base).await;
-    let _ = c.write_all(b"POST /openim/cmdX HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}").await;
-    let answer = read_to_close(&mut c, Duration::from_secs(10)).await;
-    assert_eq!(answer.as_deref(), Some(""), "the third connection must be closed without an answer");
+    let server = Server::start(dir.path(), &["--max-connections", "3"]);
+    let mut oldest = connect(&server.base).await;
+    assert_refused_on(&mut oldest).await;
+    // Idle times are told apart to within the time hyper takes to wait again after an
+    // answer (a few ms on a loaded machine).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut younger = connect(&server.base).await;
+    assert_refused_on(&mut younger).await;
+    // Busy: a request head begun and never finished.
+    let mut busy = connect(&server.base).await;
+    busy.write_all(b"POST /openim/cmdX HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut newcomer = connect(&server.base).await;
+    assert_refused_on(&mut newcomer).await;
+    assert_eq!(
+        read_to_close(&mut oldest, Duration::from_secs(5)).await.as_deref(),
+        Some(""),
+        "the oldest idle one goes"
+    );
+    assert_refused_on(&mut younger).await;
+
+    // Now every connection is busy: the next one is closed without an answer.
+    for conn in [&mut younger, &mut newcomer] {
+        conn.write_all(b"POST /openim/cmdX HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut refused = connect(&server.base).await;
+    let _ = refused.write_all(b"POST /openim/cmdX HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}").await;
+    let answer = read_to_close(&mut refused, Duration::from_secs(10)).await;
+    assert_eq!(answer.as_deref(), Some(""), "a connection past the cap must be closed without an answer");
 }
 
 /// Regression (found by the soak): an answer sent before the body was read closes the
@@ -248,9 +296,10 @@ async fn connections_past_the_limit_are_closed_at_once() {
 #[tokio::test]
 async fn answers_before_the_body_is_read_say_connection_close() {
     let dir = PolicyDir::with("10.yaml", DENY_ALL);
-    let server = Server::start(dir.path(), &["--max-body-bytes", "1024"]);
+    // A body over the limit that never comes is waited for up to the read timeout.
+    let server = Server::start(dir.path(), &["--max-body-bytes", "1024", "--read-timeout", "1s"]);
     for (request, status) in [
-        ("POST /openim/cmdX HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n", "400"),
+        ("POST /openim/cmdX HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n", "413"),
         ("PUT /openim/cmdX HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n", "405"),
         ("POST /elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n", "404"),
         ("POST /tencent HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n", "413"),
@@ -268,4 +317,43 @@ async fn answers_before_the_body_is_read_say_connection_close() {
         resp.text().await.unwrap(),
         r#"{"ActionStatus":"FAIL","ErrorCode":1,"ErrorInfo":"callbacks must be POSTed"}"#
     );
+}
+
+/// Padding a message past the size limit must not get it past the rules: the body is read to
+/// its end and refused (413, nextCode 1), and the kept-alive connection serves on.
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_and_the_connection_kept() {
+    let dir = PolicyDir::new();
+    let server = Server::start(dir.path(), &["--max-body-bytes", "1024"]);
+    let padded = format!(r#"{{"callbackCommand":"cmdX","content":"{}"}}"#, "x".repeat(4096));
+    let mut conn = connect(&server.base).await;
+    let head = format!("POST /openim/cmdX HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", padded.len());
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(padded.as_bytes()).await.unwrap();
+    let answer = read_response(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let refused =
+        refusal(1003, "callback body is larger than callgate's limit of 1024 bytes (--max-body-bytes)", "too_large");
+    assert!(answer.ends_with(&format!("\r\n\r\n{refused}")), "{answer}");
+    assert!(!answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    // The same connection decides the next callback (the default allows).
+    conn.write_all(CALLBACK).await.unwrap();
+    let answer = read_response(&mut conn).await;
+    assert!(answer.ends_with(&format!("\r\n\r\n{ALLOW}")), "{answer}");
+}
+
+/// The default limit decides a 16 MiB body (twice what a stock OpenIM can send) and refuses
+/// one byte more.
+#[tokio::test]
+async fn a_16_mib_body_is_decided_by_default() {
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    let server = Server::start(dir.path(), &[]);
+    let frame = r#"{"callbackCommand":"cmdX","content":""}"#;
+    let limit = 16 << 20;
+    let body = |len: usize| format!(r#"{{"callbackCommand":"cmdX","content":"{}"}}"#, "x".repeat(len - frame.len()));
+    let (status, got) = server.post("/openim/cmdX", &body(limit)).await;
+    assert_eq!((status, got), (200, refusal(150, "no", "")));
+    let (status, got) = server.post("/openim/cmdX", &body(limit + 1)).await;
+    assert_eq!(status, 413, "{got}");
+    assert!(got.contains(r#""errCode":1003"#) && got.contains(r#""nextCode":1"#), "{got}");
 }

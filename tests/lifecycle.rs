@@ -27,14 +27,17 @@ async fn flags_beat_env_beat_the_config_file_beat_defaults() {
     // File only: limit 100, dry run on.
     let s = Server::start(dir.path(), &["--config", config_arg]);
     assert_eq!(s.post("/openim/x", &body_of_len(100)).await, (200, ALLOW.to_string()), "dry run from the file");
-    assert_eq!(s.post("/openim/x", &body_of_len(101)).await.0, 400);
+    // Over the limit: in dry run, which refuses nothing, not refused either.
+    let (status, answer) = s.post("/openim/x", &body_of_len(101)).await;
+    assert_eq!(status, 413);
+    assert!(answer.contains(r#""nextCode":0"#) && answer.contains(r#""errDlt":"too_large""#), "{answer}");
     assert!(s.logs().contains("records are off"));
     drop(s);
 
     // Env beats file: limit 200; dry run still from the file.
     let s = Server::start_with_env(dir.path(), &["--config", config_arg], &[("CALLGATE_MAX_BODY_BYTES", "200")]);
     assert_eq!(s.post("/openim/x", &body_of_len(200)).await, (200, ALLOW.to_string()));
-    assert_eq!(s.post("/openim/x", &body_of_len(201)).await.0, 400);
+    assert_eq!(s.post("/openim/x", &body_of_len(201)).await.0, 413);
     drop(s);
 
     // Flag beats env; env beats file for dry run too.
@@ -44,7 +47,7 @@ async fn flags_beat_env_beat_the_config_file_beat_defaults() {
         &[("CALLGATE_MAX_BODY_BYTES", "200"), ("CALLGATE_DRY_RUN", "false")],
     );
     assert_eq!(s.post("/openim/x", &body_of_len(300)).await, (200, refusal(150, "no", "")));
-    assert_eq!(s.post("/openim/x", &body_of_len(301)).await.0, 400);
+    assert_eq!(s.post("/openim/x", &body_of_len(301)).await.0, 413);
     drop(s);
 
     // A bad key in the file is an error that names it.

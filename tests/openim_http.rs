@@ -13,11 +13,27 @@ fn denied(code: i32, command: &str) -> String {
     refusal(code, command, "")
 }
 
-/// The exact answer to a request that could not be decoded (or routed).
-fn bad(code: i32, message: &str) -> String {
+/// The same refusal to OpenIM 2.x (a POST to the bare URL), which refuses only on a non-zero
+/// actionCode.
+fn denied_v2(code: i32, command: &str) -> String {
+    denied(code, command).replacen(r#""actionCode":0"#, r#""actionCode":1"#, 1)
+}
+
+/// The exact answer to a request that could not be decoded (or routed): "go on" in every
+/// OpenIM version, the reason in errMsg and its name in errDlt.
+fn bad(reason: &str, message: &str) -> String {
     format!(
-        r#"{{"actionCode":1,"errCode":{code},"errMsg":{},"errDlt":"","nextCode":0}}"#,
+        r#"{{"actionCode":0,"errCode":0,"errMsg":{},"errDlt":"{reason}","nextCode":0}}"#,
         serde_json::to_string(message).unwrap()
+    )
+}
+
+/// The refusal of a body over the limit (3.x form).
+fn too_large(limit: usize) -> String {
+    refusal(
+        1003,
+        &format!("callback body is larger than callgate's limit of {limit} bytes (--max-body-bytes)"),
+        "too_large",
     )
 }
 
@@ -103,6 +119,8 @@ async fn every_url_form_takes_the_command_from_path_query_or_body() {
     const REMOVE: &str = "callbackAfterRemoveBlackCommand";
     let add = || denied(10001, ADD);
     let remove = || denied(10002, REMOVE);
+    let add_v2 = || denied_v2(10001, ADD);
+    let remove_v2 = || denied_v2(10002, REMOVE);
     let with_add =
         r#"{"callbackCommand":"callbackBeforeAddBlackCommand","ownerUserID":"u_1001","blackUserID":"u_1002"}"#;
     let with_remove =
@@ -140,14 +158,14 @@ async fn every_url_form_takes_the_command_from_path_query_or_body() {
         (format!("/openim?{key_raw}&command={ADD}"), bare, add()),
         (format!("/openim?command={ADD}&{key_enc}"), with_add, add()),
         ("/openim?command=callbackBeforeAddFriendCommand".into(), bare, ALLOW.into()),
-        // POST /openim with the command only in the body.
-        ("/openim".into(), with_add, add()),
-        ("/openim".into(), with_remove, remove()),
+        // POST /openim with the command only in the body: OpenIM 2.x, answered in its form.
+        ("/openim".into(), with_add, add_v2()),
+        ("/openim".into(), with_remove, remove_v2()),
         ("/openim".into(), with_friend, ALLOW.into()),
-        ("/openim?contenttype=json".into(), with_add, add()),
-        (format!("/openim?{key_raw}"), with_remove, remove()),
-        (format!("/openim?contenttype=json&{key_enc}&unknown=1"), with_add, add()),
-        ("/openim/".into(), with_remove, remove()),
+        ("/openim?contenttype=json".into(), with_add, add_v2()),
+        (format!("/openim?{key_raw}"), with_remove, remove_v2()),
+        (format!("/openim?contenttype=json&{key_enc}&unknown=1"), with_add, add_v2()),
+        ("/openim/".into(), with_remove, remove_v2()),
     ];
     for (path, body, want) in &cases {
         let (status, content_type, _, got) = send(&server, reqwest::Method::POST, path, body).await;
@@ -164,10 +182,32 @@ async fn every_url_form_takes_the_command_from_path_query_or_body() {
         &[
             (&p(REMOVE), &sample_body, remove()),
             (&format!("/openim?command={REMOVE}"), &sample_body, remove()),
-            ("/openim", &sample_body, remove()),
+            ("/openim", &sample_body, remove_v2()),
         ],
     )
     .await;
+}
+
+/// Where a proxy rewrites OpenIM's URLs, `--openim-version` says which form of answer it
+/// reads, whatever the URL; 3.6 is warned about at start, since it never enforces a refusal.
+#[tokio::test]
+async fn the_openim_version_setting_overrides_the_url_form() {
+    let dir = PolicyDir::with("policy.yaml", URL_FORMS_POLICY);
+    const ADD: &str = "callbackBeforeAddBlackCommand";
+    let body = r#"{"callbackCommand":"callbackBeforeAddBlackCommand"}"#;
+    let v3 = Server::start(dir.path(), &["--openim-version", "3.8.3"]);
+    for path in ["/openim".to_string(), format!("/openim/{ADD}")] {
+        let (status, got) = v3.post(&path, body).await;
+        assert_eq!((status, got), (200, denied(10001, ADD)), "{path}");
+    }
+    let v2 = Server::start_with_env(dir.path(), &[], &[("CALLGATE_OPENIM_VERSION", "2.3.3")]);
+    let (status, got) = v2.post(&format!("/openim/{ADD}"), body).await;
+    assert_eq!((status, got), (200, denied_v2(10001, ADD)));
+    assert!(!v3.logs().contains("never enforces"), "{}", v3.logs());
+    let v36 = Server::start(dir.path(), &["--openim-version", "3.6.0"]);
+    assert!(v36.logs().contains("OpenIM 3.6 never enforces a callback's refusal"), "{}", v36.logs());
+    let err = Server::try_start(dir.path(), &["--openim-version", "three"]).err().unwrap_or_default();
+    assert!(err.contains("`openim_version`: `three` is not an OpenIM version"), "{err}");
 }
 
 const ANSWERS_POLICY: &str = r#"
@@ -707,7 +747,6 @@ async fn bad_input_gets_400_in_openim_shape_and_the_server_goes_on() {
     };
     let long = "a".repeat(129);
     let too_long_path = format!("/openim/{long}");
-    let two_kib = body_of_len(2048);
     let not_json = |why: &str| format!("body is not valid JSON: {why}");
     let not_object = |got: &str| format!("body must be a JSON object, got {got}");
     let no_command =
@@ -718,39 +757,38 @@ async fn bad_input_gets_400_in_openim_shape_and_the_server_goes_on() {
     let bad_command =
         |c: &str| format!("callback command `{c}` is not valid: use letters, digits, `_` and `.`, at most 128");
     let not_string = || "`callbackCommand` must be a string".to_string();
-    let cases: Vec<(&str, &str, i32, String)> = vec![
-        ("/openim/cmdX", "nope", 1001, not_json("expected ident at line 1 column 2")),
-        ("/openim/cmdX", "", 1001, not_json("EOF while parsing a value at line 1 column 0")),
-        ("/openim/cmdX", "\n", 1001, not_json("EOF while parsing a value at line 2 column 0")),
-        ("/openim/cmdX", r#"{"a":"#, 1001, not_json("EOF while parsing a value at line 1 column 5")),
-        ("/openim/cmdX", "{} {}", 1001, not_json("trailing characters at line 1 column 4")),
-        ("/openim/cmdX", "[1]", 1002, not_object("an array")),
-        ("/openim/cmdX", r#""cmdX""#, 1002, not_object("a string")),
-        ("/openim/cmdX", "42\n", 1002, not_object("a number")),
-        ("/openim/cmdX", "null", 1002, not_object("null")),
-        ("/openim/cmdX", "true", 1002, not_object("a boolean")),
-        ("/openim/cmdX", &two_kib, 1003, "body is larger than the limit of 1024 bytes".into()),
-        ("/openim", r#"{"userID":"u_1"}"#, 1005, no_command()),
-        ("/openim?contenttype=json", "{}", 1005, no_command()),
-        ("/openim/cmdX", r#"{"callbackCommand":"cmdY"}"#, 1006, mismatch("cmdX", "cmdY")),
-        ("/openim?command=cmdX", r#"{"callbackCommand":"cmdY"}"#, 1006, mismatch("cmdX", "cmdY")),
-        ("/openim/cmdX", r#"{"callbackCommand":"cmdx"}"#, 1006, mismatch("cmdX", "cmdx")),
-        ("/openim/cmd-X", "{}", 1007, bad_command("cmd-X")),
-        ("/openim/cmd%20X", "{}", 1007, bad_command("cmd%20X")),
-        ("/openim/cmd/X", "{}", 1007, bad_command("cmd/X")),
-        ("/openim?command=cmd%3BX", "{}", 1007, bad_command("cmd;X")),
-        ("/openim", r#"{"callbackCommand":"cmd X"}"#, 1007, bad_command("cmd X")),
-        ("/openim", r#"{"callbackCommand":"café"}"#, 1007, bad_command("café")),
-        (&too_long_path, "{}", 1007, bad_command(&long[..128])),
-        ("/openim", r#"{"callbackCommand":7}"#, 1008, not_string()),
-        ("/openim/cmdX", r#"{"callbackCommand":["cmdX"]}"#, 1008, not_string()),
-        ("/openim/cmdX", r#"{"callbackCommand":null}"#, 1008, not_string()),
+    let cases: Vec<(&str, &str, &str, String)> = vec![
+        ("/openim/cmdX", "nope", "not_json", not_json("expected ident at line 1 column 2")),
+        ("/openim/cmdX", "", "not_json", not_json("EOF while parsing a value at line 1 column 0")),
+        ("/openim/cmdX", "\n", "not_json", not_json("EOF while parsing a value at line 2 column 0")),
+        ("/openim/cmdX", r#"{"a":"#, "not_json", not_json("EOF while parsing a value at line 1 column 5")),
+        ("/openim/cmdX", "{} {}", "not_json", not_json("trailing characters at line 1 column 4")),
+        ("/openim/cmdX", "[1]", "not_object", not_object("an array")),
+        ("/openim/cmdX", r#""cmdX""#, "not_object", not_object("a string")),
+        ("/openim/cmdX", "42\n", "not_object", not_object("a number")),
+        ("/openim/cmdX", "null", "not_object", not_object("null")),
+        ("/openim/cmdX", "true", "not_object", not_object("a boolean")),
+        ("/openim", r#"{"userID":"u_1"}"#, "no_command", no_command()),
+        ("/openim?contenttype=json", "{}", "no_command", no_command()),
+        ("/openim/cmdX", r#"{"callbackCommand":"cmdY"}"#, "command_mismatch", mismatch("cmdX", "cmdY")),
+        ("/openim?command=cmdX", r#"{"callbackCommand":"cmdY"}"#, "command_mismatch", mismatch("cmdX", "cmdY")),
+        ("/openim/cmdX", r#"{"callbackCommand":"cmdx"}"#, "command_mismatch", mismatch("cmdX", "cmdx")),
+        ("/openim/cmd-X", "{}", "bad_command", bad_command("cmd-X")),
+        ("/openim/cmd%20X", "{}", "bad_command", bad_command("cmd%20X")),
+        ("/openim/cmd/X", "{}", "bad_command", bad_command("cmd/X")),
+        ("/openim?command=cmd%3BX", "{}", "bad_command", bad_command("cmd;X")),
+        ("/openim", r#"{"callbackCommand":"cmd X"}"#, "bad_command", bad_command("cmd X")),
+        ("/openim", r#"{"callbackCommand":"café"}"#, "bad_command", bad_command("café")),
+        (&too_long_path, "{}", "bad_command", bad_command(&long[..128])),
+        ("/openim", r#"{"callbackCommand":7}"#, "command_not_string", not_string()),
+        ("/openim/cmdX", r#"{"callbackCommand":["cmdX"]}"#, "command_not_string", not_string()),
+        ("/openim/cmdX", r#"{"callbackCommand":null}"#, "command_not_string", not_string()),
     ];
     for (path, body, code, message) in &cases {
         let (status, content_type, _, got) = send(&server, reqwest::Method::POST, path, body).await;
         assert_eq!(
             (status, content_type.as_str(), got.as_str()),
-            (400, "application/json", bad(*code, message).as_str()),
+            (400, "application/json", bad(code, message).as_str()),
             "POST {path} {body:.80}"
         );
         good().await;
@@ -760,7 +798,7 @@ async fn bad_input_gets_400_in_openim_shape_and_the_server_goes_on() {
     let (status, got) = server.post("/openim/cmdX", &body_of_len(1024)).await;
     assert_eq!((status, got), (200, denied(50001, "cmdX")));
     let (status, got) = server.post("/openim/cmdX", &body_of_len(1025)).await;
-    assert_eq!((status, got), (400, bad(1003, "body is larger than the limit of 1024 bytes")));
+    assert_eq!((status, got), (413, too_large(1024)));
     let (status, got) = server.post(&format!("/openim/{}", &long[..128]), "{}").await;
     assert_eq!((status, got.as_str()), (200, ALLOW));
 
@@ -781,13 +819,14 @@ async fn bad_input_gets_400_in_openim_shape_and_the_server_goes_on() {
     let big = body_of_len(2048);
     let parts: Vec<&str> = vec![&big[..512], &big[512..1024], &big[1024..1536], &big[1536..]];
     let (status, got) = raw_http(&server, chunked(&parts).as_bytes()).await;
-    assert_eq!((status, got), (400, bad(1003, "body is larger than the limit of 1024 bytes")));
+    assert_eq!((status, got), (413, too_large(1024)));
     good().await;
 
     // One warn line per bad request, saying what was wrong.
     let logs = plain_logs(&server);
     let warned: Vec<&String> = logs.iter().filter(|l| l.contains("bad OpenIM callback")).collect();
     assert_eq!(warned.len(), cases.len() + 2, "{logs:#?}");
+    assert_eq!(warned.iter().filter(|l| l.contains("body is larger than the limit of 1024 bytes")).count(), 2);
     assert!(warned.iter().all(|l| l.contains(" WARN ")), "{warned:#?}");
     for (_, _, _, message) in &cases {
         assert!(
@@ -801,8 +840,8 @@ async fn bad_input_gets_400_in_openim_shape_and_the_server_goes_on() {
 async fn wrong_methods_and_unknown_paths_answer_in_openim_shape() {
     let dir = PolicyDir::with("policy.yaml", BAD_INPUT_POLICY);
     let server = Server::start(dir.path(), &[]);
-    let not_post = bad(1009, "callbacks must be POSTed");
-    let not_found = bad(1010, "no such endpoint: OpenIM callbacks go to /openim/{command}");
+    let not_post = bad("method_not_allowed", "callbacks must be POSTed");
+    let not_found = bad("not_found", "no such endpoint: OpenIM callbacks go to /openim/{command}");
     use reqwest::Method;
     // (method, path, status, `Allow` header, answer). RFC 9110 §15.5.6: a 405 MUST carry
     // `Allow` with the methods the resource supports.
@@ -891,10 +930,13 @@ rules:
 async fn trailing_slash_in_the_webhook_url_is_still_decided() {
     let dir = PolicyDir::with("policy.yaml", BAD_INPUT_POLICY);
     let server = Server::start(dir.path(), &[]);
-    for path in ["/openim//cmdX", "/openim/cmdX/", "/openim?command="] {
+    for path in ["/openim//cmdX", "/openim/cmdX/"] {
         let (status, got) = server.post(path, r#"{"callbackCommand":"cmdX"}"#).await;
         assert_eq!((status, got), (200, denied(50001, "cmdX")), "{path}");
     }
+    // No command in the URL at all: the bare form of OpenIM 2.x.
+    let (status, got) = server.post("/openim?command=", r#"{"callbackCommand":"cmdX"}"#).await;
+    assert_eq!((status, got), (200, denied_v2(50001, "cmdX")));
 }
 
 /// An operationID that is not visible ASCII (UTF-8 text, or bytes that are not even that) is

@@ -15,9 +15,10 @@ use serde_json::{Map, Value};
 /// What is wrong with a callback body itself, whichever server sent it.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    /// Over the size limit (declared or actual).
+    /// Over the size limit (declared or actual). `is_drained`: the rest was read and dropped,
+    /// so the connection can carry the next request.
     #[error("body is larger than the limit of {limit} bytes")]
-    TooLarge { limit: usize },
+    TooLarge { limit: usize, is_drained: bool },
     /// The connection failed while the body was read.
     #[error("body could not be read: {0}")]
     Read(String),
@@ -47,7 +48,7 @@ impl BodyError {
     /// Whether the body was not read to its end, so the connection cannot carry another
     /// request and is closed after the answer.
     pub fn leaves_body_unread(&self) -> bool {
-        matches!(self, BodyError::TooLarge { .. } | BodyError::Read(_) | BodyError::Timeout)
+        matches!(self, BodyError::TooLarge { is_drained: false, .. } | BodyError::Read(_) | BodyError::Timeout)
     }
 }
 

@@ -2,10 +2,18 @@
 //! body; `operationID` header) decoded into an [`Event`], and an answer encoded as
 //! `CommonCallbackResp`.
 //!
-//! OpenIM ≥ 3.7 refuses an operation only when `actionCode == 0 && nextCode == 1`, shows
-//! `errCode/errMsg/errDlt` to its client, and turns an errCode below 100 into a generic
-//! server error. It never looks at the HTTP status, and fails the operation when the body
-//! is not JSON. So every answer here is a JSON object with numbers as numbers.
+//! How each OpenIM version reads an answer (its own client code; the table is in
+//! docs/openim.md): ≥ 3.7 refuses only when `actionCode == 0 && nextCode == 1`; 3.6 never
+//! refuses; 3.4.2–3.5 when `actionCode != 0 || nextCode == 1`; 3.0–3.4.1 also when
+//! `errCode != 0`; 2.x only when `actionCode != 0`. Every 3.x turns an errCode below 100 into a
+//! generic server error. So:
+//! - a refusal is `actionCode 0, nextCode 1` with the rule's errCode (≥ 100) for 3.x, and
+//!   carries a non-zero `actionCode` too for 2.x ([`OpenImVersion::V2`]);
+//! - an answer that must let the operation go on (input callgate could not decode) is all
+//!   zeros in every version, with the reason in `errMsg` and its short name in `errDlt`.
+//!
+//! Every answer is a JSON object with numbers as numbers: ≥ 3.7 fails the user's operation
+//! when the body is not JSON.
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -86,7 +94,69 @@ pub fn command_index(command: &str) -> Option<usize> {
 /// The answer that lets the operation go on.
 pub const ALLOW: &[u8] = br#"{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}"#;
 
-/// Why an OpenIM request could not be decoded. Each has its own `errCode` in the answer.
+/// The OpenIM versions that read an answer differently, oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OpenImVersion {
+    /// 2.x: posts to the bare URL; refuses only on a non-zero `actionCode`.
+    V2,
+    /// 3.0–3.4.1: posts to `{url}?command=`; refuses on `actionCode != 0 || nextCode == 1 || errCode != 0`.
+    V3_0,
+    /// 3.4.2–3.5.x: posts to `{url}/{command}`; refuses on `actionCode != 0 || nextCode == 1`.
+    V3_4_2,
+    /// 3.6.x: posts to `{url}/{command}`; never refuses (a refusal is only logged).
+    V3_6,
+    /// 3.7 and later: posts to `{url}/{command}`; refuses only on `actionCode == 0 && nextCode == 1`.
+    V3_7,
+}
+
+impl OpenImVersion {
+    /// Parses a version as operators write it: `3.8.3`, `v3.5`, `2`, `3.8.3-patch.16`.
+    pub fn parse(text: &str) -> Result<OpenImVersion, String> {
+        let bad = || format!("`{text}` is not an OpenIM version; write it as in `3.8.3` or `2.3`");
+        let core = text.trim_start_matches(['v', 'V']).split(['-', '+']).next().unwrap_or("");
+        let mut parts = core.split('.').map(|p| p.parse::<u32>().map_err(|_| bad()));
+        let major = parts.next().ok_or_else(bad)??;
+        let minor = parts.next().transpose()?.unwrap_or(0);
+        let patch = parts.next().transpose()?.unwrap_or(0);
+        Ok(match (major, minor, patch) {
+            (0..=2, _, _) => OpenImVersion::V2,
+            (3, 0..=3, _) | (3, 4, 0..=1) => OpenImVersion::V3_0,
+            (3, 4..=5, _) => OpenImVersion::V3_4_2,
+            (3, 6, _) => OpenImVersion::V3_6,
+            _ => OpenImVersion::V3_7,
+        })
+    }
+
+    /// The version a request's URL form shows: the bare URL is 2.x, `?command=` is 3.0–3.4.1,
+    /// and `/{command}` any later one (they all read a refusal the same way, but 3.6).
+    pub fn from_url_form(has_path_command: bool, has_query_command: bool) -> OpenImVersion {
+        match (has_path_command, has_query_command) {
+            (true, _) => OpenImVersion::V3_7,
+            (false, true) => OpenImVersion::V3_0,
+            (false, false) => OpenImVersion::V2,
+        }
+    }
+
+    /// Whether this version ever refuses an operation for a callback's answer.
+    pub fn enforces_refusals(self) -> bool {
+        self != OpenImVersion::V3_6
+    }
+
+    /// The range of versions, for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpenImVersion::V2 => "2.x",
+            OpenImVersion::V3_0 => "3.0-3.4.1",
+            OpenImVersion::V3_4_2 => "3.4.2-3.5",
+            OpenImVersion::V3_6 => "3.6",
+            OpenImVersion::V3_7 => "3.7+",
+        }
+    }
+}
+
+/// Why an OpenIM request could not be decoded. Answered as "go on" (all zeros) with the
+/// reason in `errMsg` and [`DecodeError::kind`] in `errDlt` — except a body over the size
+/// limit, which is refused (see [`encode_too_large`]).
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// The body as a whole: too large, unread, not a JSON object.
@@ -107,21 +177,6 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// The `errCode` of the answer; all are ≥ 100 like any OpenIM error code.
-    pub fn err_code(&self) -> i32 {
-        match self {
-            DecodeError::Body(BodyError::NotJson(_)) => 1001,
-            DecodeError::Body(BodyError::NotObject(_)) => 1002,
-            DecodeError::Body(BodyError::TooLarge { .. }) => 1003,
-            DecodeError::Body(BodyError::Read(_)) => 1004,
-            DecodeError::Body(BodyError::Timeout) => 1014,
-            DecodeError::NoCommand => 1005,
-            DecodeError::CommandMismatch { .. } => 1006,
-            DecodeError::BadCommand(_) => 1007,
-            DecodeError::CommandNotString => 1008,
-        }
-    }
-
     /// A short stable name, for metric labels.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -142,6 +197,11 @@ pub fn command_from_url<'a>(path_command: Option<&'a str>, query: &'a str) -> Op
         return Some(c.into());
     }
     form_urlencoded::parse(query.as_bytes()).find(|(k, v)| k == "command" && !v.is_empty()).map(|(_, v)| v)
+}
+
+/// Whether the query names a command (`?command=`, OpenIM 3.0–3.4.1's URL form).
+pub fn has_query_command(query: &str) -> bool {
+    form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "command" && !v.is_empty())
 }
 
 /// Decodes one OpenIM callback. `url_command` is what [`command_from_url`] found.
@@ -196,30 +256,42 @@ fn to_bytes(answer: &Answer<'_>) -> Bytes {
     Bytes::from(serde_json::to_vec(answer).unwrap_or_else(|_| ALLOW.to_vec()))
 }
 
-/// The answer for a decided callback: allow, or a refusal OpenIM passes to its client.
-pub fn encode(outcome: &Outcome) -> Bytes {
+/// The `errCode` of callgate's own refusal of a body over the size limit.
+pub const TOO_LARGE_ERR_CODE: i32 = 1003;
+
+/// The answer for a decided callback: allow, or a refusal OpenIM passes to its client, in the
+/// form `version` reads as one.
+pub fn encode(outcome: &Outcome, version: OpenImVersion) -> Bytes {
     match outcome {
         Outcome::Allow => Bytes::from_static(ALLOW),
-        Outcome::Deny(r) => to_bytes(&Answer {
-            action_code: 0,
-            err_code: r.code,
-            err_msg: &r.message,
-            err_dlt: &r.detail,
-            next_code: 1,
-        }),
+        Outcome::Deny(r) => encode_refusal(r.code, &r.message, &r.detail, version),
     }
 }
 
-/// The answer for a request that could not be decoded. `actionCode` 1 tells OpenIM this is
-/// not a refusal; the errCode and message say what was wrong.
-pub fn encode_bad_request(err: &DecodeError) -> Bytes {
-    encode_error(err.err_code(), &err.to_string())
+fn encode_refusal(code: i32, message: &str, detail: &str, version: OpenImVersion) -> Bytes {
+    // 2.x looks at actionCode alone; 3.x refuses on nextCode 1 (≥ 3.7 only if actionCode is 0).
+    let action_code = if version == OpenImVersion::V2 { 1 } else { 0 };
+    to_bytes(&Answer { action_code, err_code: code, err_msg: message, err_dlt: detail, next_code: 1 })
 }
 
-/// An error answer (`actionCode` 1, not a refusal) with any code and message, for requests
-/// refused before decoding (unknown route, wrong method).
-pub fn encode_error(code: i32, message: &str) -> Bytes {
-    to_bytes(&Answer { action_code: 1, err_code: code, err_msg: message, err_dlt: "", next_code: 0 })
+/// The refusal of a body over the size limit. Not "go on": a body an attacker can pad must
+/// never turn a refusal into an allow.
+pub fn encode_too_large(limit: usize, version: OpenImVersion) -> Bytes {
+    let message = format!("callback body is larger than callgate's limit of {limit} bytes (--max-body-bytes)");
+    encode_refusal(TOO_LARGE_ERR_CODE, &message, "too_large", version)
+}
+
+/// The answer to a request callgate could not decode or would not serve: "go on" in every
+/// OpenIM version (all codes zero), with the reason in `errMsg` and its short name in
+/// `errDlt`. It is not a refusal — there is nothing to decide — and no version may read it as
+/// one (3.0–3.4.1 refuse on any non-zero errCode).
+pub fn encode_error(reason: &str, message: &str) -> Bytes {
+    to_bytes(&Answer { action_code: 0, err_code: 0, err_msg: message, err_dlt: reason, next_code: 0 })
+}
+
+/// [`encode_error`] for a decode error.
+pub fn encode_bad_request(err: &DecodeError) -> Bytes {
+    encode_error(err.kind(), &err.to_string())
 }
 
 #[cfg(test)]
@@ -241,10 +313,49 @@ mod tests {
     #[test]
     fn refusal_bytes() {
         let r = Refusal { code: 20001, message: "no \"way\"".into(), detail: "d".into() };
+        let deny = Outcome::Deny(Arc::new(r));
         assert_eq!(
-            &encode(&Outcome::Deny(Arc::new(r)))[..],
+            &encode(&deny, OpenImVersion::V3_7)[..],
             br#"{"actionCode":0,"errCode":20001,"errMsg":"no \"way\"","errDlt":"d","nextCode":1}"#
         );
+        assert_eq!(
+            &encode(&deny, OpenImVersion::V2)[..],
+            br#"{"actionCode":1,"errCode":20001,"errMsg":"no \"way\"","errDlt":"d","nextCode":1}"#
+        );
+    }
+
+    #[test]
+    fn an_undecodable_request_is_answered_go_on_in_every_version() {
+        let answer: Value = serde_json::from_slice(&encode_bad_request(&DecodeError::NoCommand)).unwrap();
+        assert_eq!(answer["actionCode"], 0);
+        assert_eq!(answer["errCode"], 0);
+        assert_eq!(answer["nextCode"], 0);
+        assert_eq!(answer["errDlt"], "no_command");
+        assert!(answer["errMsg"].as_str().unwrap().starts_with("no callback command"));
+    }
+
+    #[test]
+    fn versions() {
+        use OpenImVersion::*;
+        for (text, v) in [
+            ("2.3.3", V2),
+            ("v3.0", V3_0),
+            ("3.4.0", V3_0),
+            ("3.4.2", V3_4_2),
+            ("3.5.1", V3_4_2),
+            ("3.6.0", V3_6),
+            ("3.7", V3_7),
+            ("3.8.3-patch.16", V3_7),
+            ("4", V3_7),
+        ] {
+            assert_eq!(OpenImVersion::parse(text), Ok(v), "{text}");
+        }
+        for bad in ["", "x", "3.x", "-1"] {
+            assert!(OpenImVersion::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(OpenImVersion::from_url_form(true, true), V3_7);
+        assert_eq!(OpenImVersion::from_url_form(false, true), V3_0);
+        assert_eq!(OpenImVersion::from_url_form(false, false), V2);
     }
 
     #[test]

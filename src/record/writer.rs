@@ -10,6 +10,10 @@
 //! torn last line (a crash mid-write) is cut off and kept beside the file as `….torn`.
 //! With a [`Retention`], the thread also deletes the oldest files it no longer keeps: at
 //! start, after each rotation, and every [`PRUNE_EVERY`].
+//!
+//! One data directory has one writer: the recorder holds an exclusive lock on
+//! [`LOCK_FILE`] (with the holder's process id in it) for as long as it lives, so a second
+//! instance pointed at the same directory stops at start instead of interleaving its lines.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -27,6 +31,9 @@ use super::stream::StreamSink;
 pub const SEGMENT_PREFIX: &str = "records-";
 /// Record file names end with this.
 pub const SEGMENT_SUFFIX: &str = ".jsonl";
+
+/// The lock file in the data directory; holds the process id of the callgate writing there.
+pub const LOCK_FILE: &str = "callgate.lock";
 
 /// How many records may wait for the writer. Past this an OpenIM record is dropped and
 /// counted (its callback is still answered); a Tencent record waits for room.
@@ -67,6 +74,12 @@ pub enum RecordError {
     /// The file system refused.
     #[error("cannot write records in `{}`: {message}", dir.display())]
     Io { dir: PathBuf, message: String },
+    /// Another process holds the data directory.
+    #[error(
+        "the data directory `{}` is in use by another callgate ({holder}); give each instance its own --data-dir",
+        dir.display()
+    )]
+    InUse { dir: PathBuf, holder: String },
     /// The recorder has stopped.
     #[error("the recorder has stopped")]
     Stopped,
@@ -88,6 +101,8 @@ enum Job {
 pub struct Recorder {
     tx: mpsc::Sender<Job>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Held locked while the recorder lives; the lock goes with the process.
+    _lock: File,
 }
 
 impl Recorder {
@@ -101,6 +116,8 @@ impl Recorder {
         retention: Retention,
         stream: Option<StreamSink>,
     ) -> Result<Recorder, RecordError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
+        let lock = lock_dir(dir)?;
         let segment = Segment::open_newest(dir, max_file_bytes, retention)?;
         segment.prune();
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -108,7 +125,7 @@ impl Recorder {
             .name("callgate-records".into())
             .spawn(move || run(segment, rx, stream))
             .map_err(|e| io_error(dir, &e))?;
-        Ok(Recorder { tx, thread: Mutex::new(Some(thread)) })
+        Ok(Recorder { tx, thread: Mutex::new(Some(thread)), _lock: lock })
     }
 
     /// Queues a line without waiting for the disk. When the queue is full (the disk is
@@ -147,6 +164,33 @@ impl Recorder {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
+}
+
+/// Takes the data directory's lock, or says who holds it.
+fn lock_dir(dir: &Path) -> Result<File, RecordError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_error(dir, &e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = match pid.trim() {
+                "" => "process unknown".to_string(),
+                pid => format!("pid {pid}"),
+            };
+            return Err(RecordError::InUse { dir: dir.to_path_buf(), holder });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_error(dir, &e)),
+    }
+    let wrote = file.set_len(0).and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()));
+    wrote.map_err(|e| io_error(dir, &e))?;
+    Ok(file)
 }
 
 fn io_error(dir: &Path, e: &std::io::Error) -> RecordError {

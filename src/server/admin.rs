@@ -60,10 +60,15 @@ fn is_same_token(token: &str, header: &str) -> bool {
 fn probes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let healthz =
         warp::path!("healthz").and(warp::get()).map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
-    // A store exists only once a set has loaded, so a running admin listener is ready.
+    // A store exists only once a set has loaded, so a running admin listener is ready — until
+    // shutdown begins, when load balancers must move away while callbacks are still answered.
     let readyz = warp::path!("readyz").and(warp::get()).map(move || {
-        warp::reply::json(&json!({"status": "ready", "policy_version": state.policies.current().version()}))
-            .into_response()
+        let version = state.policies.current().version().to_string();
+        if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            let body = json!({"status": "draining", "policy_version": version});
+            return warp::reply::with_status(warp::reply::json(&body), StatusCode::SERVICE_UNAVAILABLE).into_response();
+        }
+        warp::reply::json(&json!({"status": "ready", "policy_version": version})).into_response()
     });
     healthz.or(readyz).unify()
 }

@@ -11,6 +11,7 @@ mod listen;
 mod openim;
 mod tencent;
 
+pub use body::BodyLimits;
 pub use listen::{ConnLimits, Peer};
 
 use std::future::Future;
@@ -39,8 +40,10 @@ pub struct State {
     pub policies: Arc<PolicyStore>,
     /// Whether every answer is allow.
     pub is_dry_run: bool,
-    /// Largest callback body in bytes.
-    pub max_body_bytes: usize,
+    /// How callback bodies are read: size, time, bytes held at once.
+    pub body_limits: BodyLimits,
+    /// The OpenIM version set by the operator; `None` infers it from each request's URL.
+    pub openim_version: Option<crate::protocol::openim::OpenImVersion>,
     /// What Tencent callbacks must prove.
     pub tencent: TencentAuth,
     /// Where records go; `None` when recording is off.
@@ -59,12 +62,24 @@ pub struct State {
     pub openim_path_token: Option<String>,
     /// Sources callbacks are accepted from; empty means any.
     pub allow_sources: Vec<Cidr>,
-    /// How long a request body may take to arrive.
-    pub read_timeout: std::time::Duration,
     /// Callbacks handled at once; a callback that finds none free is answered 503.
     pub busy: tokio::sync::Semaphore,
     /// Limits of the accept loops.
     pub conn_limits: ConnLimits,
+    /// How long, after a stop signal, callbacks are still answered (each with
+    /// `Connection: close`) while `/readyz` says not ready, before the server stops.
+    pub shutdown_delay: std::time::Duration,
+    /// Set when that drain begins.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How the server is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Drain for the shutdown delay first (SIGTERM).
+    Drain,
+    /// Stop accepting at once, finishing requests in flight (SIGINT).
+    Now,
 }
 
 /// Why the server could not start.
@@ -104,12 +119,14 @@ pub async fn bind(config: &Config) -> Result<Bound, ServeError> {
     })
 }
 
-/// Serves until `shutdown` completes, then stops accepting and finishes requests in flight.
-/// Watches the policy directory for the whole time.
+/// Serves until `shutdown` completes, then drains: `/readyz` answers 503 at once, and callbacks
+/// are still answered for `shutdown_delay`, each with `Connection: close`, so that load
+/// balancers and clients move away without a failed call; then it stops accepting and finishes
+/// requests in flight. Watches the policy directory for the whole time.
 pub async fn serve(
     bound: Bound,
     state: Arc<State>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = Stop> + Send + 'static,
 ) -> Result<(), ServeError> {
     let _watch = crate::policy::watch(state.policies.clone())?;
     if let Some(handle) = state.metrics.clone() {
@@ -141,10 +158,29 @@ pub async fn serve(
     let recorder = state.recorder.clone();
     let callbacks = openim::routes(state.clone()).or(tencent::routes(state.clone())).unify().recover(openim::recover);
     let limits = state.conn_limits;
-    let callbacks = tokio::spawn(listen::serve(bound.callbacks, warp::service(callbacks), limits, stop_rx.clone()));
-    let admin = tokio::spawn(listen::serve(bound.admin, warp::service(admin::routes(state)), limits, stop_rx));
+    let draining = state.draining.clone();
+    let callbacks = tokio::spawn(listen::serve(
+        bound.callbacks,
+        warp::service(callbacks),
+        limits,
+        draining.clone(),
+        stop_rx.clone(),
+    ));
+    let delay = state.shutdown_delay;
+    let admin = tokio::spawn(listen::serve(
+        bound.admin,
+        warp::service(admin::routes(state)),
+        limits,
+        draining.clone(),
+        stop_rx,
+    ));
 
-    shutdown.await;
+    let stop = shutdown.await;
+    draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    if stop == Stop::Drain && !delay.is_zero() {
+        tracing::info!("draining for {delay:?}: /readyz answers 503, callbacks are answered with Connection: close");
+        tokio::time::sleep(delay).await;
+    }
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     let _ = stop_tx.send(true);
     let _ = callbacks.await;

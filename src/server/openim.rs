@@ -14,7 +14,8 @@ use super::body::read_limited;
 use super::{Peer, access};
 use super::{State, closing, json_reply};
 use crate::policy::{Decision, Outcome};
-use crate::protocol::openim::{self, DecodeError};
+use crate::protocol::BodyError;
+use crate::protocol::openim::{self, DecodeError, OpenImVersion};
 use crate::record;
 
 /// The callback routes.
@@ -42,15 +43,16 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
              state: Arc<State>| async move {
                 if !access::is_source_allowed(&state.allow_sources, peer) {
                     access::note_forbidden("openim", "source", peer);
-                    return error_reply(StatusCode::FORBIDDEN, 1012, "forbidden");
+                    return error_reply(StatusCode::FORBIDDEN, "forbidden", "forbidden");
                 }
                 let Some(path_command) = access::strip_path_token(state.openim_path_token.as_deref(), tail.as_str())
                 else {
                     access::note_forbidden("openim", "path_token", peer);
-                    return error_reply(StatusCode::FORBIDDEN, 1012, "forbidden");
+                    return error_reply(StatusCode::FORBIDDEN, "forbidden", "forbidden");
                 };
                 if method != Method::POST {
-                    let mut reply = error_reply(StatusCode::METHOD_NOT_ALLOWED, 1009, "callbacks must be POSTed");
+                    let mut reply =
+                        error_reply(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "callbacks must be POSTed");
                     reply.headers_mut().insert(warp::http::header::ALLOW, HeaderValue::from_static("POST"));
                     return reply;
                 }
@@ -58,16 +60,23 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
                     metrics::counter!("callgate_busy_total", "source" => "openim").increment(1);
                     return error_reply(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        1013,
+                        "busy",
                         "callgate is busy; too many callbacks at once",
                     );
                 };
-                let raw = match read_limited(len, body, state.max_body_bytes, state.read_timeout).await {
-                    Ok(raw) => raw,
-                    Err(err) => return bad_request(&DecodeError::Body(err)),
+                let version = state.openim_version.unwrap_or_else(|| {
+                    OpenImVersion::from_url_form(
+                        !path_command.trim_matches('/').is_empty(),
+                        openim::has_query_command(&query),
+                    )
+                });
+                let body = match read_limited(len, body, &state.body_limits).await {
+                    Ok(body) => body,
+                    Err(err) => return bad_request(&DecodeError::Body(err), version, state.is_dry_run),
                 };
                 let operation_id = operation_id.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()));
-                handle(&state, path_command, &query, operation_id.as_deref().unwrap_or(""), raw).await
+                // The body's room in the in-flight budget is held until the answer.
+                handle(&state, path_command, &query, operation_id.as_deref().unwrap_or(""), body.bytes, version).await
             },
         )
 }
@@ -79,13 +88,14 @@ async fn handle(
     query: &str,
     operation_id: &str,
     raw: Bytes,
+    version: OpenImVersion,
 ) -> warp::reply::Response {
     let started = Instant::now();
     let url_command = openim::command_from_url(Some(path_command), query);
     let set = state.policies.current();
     let event = match openim::decode(url_command.as_deref(), operation_id, raw, &|key| set.reads(key)) {
         Ok(event) => event,
-        Err(err) => return bad_request(&err),
+        Err(err) => return bad_request(&err, version, state.is_dry_run),
     };
     let decision = set.decide_with_caps(&event, &state.caps, state.on_error).await;
     let latency = started.elapsed();
@@ -94,7 +104,7 @@ async fn handle(
     }
     observe(&event.command, &decision, state.is_dry_run, latency);
     let answer = if state.is_dry_run { &Outcome::Allow } else { &decision.outcome };
-    json_reply(StatusCode::OK, openim::encode(answer))
+    json_reply(StatusCode::OK, openim::encode(answer, version))
 }
 
 /// Metrics and logs of one decision. Labels stay bounded: commands OpenIM does not define
@@ -171,19 +181,31 @@ impl Handles {
     }
 }
 
-fn bad_request(err: &DecodeError) -> warp::reply::Response {
+/// The answer to a request that could not be decoded: "go on" (there is nothing to decide),
+/// but for a body over the size limit, which is refused: padding a message must not let it
+/// past the rules. Under `--dry-run`, which refuses nothing, that too is "go on".
+fn bad_request(err: &DecodeError, version: OpenImVersion, is_dry_run: bool) -> warp::reply::Response {
     metrics::counter!("callgate_bad_requests_total", "source" => "openim", "reason" => err.kind()).increment(1);
     tracing::warn!(reason = err.kind(), "bad OpenIM callback: {err}");
-    let reply = json_reply(StatusCode::BAD_REQUEST, openim::encode_bad_request(err));
+    let reply = match err {
+        DecodeError::Body(BodyError::TooLarge { limit, .. }) if !is_dry_run => {
+            json_reply(StatusCode::PAYLOAD_TOO_LARGE, openim::encode_too_large(*limit, version))
+        }
+        DecodeError::Body(BodyError::TooLarge { .. }) => {
+            json_reply(StatusCode::PAYLOAD_TOO_LARGE, openim::encode_bad_request(err))
+        }
+        _ => json_reply(StatusCode::BAD_REQUEST, openim::encode_bad_request(err)),
+    };
     match err {
         DecodeError::Body(err) if err.leaves_body_unread() => closing(reply),
         _ => reply,
     }
 }
 
-/// An error answered before the body was read (forbidden, wrong method, busy, no route).
-fn error_reply(status: StatusCode, code: i32, message: &str) -> warp::reply::Response {
-    closing(json_reply(status, openim::encode_error(code, message)))
+/// An error answered before the body was read (forbidden, wrong method, busy, no route):
+/// "go on", as any answer that decides nothing.
+fn error_reply(status: StatusCode, reason: &str, message: &str) -> warp::reply::Response {
+    closing(json_reply(status, openim::encode_error(reason, message)))
 }
 
 /// Turns warp's own rejections (no route matched) into answers in OpenIM's format.
@@ -191,10 +213,10 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
     if rejection.is_not_found() {
         return Ok(error_reply(
             StatusCode::NOT_FOUND,
-            1010,
+            "not_found",
             "no such endpoint: OpenIM callbacks go to /openim/{command}",
         ));
     }
     tracing::warn!("request refused: {rejection:?}");
-    Ok(error_reply(StatusCode::BAD_REQUEST, 1011, "bad request"))
+    Ok(error_reply(StatusCode::BAD_REQUEST, "bad_request", "bad request"))
 }

@@ -44,11 +44,12 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
                         tencent::encode_fail("callgate is busy; retry"),
                     ));
                 };
-                let raw = match read_limited(len, body, state.max_body_bytes, state.read_timeout).await {
-                    Ok(raw) => raw,
+                let body = match read_limited(len, body, &state.body_limits).await {
+                    Ok(body) => body,
                     Err(err) => return fail(&TencentError::Body(err)),
                 };
-                handle(&state, &query, raw, started).await
+                // The body's room in the in-flight budget is held until the answer.
+                handle(&state, &query, body.bytes, started).await
             },
         )
 }

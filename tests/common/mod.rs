@@ -116,6 +116,8 @@ impl Server {
             .args(extra)
             .env_remove("CALLGATE_CONFIG")
             .env("CALLGATE_LOG", "debug")
+            // Tests that stop a server do not wait out the drain; the drain tests set their own.
+            .env("CALLGATE_SHUTDOWN_DELAY", "0s")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
