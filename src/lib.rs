@@ -12,6 +12,7 @@
 //! - [`ratecap`]: rolling-window counts for rate caps, in memory or in Redis
 //! - [`redis_client`]: how caps and the record stream reach Redis (one server or a cluster, TLS)
 //! - [`duration`]: the `30s`/`1m` syntax shared by policies and config
+//! - [`throttle`]: log lines an attacker cannot flood (a few a second per kind, then a count)
 
 pub mod config;
 pub mod duration;
@@ -22,3 +23,4 @@ pub mod ratecap;
 pub mod record;
 pub mod redis_client;
 pub mod server;
+pub mod throttle;

@@ -357,3 +357,20 @@ async fn a_16_mib_body_is_decided_by_default() {
     assert_eq!(status, 413, "{got}");
     assert!(got.contains(r#""errCode":1003"#) && got.contains(r#""nextCode":1"#), "{got}");
 }
+
+/// A flood of bad callbacks writes a few log lines a second per reason, then one line with
+/// how many were not logged; the metric counts every one.
+#[tokio::test]
+async fn a_flood_of_bad_callbacks_cannot_flood_the_log() {
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    let server = Server::start(dir.path(), &[]);
+    let started = Instant::now();
+    for _ in 0..300 {
+        assert_eq!(server.post("/openim/cmdX", "not json").await.0, 400);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    server.wait_for_log("in that second not logged", Duration::from_secs(5)).await;
+    let logged = server.logs().matches("bad OpenIM callback: body is not valid JSON").count() as u64;
+    assert!(logged >= 10 && logged <= 10 * seconds, "{logged} lines in {seconds} s");
+    assert_eq!(server.metric_sum("callgate_bad_requests_total").await, 300.0);
+}

@@ -131,3 +131,59 @@ async fn sigterm_finishes_requests_in_flight_and_flushes_records() {
     assert!(recorded >= answered, "{answered} answered but only {recorded} recorded");
     assert!(server.logs().contains("records flushed"));
 }
+
+/// One data directory, one writer: a second instance on the same `--data-dir` stops at start,
+/// naming the directory and the process that holds it.
+#[tokio::test]
+async fn a_second_instance_on_the_same_data_dir_does_not_start() {
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    let data = tempfile::tempdir().unwrap();
+    let mut first = Server::start_with_data(dir.path(), data.path(), &[]);
+    let err = Server::spawn_with_data(dir.path(), data.path(), &[]).err().expect("the second instance must not start");
+    let want =
+        format!("the data directory `{}` is in use by another callgate (pid {});", data.path().display(), first.pid());
+    assert!(err.contains(&want), "{err}");
+    // The first one goes on, and once it has stopped the directory is free again.
+    assert_eq!(first.post("/openim/cmdX", "{}").await, (200, refusal(150, "no", "")));
+    assert_eq!(first.terminate(), Some(0));
+    let second = Server::start_with_data(dir.path(), data.path(), &[]);
+    assert_eq!(second.post("/openim/cmdX", "{}").await.0, 200);
+}
+
+/// SIGTERM drains first: /readyz answers 503 at once, callbacks (on kept-alive and new
+/// connections) are still answered, each with `Connection: close`, for --shutdown-delay;
+/// then the server stops.
+#[tokio::test]
+async fn sigterm_drains_for_the_shutdown_delay_before_stopping() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    let mut server = Server::start(dir.path(), &["--shutdown-delay", "2s"]);
+    let ready = server.client.get(format!("{}/readyz", server.admin)).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let mut kept = tokio::net::TcpStream::connect(server.base.trim_start_matches("http://")).await.unwrap();
+    async fn answer(stream: &mut tokio::net::TcpStream) -> String {
+        let request = b"POST /openim/cmdX HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+        stream.write_all(request).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase()
+    }
+    assert!(!answer(&mut kept).await.contains("connection: close"));
+
+    let stopped_at = std::time::Instant::now();
+    server.signal("TERM");
+    server.wait_for_log("draining for 2s", std::time::Duration::from_secs(5)).await;
+    let ready = server.client.get(format!("{}/readyz", server.admin)).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    assert_eq!(ready.json::<serde_json::Value>().await.unwrap()["status"], "draining");
+    let during = answer(&mut kept).await;
+    assert!(during.starts_with("http/1.1 200") && during.contains("\r\nconnection: close\r\n"), "{during}");
+    assert!(during.contains(r#""errcode":150"#), "{during}");
+    let mut fresh = tokio::net::TcpStream::connect(server.base.trim_start_matches("http://")).await.unwrap();
+    assert!(answer(&mut fresh).await.contains("\r\nconnection: close\r\n"));
+
+    let code = server.wait();
+    assert_eq!(code, Some(0));
+    let took = stopped_at.elapsed();
+    assert!(took >= std::time::Duration::from_millis(1900), "stopped after {took:?}, before the delay");
+}

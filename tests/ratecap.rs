@@ -187,8 +187,8 @@ async fn a_dry_run_cap_reports_would_deny_and_allows() {
 async fn redis_killed_and_restarted() {
     let mut redis = RedisServer::start();
     let dir = PolicyDir::with("10.yaml", &cap_policy(2, "1h"));
-    let open = start(&dir, Some(&redis), &[]).await;
-    let closed = start(&dir, Some(&redis), &["--on-error", "deny"]).await;
+    let open = start(&dir, Some(&redis), &["--redis-timeout", "50ms"]).await;
+    let closed = start(&dir, Some(&redis), &["--on-error", "deny", "--redis-timeout", "50ms"]).await;
     assert_eq!(open.post(UNBLOCK, &unblock("u_1", "a")).await.1, ALLOW);
 
     redis.kill();
@@ -204,6 +204,14 @@ async fn redis_killed_and_restarted() {
     // Each call is bounded by the 50 ms timeout, and the open circuit skips Redis entirely.
     assert!(slowest < Duration::from_secs(1), "slowest answer with redis down: {slowest:?}");
     assert_eq!(open.logs().matches("rate caps answer per on_error until it is back").count(), 1, "{}", open.logs());
+    // The outage is logged at its first failure, and not again for each call (the next line
+    // comes after 10 s, with the count).
+    assert_eq!(
+        open.logs().matches("rate caps answer per on_error until it answers again").count(),
+        1,
+        "{}",
+        open.logs()
+    );
     // Rules without caps are unaffected by the outage.
     assert_eq!(open.post(UNBLOCK, &unblock("u_1", "sys_1")).await.1, refusal(150, "no", ""));
 
@@ -220,7 +228,8 @@ async fn redis_killed_and_restarted() {
     }
     assert_eq!(closed.post(UNBLOCK, &unblock("u_9", "y")).await.1, ALLOW);
     assert_eq!(closed.post(UNBLOCK, &unblock("u_9", "z")).await.1, capped());
-    assert!(closed.logs().contains("redis is back"), "{}", closed.logs());
+    assert!(closed.logs().contains("redis answers again after"), "{}", closed.logs());
+    assert!(closed.logs().contains("cap checks were answered per on_error)"), "{}", closed.logs());
 }
 
 /// `rediss://`: caps (and the record stream) use a Redis reached over TLS, its certificate

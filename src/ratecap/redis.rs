@@ -86,6 +86,72 @@ pub struct RedisCaps {
     peek: Script,
     failures: AtomicU32,
     open_until: Mutex<Option<Instant>>,
+    outage: Outage,
+}
+
+/// How often a Redis outage that goes on is logged again.
+const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What operators read of a Redis outage: its first failure at once, then one line every
+/// [`OUTAGE_LOG_EVERY`] with how many cap checks were answered per `on_error` and the last
+/// error, and a line when Redis answers again. (Metrics count each failure.)
+#[derive(Debug, Default)]
+struct Outage {
+    /// Whether Redis is failing; read on every call, so an atomic.
+    is_on: std::sync::atomic::AtomicBool,
+    state: Mutex<OutageState>,
+}
+
+#[derive(Debug, Default)]
+struct OutageState {
+    since: Option<Instant>,
+    last_logged: Option<Instant>,
+    failed_since_logged: u64,
+    failed_in_all: u64,
+    last_error: String,
+}
+
+impl Outage {
+    fn failed(&self, err: &CapError) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        state.failed_in_all += 1;
+        state.last_error = err.to_string();
+        if !self.is_on.swap(true, Ordering::Relaxed) {
+            state.since = Some(now);
+            state.last_logged = Some(now);
+            state.failed_since_logged = 0;
+            tracing::error!("redis failed ({err}): rate caps answer per on_error until it answers again");
+            return;
+        }
+        state.failed_since_logged += 1;
+        if state.last_logged.is_none_or(|t| now.duration_since(t) >= OUTAGE_LOG_EVERY) {
+            tracing::error!(
+                "redis still failing: {} cap checks answered per on_error in the last {:.0?}; last error: {}",
+                state.failed_since_logged,
+                state.last_logged.map_or(Duration::ZERO, |t| now.duration_since(t)),
+                state.last_error
+            );
+            state.last_logged = Some(now);
+            state.failed_since_logged = 0;
+        }
+    }
+
+    fn succeeded(&self) {
+        if !self.is_on.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !self.is_on.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let lasted = state.since.map_or(Duration::ZERO, |t| t.elapsed());
+        tracing::info!(
+            "redis answers again after {lasted:.1?}: rate caps are counted in redis again ({} cap checks were answered per on_error)",
+            state.failed_in_all
+        );
+        *state = OutageState::default();
+    }
 }
 
 impl std::fmt::Debug for RedisCaps {
@@ -107,6 +173,7 @@ impl RedisCaps {
             peek: Script::new(PEEK),
             failures: AtomicU32::new(0),
             open_until: Mutex::new(None),
+            outage: Outage::default(),
         }
     }
 
@@ -152,6 +219,7 @@ impl RedisCaps {
     /// Runs a script with the timeout and the circuit breaker.
     async fn call<T: redis::FromRedisValue>(&self, invocation: redis::ScriptInvocation<'_>) -> Result<T, CapError> {
         if self.is_open() {
+            self.outage.failed(&CapError::CircuitOpen);
             return Err(CapError::CircuitOpen);
         }
         let mut conn = self.conn.clone();
@@ -177,11 +245,12 @@ impl RedisCaps {
         if self.failures.swap(0, Ordering::Relaxed) >= OPEN_AFTER {
             *self.open_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
             metrics::gauge!("callgate_redis_circuit_open").set(0.0);
-            tracing::info!("redis is back: rate caps are counted in redis again");
         }
+        self.outage.succeeded();
     }
 
     fn failed(&self, err: &CapError) {
+        self.outage.failed(err);
         metrics::counter!("callgate_redis_errors_total", "reason" => err.kind()).increment(1);
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= OPEN_AFTER {

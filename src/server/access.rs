@@ -24,8 +24,10 @@ pub fn strip_path_token<'a>(token: Option<&str>, tail: &'a str) -> Option<&'a st
 /// Counts and logs a refusal; the path, which may hold a token, is never logged.
 pub fn note_forbidden(source: &'static str, reason: &'static str, peer: Option<Peer>) {
     metrics::counter!("callgate_forbidden_total", "source" => source, "reason" => reason).increment(1);
-    let peer = peer.map_or_else(|| "unknown".to_string(), |Peer(a)| a.to_string());
-    tracing::warn!(source, reason, %peer, "callback refused: forbidden");
+    crate::throttle::warn("forbidden callbacks", reason, || {
+        let peer = peer.map_or_else(|| "unknown".to_string(), |Peer(a)| a.to_string());
+        format!("callback refused: forbidden (source {source}, peer {peer})")
+    });
 }
 
 #[cfg(test)]

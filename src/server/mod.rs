@@ -139,6 +139,14 @@ pub async fn serve(
             }
         });
     }
+    tokio::spawn(async {
+        // Summaries of log lines held back under a flood, once their second is over.
+        let mut every = tokio::time::interval(crate::throttle::WINDOW);
+        loop {
+            every.tick().await;
+            crate::throttle::flush();
+        }
+    });
     if let CapStore::Memory(_) = &*state.caps {
         let caps = state.caps.clone();
         tokio::spawn(async move {

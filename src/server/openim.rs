@@ -186,7 +186,7 @@ impl Handles {
 /// past the rules. Under `--dry-run`, which refuses nothing, that too is "go on".
 fn bad_request(err: &DecodeError, version: OpenImVersion, is_dry_run: bool) -> warp::reply::Response {
     metrics::counter!("callgate_bad_requests_total", "source" => "openim", "reason" => err.kind()).increment(1);
-    tracing::warn!(reason = err.kind(), "bad OpenIM callback: {err}");
+    crate::throttle::warn("bad OpenIM callbacks", err.kind(), || format!("bad OpenIM callback: {err}"));
     let reply = match err {
         DecodeError::Body(BodyError::TooLarge { limit, .. }) if !is_dry_run => {
             json_reply(StatusCode::PAYLOAD_TOO_LARGE, openim::encode_too_large(*limit, version))

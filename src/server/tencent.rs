@@ -78,7 +78,7 @@ async fn handle(state: &State, query: &str, raw: Bytes, started: Instant) -> war
 
 fn fail(err: &TencentError) -> warp::reply::Response {
     metrics::counter!("callgate_bad_requests_total", "source" => "tencent", "reason" => err.kind()).increment(1);
-    tracing::warn!(reason = err.kind(), "Tencent callback refused: {err}");
+    crate::throttle::warn("refused Tencent callbacks", err.kind(), || format!("Tencent callback refused: {err}"));
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
     let reply = json_reply(status, tencent::encode_fail(&err.to_string()));
     match err {

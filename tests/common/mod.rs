@@ -99,7 +99,12 @@ impl Server {
 
     /// Starts a server whose records go to `data` (which outlives it), as for a restart.
     pub fn start_with_data(policies: &Path, data: &Path, extra: &[&str]) -> Server {
-        Server::spawn(policies, Some(data), extra, &[]).unwrap_or_else(|e| panic!("{e}"))
+        Server::spawn_with_data(policies, data, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Server::start_with_data`]; returns its stderr if it does not start.
+    pub fn spawn_with_data(policies: &Path, data: &Path, extra: &[&str]) -> Result<Server, String> {
+        Server::spawn(policies, Some(data), extra, &[])
     }
 
     fn spawn(policies: &Path, data: Option<&Path>, extra: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
@@ -194,6 +199,11 @@ impl Server {
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         self.signal("TERM");
+        self.wait()
+    }
+
+    /// Waits for the process to exit; returns the exit code.
+    pub fn wait(&mut self) -> Option<i32> {
         self.child.wait().unwrap().code()
     }
 
