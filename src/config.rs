@@ -318,7 +318,7 @@ impl Cidr {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("cannot read config file `{}`: {source}", path.display())]
+    #[error("cannot read config file `{}`", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     /// The config file is not valid.
     #[error("config file `{}`: {message}", path.display())]

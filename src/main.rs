@@ -283,7 +283,10 @@ async fn shutdown_signal() -> server::Stop {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CALLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org).
+    let is_colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(is_colour);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -394,6 +397,12 @@ fn events(data_dir: &Path, since: Option<&str>, mut filter: EventFilter, follow:
     /// How often `--follow` looks for new records.
     const POLL: Duration = Duration::from_millis(200);
     filter.since = since.map(callgate::duration::parse).transpose().map_err(|m| anyhow::anyhow!("--since: {m}"))?;
+    if !data_dir.is_dir() {
+        anyhow::bail!(
+            "no record directory `{}`: `callgate serve` writes records there; pass --data-dir DIR",
+            data_dir.display()
+        );
+    }
     let (mut lines, mut cursor) = record::query_after(data_dir, &filter, &record::Cursor::default())?;
     // What is written from now on is printed whole: --limit bounds only the records before.
     filter.limit = 0;

@@ -180,3 +180,28 @@ async fn records_are_copied_to_a_redis_stream_and_redis_faults_show_in_metrics()
         "{text}"
     );
 }
+
+/// Every answer of the admin API is JSON — wrong methods and unknown paths included — and
+/// `/` says what is there.
+#[tokio::test]
+async fn every_admin_answer_is_json_and_the_root_lists_the_endpoints() {
+    let dir = PolicyDir::with("10.yaml", POLICY);
+    let server = Server::start(dir.path(), &[]);
+    for (method, path, status) in [
+        (reqwest::Method::GET, "/v1/reload", 405),
+        (reqwest::Method::POST, "/v1/status", 405),
+        (reqwest::Method::GET, "/nope", 404),
+        (reqwest::Method::GET, "/", 200),
+    ] {
+        let resp = server.client.request(method.clone(), format!("{}{path}", server.admin)).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        assert_eq!(resp.headers()["content-type"], "application/json", "{method} {path}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        if status == 200 {
+            assert_eq!(body["endpoints"]["GET /v1/status"].as_str().map(|s| !s.is_empty()), Some(true), "{body}");
+            assert!(body["endpoints"]["POST /v1/reload"].is_string(), "{body}");
+        } else {
+            assert!(body["error"].as_str().is_some_and(|e| e.contains("GET /")), "{method} {path}: {body}");
+        }
+    }
+}

@@ -187,3 +187,37 @@ async fn sigterm_drains_for_the_shutdown_delay_before_stopping() {
     let took = stopped_at.elapsed();
     assert!(took >= std::time::Duration::from_millis(1900), "stopped after {took:?}, before the delay");
 }
+
+/// What a newcomer sees when something is off: log lines without colour codes when stderr is
+/// not a terminal, one line per event; a port in use said once; `events` on a directory that
+/// does not exist fails with its path.
+#[tokio::test]
+async fn errors_and_logs_read_plainly() {
+    let dir = PolicyDir::with("10.yaml", DENY_ALL);
+    let server = Server::start(dir.path(), &[]);
+    let logs = server.logs();
+    assert!(!logs.contains('\u{1b}'), "colour codes in a log file: {logs:?}");
+    assert!(logs.lines().all(|l| l.contains(" INFO ") || l.contains(" WARN ") || l.contains(" DEBUG ")), "{logs}");
+
+    let taken = server.base.trim_start_matches("http://").to_string();
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args(["serve", "--listen", &taken, "--admin-listen", "127.0.0.1:0", "--policies"])
+        .arg(dir.path())
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("callgate: cannot listen on {taken}: ")), "{err}");
+    assert_eq!(err.matches("in use").count(), 1, "the OS error said more than once: {err}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args(["events", "--data-dir", "/nonexistent/records"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no record directory `/nonexistent/records`"), "{stderr}");
+}

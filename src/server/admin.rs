@@ -15,7 +15,9 @@ use crate::protocol::openim;
 use crate::record::{self, EventFilter};
 
 /// The admin routes.
-pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+pub fn routes(
+    state: Arc<State>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
     let probes = probes(state.clone());
     let token = state.admin_token.clone();
     let authorized = warp::header::optional::<String>("authorization").and_then(move |given: Option<String>| {
@@ -38,12 +40,34 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
                 let body = warp::reply::json(
                     &json!({"error": "missing or wrong bearer token; send `Authorization: Bearer <admin token>`"}),
                 );
-                return Ok(warp::reply::with_status(body, StatusCode::UNAUTHORIZED).into_response());
+                return Ok::<_, std::convert::Infallible>(
+                    warp::reply::with_status(body, StatusCode::UNAUTHORIZED).into_response(),
+                );
             }
-            Err(rejection)
+            // Every answer of the admin API is JSON, its errors too.
+            let (status, error) = if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+                (StatusCode::METHOD_NOT_ALLOWED, "method not allowed here; GET / lists each endpoint with its method")
+            } else if rejection.is_not_found() {
+                (StatusCode::NOT_FOUND, "no such admin endpoint; GET / lists them")
+            } else {
+                (StatusCode::BAD_REQUEST, "bad request")
+            };
+            Ok(warp::reply::with_status(warp::reply::json(&json!({"error": error})), status).into_response())
         })
         .unify()
 }
+
+/// What `GET /` on the admin port lists.
+const ENDPOINTS: [(&str, &str); 8] = [
+    ("GET /healthz", "the process is up (no token needed)"),
+    ("GET /readyz", "a policy set is loaded and callgate is not draining (no token needed)"),
+    ("GET /metrics", "Prometheus metrics"),
+    ("GET /v1/status", "the policy version, files, rule count and the last reload's result"),
+    ("POST /v1/reload", "reload the policy directory now"),
+    ("POST /v1/explain", "decide a posted callback without recording it, with the trace of rules"),
+    ("GET /v1/events", "records, with the filters of `callgate events` as query parameters"),
+    ("GET /", "this list"),
+];
 
 #[derive(Debug)]
 struct Unauthorized;
@@ -70,7 +94,12 @@ fn probes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), 
         }
         warp::reply::json(&json!({"status": "ready", "policy_version": version})).into_response()
     });
-    healthz.or(readyz).unify()
+    let index = warp::path::end().and(warp::get()).map(|| {
+        let endpoints: serde_json::Map<String, serde_json::Value> =
+            ENDPOINTS.iter().map(|(path, what)| ((*path).to_string(), json!(what))).collect();
+        warp::reply::json(&json!({"service": "callgate admin API", "endpoints": endpoints})).into_response()
+    });
+    healthz.or(readyz).unify().or(index).unify()
 }
 
 /// Everything else, behind the token when one is set.

@@ -86,7 +86,7 @@ pub enum Stop {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     /// The policy directory could not be watched.
     #[error("cannot watch the policy directory: {0}")]
