@@ -16,6 +16,7 @@ pub use writer::{RecordError, Recorder, Retention, SEGMENT_PREFIX, SEGMENT_SUFFI
 
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use crate::event::Event;
@@ -30,6 +31,42 @@ pub struct TencentMeta {
     pub client_ip: String,
     /// `OptPlatform`, kept as the string Tencent sent.
     pub opt_platform: String,
+}
+
+/// One record line: the serialised head (ending in `"body":`), then the body as received —
+/// shared with the request, not copied, so a 16 MiB message is held once, not twice — then
+/// `}` and a newline.
+#[derive(Debug, Clone)]
+pub struct Line {
+    head: Vec<u8>,
+    body: Bytes,
+}
+
+impl Line {
+    /// A line that is all in `bytes` (which ends with its newline).
+    pub fn whole(bytes: Vec<u8>) -> Line {
+        Line { head: bytes, body: Bytes::new() }
+    }
+
+    /// The line in its three parts, to be written one after the other.
+    pub fn parts(&self) -> [&[u8]; 3] {
+        if self.body.is_empty() { [&self.head, &[], &[]] } else { [&self.head, &self.body, b"}\n"] }
+    }
+
+    /// Its length in bytes, newline included.
+    pub fn len(&self) -> usize {
+        self.parts().iter().map(|p| p.len()).sum()
+    }
+
+    /// Whether it has no bytes (never, for a line built here).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The line in one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.parts().concat()
+    }
 }
 
 /// The fields of a record, except the body, which is spliced in as received.
@@ -99,7 +136,7 @@ pub fn openim_line(
     is_dry_run: bool,
     policy_version: &str,
     latency: Duration,
-) -> Vec<u8> {
+) -> Line {
     let answered = if is_dry_run { &Outcome::Allow } else { &decision.outcome };
     let would = is_dry_run.then(|| Would {
         decision: decision.outcome.as_str(),
@@ -133,7 +170,7 @@ pub fn openim_line(
 }
 
 /// The record line of an acknowledged Tencent callback.
-pub fn tencent_line(event: &Event, meta: &TencentMeta, latency: Duration) -> Vec<u8> {
+pub fn tencent_line(event: &Event, meta: &TencentMeta, latency: Duration) -> Line {
     let head = Head {
         time: now_rfc3339(),
         source: event.source.as_str(),
@@ -152,15 +189,18 @@ pub fn tencent_line(event: &Event, meta: &TencentMeta, latency: Duration) -> Vec
     line(&head, event)
 }
 
-/// Serialises `head`, then splices in `"body":` with the body as received, and a newline.
-/// The raw body was checked to be one JSON object when it was decoded. A record must be one
-/// line: in valid JSON a line break can only be whitespace between tokens (inside a string
-/// it must be escaped), so each becomes a space. An event built without a raw body (by the
-/// offline tools) has its parsed body written instead.
-fn line(head: &Head<'_>, event: &Event) -> Vec<u8> {
+/// Serialises `head`, then `"body":` with the body as received, and a newline. The raw body
+/// was checked to be one JSON object when it was decoded. A record must be one line: in valid
+/// JSON a line break can only be whitespace between tokens (inside a string it must be
+/// escaped), so a body with line breaks is copied with each made a space; any other body is
+/// shared, not copied. An event built without a raw body (by the offline tools) has its parsed
+/// body written instead.
+fn line(head: &Head<'_>, event: &Event) -> Line {
     let raw = event.raw.trim_ascii();
-    // Room for the head (with a dry-run hit and a cap, about 400 bytes) and the body.
-    let mut out = Vec::with_capacity(512 + raw.len());
+    let is_one_line = !raw.iter().any(|&b| b == b'\n' || b == b'\r');
+    // Room for the head (with a dry-run hit and a cap, about 400 bytes), and the body when it
+    // is copied.
+    let mut out = Vec::with_capacity(512 + if is_one_line { 0 } else { raw.len() });
     // Serialising a struct of strings and numbers into a Vec cannot fail.
     if serde_json::to_writer(&mut out, head).is_err() || out.pop() != Some(b'}') {
         out.clear();
@@ -171,6 +211,8 @@ fn line(head: &Head<'_>, event: &Event) -> Vec<u8> {
     out.extend_from_slice(b"\"body\":");
     if raw.is_empty() {
         let _ = serde_json::to_writer(&mut out, &event.body);
+    } else if is_one_line {
+        return Line { head: out, body: event.raw.slice_ref(raw) };
     } else {
         let at = out.len();
         out.extend_from_slice(raw);
@@ -181,7 +223,7 @@ fn line(head: &Head<'_>, event: &Event) -> Vec<u8> {
         }
     }
     out.extend_from_slice(b"}\n");
-    out
+    Line::whole(out)
 }
 
 fn now_rfc3339() -> String {
@@ -212,7 +254,8 @@ mod tests {
             dry_run: vec![DryRunHit { rule: "d".into(), outcome: refusal }],
             caps: vec![crate::policy::CapHit { rule: "c".into(), count: 3, max: 10, is_exceeded: false }],
         };
-        let line = openim_line(&event("{\"a\": 1, \"b\":\"x\"}\n"), &decision, false, "v1", Duration::from_micros(7));
+        let line =
+            openim_line(&event("{\"a\": 1, \"b\":\"x\"}\n"), &decision, false, "v1", Duration::from_micros(7)).to_vec();
         assert_eq!(line.last(), Some(&b'\n'));
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
         let text = std::str::from_utf8(&line).unwrap();
@@ -232,7 +275,7 @@ mod tests {
     fn server_dry_run_records_the_allow_and_what_would_have_been() {
         let refusal = Outcome::Deny(Arc::new(Refusal { code: 150, message: "m".into(), detail: String::new() }));
         let decision = Decision { outcome: refusal, rule: Some("r".into()), dry_run: vec![], caps: vec![] };
-        let line = openim_line(&event("{}"), &decision, true, "v", Duration::ZERO);
+        let line = openim_line(&event("{}"), &decision, true, "v", Duration::ZERO).to_vec();
         let v: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["decision"], "allow");
         assert_eq!(v["would"]["decision"], "deny");
@@ -241,9 +284,18 @@ mod tests {
     }
 
     #[test]
+    fn a_one_line_body_is_shared_with_the_request_not_copied() {
+        let decision = Decision { outcome: Outcome::Allow, rule: None, dry_run: vec![], caps: vec![] };
+        let e = event("{\"a\":1}\n");
+        let line = openim_line(&e, &decision, false, "v", Duration::ZERO);
+        assert_eq!(line.parts()[1].as_ptr(), e.raw.as_ptr(), "the body was copied");
+        assert!(line.to_vec().ends_with(b",\"body\":{\"a\":1}}\n"));
+    }
+
+    #[test]
     fn a_multi_line_body_is_written_on_one_line() {
         let decision = Decision { outcome: Outcome::Allow, rule: None, dry_run: vec![], caps: vec![] };
-        let line = openim_line(&event("{\n  \"a\": [1,\n 2]\n}\n"), &decision, false, "v", Duration::ZERO);
+        let line = openim_line(&event("{\n  \"a\": [1,\n 2]\n}\n"), &decision, false, "v", Duration::ZERO).to_vec();
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
         let v: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["body"]["a"][1], 2);

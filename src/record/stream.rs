@@ -30,9 +30,12 @@ impl StreamSink {
         StreamSink { tx }
     }
 
-    /// Queues a record line (with or without its newline) without waiting.
-    pub fn send(&self, line: &[u8]) {
-        let line = line.strip_suffix(b"\n").unwrap_or(line).to_vec();
+    /// Queues a copy of a record line, without its newline, without waiting.
+    pub fn send(&self, line: &super::Line) {
+        let mut line = line.to_vec();
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
         if self.tx.try_send(line).is_err() {
             metrics::counter!("callgate_stream_records_dropped_total").increment(1);
         }

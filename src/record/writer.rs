@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::Line;
 use super::stream::StreamSink;
 
 /// Record file names start with this.
@@ -92,7 +93,7 @@ pub enum RecordError {
 type Done = oneshot::Sender<Result<(), RecordError>>;
 
 enum Job {
-    Line { line: Vec<u8>, done: Option<Done> },
+    Line { line: Line, done: Option<Done> },
     Stop(oneshot::Sender<()>),
 }
 
@@ -132,7 +133,7 @@ impl Recorder {
     /// slower than the callbacks) it waits up to [`QUEUE_WAIT`] for room: slowing answers
     /// a little beats losing records. A line that still cannot be queued is counted and
     /// logged.
-    pub async fn record(&self, line: Vec<u8>) {
+    pub async fn record(&self, line: Line) {
         let job = match self.tx.try_send(Job::Line { line, done: None }) {
             Ok(()) => return,
             Err(mpsc::error::TrySendError::Closed(_)) => return count_lost(1, &RecordError::Stopped),
@@ -146,7 +147,7 @@ impl Recorder {
     }
 
     /// Queues a line and waits until it is durable on disk.
-    pub async fn record_durable(&self, line: Vec<u8>) -> Result<(), RecordError> {
+    pub async fn record_durable(&self, line: Line) -> Result<(), RecordError> {
         let (done, wait) = oneshot::channel();
         self.tx.send(Job::Line { line, done: Some(done) }).await.map_err(|_| RecordError::Stopped)?;
         wait.await.unwrap_or(Err(RecordError::Stopped))
@@ -218,7 +219,7 @@ fn run(mut segment: Segment, mut rx: mpsc::Receiver<Job>, stream: Option<StreamS
             return;
         }
     };
-    let mut batch: Vec<(Vec<u8>, Option<Done>)> = Vec::new();
+    let mut batch: Vec<(Line, Option<Done>)> = Vec::new();
     let mut buf = Vec::new();
     let mut last_sync = Instant::now();
     let mut is_dirty = false;
@@ -268,7 +269,7 @@ fn run(mut segment: Segment, mut rx: mpsc::Receiver<Job>, stream: Option<StreamS
         if !batch.is_empty() {
             was_waited_for = batch.iter().any(|(_, d)| d.is_some());
             let needs_sync = stop.is_some() || was_waited_for || last_sync.elapsed() >= SYNC_EVERY;
-            let mut result = segment.append(batch.iter().map(|(line, _)| line.as_slice()), &mut buf);
+            let mut result = segment.append(batch.iter().map(|(line, _)| line), &mut buf);
             if result.is_ok() {
                 is_dirty = true;
                 if needs_sync {
@@ -357,9 +358,17 @@ impl Segment {
 
     /// Appends whole lines, starting a new file before a line that would take this one
     /// past its size (a single line larger than that gets a file of its own). `buf` is
-    /// scratch space, so a batch costs one `write` per file it touches.
-    fn append<'a>(&mut self, lines: impl Iterator<Item = &'a [u8]>, buf: &mut Vec<u8>) -> Result<(), RecordError> {
+    /// scratch space, so a batch costs one `write` per file it touches; a line of more than
+    /// `COPY_AT_MOST` bytes (a large message's record) is written from where it is, so the
+    /// scratch space never holds, nor keeps the memory of, another copy of its body.
+    fn append<'a>(&mut self, lines: impl Iterator<Item = &'a Line>, buf: &mut Vec<u8>) -> Result<(), RecordError> {
+        /// The longest line copied into the scratch buffer.
+        const COPY_AT_MOST: usize = 64 << 10;
         buf.clear();
+        if buf.capacity() > 4 * MAX_BATCH * 1024 {
+            // Shrink back after a batch of unusually many or long lines.
+            buf.shrink_to(MAX_BATCH * 1024);
+        }
         for line in lines {
             let is_full = self.len + (buf.len() + line.len()) as u64 > self.max_bytes;
             if is_full && self.len + buf.len() as u64 > 0 {
@@ -370,7 +379,15 @@ impl Segment {
                 // Before the new file gets its first line, so the files never pass the limit.
                 self.prune();
             }
-            buf.extend_from_slice(line);
+            if line.len() > COPY_AT_MOST {
+                self.write(buf)?;
+                buf.clear();
+                self.write_parts(&line.parts())?;
+            } else {
+                for part in line.parts() {
+                    buf.extend_from_slice(part);
+                }
+            }
         }
         self.write(buf)
     }
@@ -390,6 +407,19 @@ impl Segment {
                 Err(io_error(&self.dir, &e))
             }
         }
+    }
+
+    /// Writes one line from its parts; on failure, cuts the file back to whole lines.
+    fn write_parts(&mut self, parts: &[&[u8]]) -> Result<(), RecordError> {
+        let len = self.len;
+        for part in parts {
+            if let Err(err) = self.write(part) {
+                self.len = len;
+                let _ = self.file.set_len(len);
+                return Err(err);
+            }
+        }
+        Ok(())
     }
 
     fn sync(&mut self) -> Result<(), RecordError> {
@@ -488,6 +518,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn long_lines_are_written_in_order_among_short_ones_without_growing_the_scratch_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut segment = Segment::open_newest(dir.path(), 64 << 20, Retention::default()).unwrap();
+        let long = format!("{{\"body\":\"{}\"}}\n", "x".repeat(1 << 20));
+        let lines = ["{\"a\":1}\n", long.as_str(), "{\"b\":2}\n"];
+        let parsed: Vec<Line> = lines.iter().map(|l| Line::whole(l.as_bytes().to_vec())).collect();
+        let mut buf = Vec::new();
+        segment.append(parsed.iter(), &mut buf).unwrap();
+        assert!(buf.capacity() < 64 << 10, "the long line was copied into the scratch buffer");
+        assert_eq!(std::fs::read_to_string(&segment.path).unwrap(), lines.concat());
+    }
+
+    #[test]
     fn a_torn_tail_is_cut_and_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("records-0000000000001.jsonl");
@@ -550,7 +593,9 @@ mod tests {
         let recorder = Recorder::open(dir.path(), 100, Retention::default(), None).unwrap();
         for i in 0..10 {
             recorder
-                .record_durable(format!("{{\"n\":{i},\"pad\":\"0123456789012345678901234567890\"}}\n").into_bytes())
+                .record_durable(Line::whole(
+                    format!("{{\"n\":{i},\"pad\":\"0123456789012345678901234567890\"}}\n").into_bytes(),
+                ))
                 .await
                 .unwrap();
         }
@@ -562,6 +607,6 @@ mod tests {
         for f in &files {
             assert!(std::fs::metadata(f).unwrap().len() <= 100);
         }
-        assert!(matches!(recorder.record_durable(b"{}\n".to_vec()).await, Err(RecordError::Stopped)));
+        assert!(matches!(recorder.record_durable(Line::whole(b"{}\n".to_vec())).await, Err(RecordError::Stopped)));
     }
 }
