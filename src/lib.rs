@@ -6,6 +6,7 @@
 //!
 //! - [`config`]: flags, env and config file merged into one `Config`
 //! - [`event`]: the one shape every callback decodes into
+//! - [`catalog`]: what each IM server sends: its commands and their body fields (data only)
 //! - [`protocol`]: OpenIM (and later Tencent) wire formats; no rules
 //! - [`policy`]: YAML policies → `PolicySet`; evaluation; live reload
 //! - [`server`]: the warp listeners; the only module that knows HTTP
@@ -13,6 +14,7 @@
 //! - [`redis_client`]: how caps and the record stream reach Redis (one server or a cluster, TLS)
 //! - [`duration`]: the `30s`/`1m` syntax shared by policies and config
 
+pub mod catalog;
 pub mod config;
 pub mod duration;
 pub mod event;
