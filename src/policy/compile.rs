@@ -15,6 +15,7 @@ use super::index::Index;
 use super::parse::{
     self, RawDecision, RawEntry, RawError, RawFile, RawGroup, RawList, RawMode, RawOps, RuleLines, Scalar,
 };
+use super::warn::{self, Warning};
 
 /// A place in a policy file, shown as `file:line`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +97,7 @@ pub struct PolicySet {
     pub(crate) index: Index,
     /// Every top-level body key a rule reads, sorted: decoders need keep no other.
     body_keys: Box<[Box<str>]>,
+    warnings: Vec<Warning>,
     version: String,
     files: Vec<PathBuf>,
 }
@@ -114,6 +116,12 @@ impl PolicySet {
     /// How many rules the set has.
     pub fn rule_count(&self) -> usize {
         self.rules.len()
+    }
+
+    /// What in the set is probably a mistake (a command no IM server sends, a field none of
+    /// a rule's commands carries), in file and rule order. Warnings never refuse a set.
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
     }
 
     /// Whether any rule of the set reads the top-level body key `key` (in a condition, a
@@ -151,6 +159,7 @@ impl PolicySet {
             default: Outcome::Allow,
             index: Index::default(),
             body_keys: Box::default(),
+            warnings: Vec::new(),
             version: String::new(),
             files: Vec::new(),
         }
@@ -246,7 +255,7 @@ impl OnCommands {
 }
 
 /// Matches `*` (any run of characters, possibly empty) against `text`; nothing else is special.
-fn glob_matches(glob: &str, text: &str) -> bool {
+pub(super) fn glob_matches(glob: &str, text: &str) -> bool {
     let mut parts = glob.split('*');
     let first = parts.next().unwrap_or("");
     let Some(mut rest) = text.strip_prefix(first) else {
@@ -330,6 +339,16 @@ pub enum FieldPath {
     Pointer(Box<str>),
 }
 
+impl fmt::Display for FieldPath {
+    /// The path as written in a policy.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FieldPath::Key(k) | FieldPath::Pointer(k) => f.write_str(k),
+            FieldPath::Dotted(parts) => f.write_str(&parts.join(".")),
+        }
+    }
+}
+
 impl FieldPath {
     /// The top-level key of the body this path starts at.
     pub fn top_key(&self) -> std::borrow::Cow<'_, str> {
@@ -404,6 +423,7 @@ pub fn compile(
     // most of the cost of loading a large set, and a reload usually changes few of them.
     let known = previous.map(PolicySet::regexes).unwrap_or_default();
     let mut rules = Vec::new();
+    let mut warnings = Vec::new();
     let mut first_place: HashMap<String, Place> = HashMap::new();
     let mut default: Option<(Place, Outcome)> = None;
     for (src, raw) in &parsed {
@@ -425,6 +445,10 @@ pub fn compile(
                 errors: &mut errors,
             };
             if let Some(rule) = ctx.compile_rule(raw_rule) {
+                let locate = |needles: &[&str]| {
+                    lines.find_in_rule(i, needles).map(|line| Place { file: src.path.clone(), line })
+                };
+                warnings.extend(warn::rule_warnings(&rule, &locate));
                 rules.push(rule);
             }
         }
@@ -453,7 +477,7 @@ pub fn compile(
     let index = Index::build(&rules);
     let default = default.map_or(Outcome::Allow, |(_, o)| o);
     let body_keys = body_keys(&rules);
-    Ok(PolicySet { rules, default, index, body_keys, version: String::new(), files: Vec::new() })
+    Ok(PolicySet { rules, default, index, body_keys, warnings, version: String::new(), files: Vec::new() })
 }
 
 /// The top-level body keys `rules` read, sorted and without repeats.

@@ -249,6 +249,14 @@ impl<'a> RuleLines<'a> {
         (start..end).find(|&n| self.lines.get(n - 1).is_some_and(|l| l.contains(needle))).unwrap_or(start)
     }
 
+    /// The first line of rule `index` that holds every one of `needles`; `None` when no
+    /// line does, or the rule's lines are not known (flow style).
+    pub fn find_in_rule(&self, index: usize, needles: &[&str]) -> Option<usize> {
+        let start = *self.starts.get(index)?;
+        let end = self.starts.get(index + 1).copied().unwrap_or(self.lines.len() + 1);
+        (start..end).find(|&n| self.lines.get(n - 1).is_some_and(|l| needles.iter().all(|needle| l.contains(needle))))
+    }
+
     /// The first line outside any rule that starts with `key`, as in `default:`.
     pub fn top_level(&self, key: &str) -> usize {
         self.lines.iter().position(|l| l.starts_with(key)).map_or(1, |i| i + 1)
