@@ -1,11 +1,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a failure should panic")]
 //! Warnings about policies that load but are probably typos: every kind, with its place and
-//! suggestion, and everywhere they show — `validate` (and `--strict`), `check` and `test`.
+//! suggestion, and everywhere they show — `validate` (and `--strict`), `check`, `test`, the
+//! log of `serve` and of each reload, and `/v1/status`.
 
 mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -161,4 +163,44 @@ fn every_kind_of_warning_with_its_place_and_suggestion() {
 {dir}/policy.yaml:35: warning: rule `nothing-known-so-fields-go-unchecked`: no IM server sends command `noSuchCommand`, so the rule never applies to it
 "
     );
+}
+
+#[tokio::test]
+async fn serve_and_each_reload_log_the_warnings_and_status_shows_them() {
+    let dir = PolicyDir::with("policy.yaml", TYPOS);
+    let server = Server::start(dir.path(), &[]);
+    let placed = |text: &str| text.replace("{dir}", dir.path().to_str().unwrap());
+    let expected: Vec<String> = TYPO_WARNINGS.lines().map(placed).collect();
+    let logged = |warning: &str| server.logs().lines().filter(|l| l.contains(warning) && l.contains("WARN")).count();
+    for warning in &expected {
+        assert_eq!(logged(warning), 1, "not logged once at WARN: {warning}\n{}", server.logs());
+    }
+    let status = server.admin_get("/v1/status").await;
+    assert_eq!(status["warnings"], serde_json::json!(expected));
+    assert_eq!(status["rules"], 2, "the existing keys stay");
+
+    // A reload logs the new set's warnings. Written whole (by rename), so no reload reads a
+    // half-written file and logs what it warns about.
+    let v = server.policy_version().await;
+    dir.write_and_rename("policy.yaml", &TYPOS.replace("blackUserId", "blackUserIDs"));
+    server.wait_for_new_version(&v, Duration::from_secs(10)).await;
+    let new_warning = placed(
+        "{dir}/policy.yaml:11: warning: rule `staff-cannot-be-blocked`: field `blackUserIDs` is not in the body of `callbackBeforeAddBlackCommand`, so the condition always finds it missing; did you mean `blackUserID`?",
+    );
+    server.wait_for_log(&new_warning, Duration::from_secs(10)).await;
+    assert_eq!(logged(&new_warning), 1);
+    assert_eq!(logged(&expected[0]), 2, "the unchanged typo is logged again with the new set");
+    let status = server.admin_get("/v1/status").await;
+    assert_eq!(status["warnings"], serde_json::json!([expected[0].clone(), new_warning]));
+
+    // Fixed: no warnings left in status.
+    let v = server.policy_version().await;
+    dir.write_and_rename(
+        "policy.yaml",
+        &TYPOS
+            .replace("callbackBeforeAddBlakCommand", "callbackBeforeAddBlackCommand")
+            .replace("blackUserId", "blackUserID"),
+    );
+    server.wait_for_new_version(&v, Duration::from_secs(10)).await;
+    assert_eq!(server.admin_get("/v1/status").await["warnings"], serde_json::json!([]));
 }
