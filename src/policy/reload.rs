@@ -90,10 +90,14 @@ impl PolicyStore {
         match result {
             Ok(set) => {
                 status.last_success = now;
-                status.last_error = None;
+                let was_failing = status.last_error.take().is_some();
                 if set.version() == self.current.load().version() {
                     metrics::counter!("callgate_policy_reloads_total", "result" => "unchanged").increment(1);
                     tracing::debug!(version = set.version(), "policy files unchanged");
+                    if was_failing {
+                        // The files are back to what is serving: that too ends the failure.
+                        log_recovered(&set);
+                    }
                     return Ok(Reloaded::Unchanged);
                 }
                 tracing::info!(
@@ -104,6 +108,9 @@ impl PolicyStore {
                     "policy set loaded"
                 );
                 log_warnings(&set);
+                if was_failing {
+                    log_recovered(&set);
+                }
                 note_loaded(&set, now);
                 self.current.store(Arc::new(set));
                 metrics::counter!("callgate_policy_reloads_total", "result" => "ok").increment(1);
@@ -134,6 +141,11 @@ fn log_warnings(set: &PolicySet) {
     for warning in set.warnings() {
         tracing::warn!("{warning}");
     }
+}
+
+/// The all-clear after one or more failed reloads, for whoever watched the failures.
+fn log_recovered(set: &PolicySet) {
+    tracing::info!("policy set recovered: version {} ({} rules)", set.version(), set.rule_count());
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
