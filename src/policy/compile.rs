@@ -70,6 +70,25 @@ pub enum LoadError {
     Default { at: Place, message: String },
 }
 
+impl LoadError {
+    /// The file and line the error is about, for ordering: `None` for the directory.
+    fn sort_key(&self) -> Option<(&Path, usize)> {
+        match self {
+            LoadError::Dir { .. } => None,
+            LoadError::Read { file, .. } => Some((file, 1)),
+            LoadError::Syntax { at, .. }
+            | LoadError::DuplicateRuleId { at, .. }
+            | LoadError::DuplicateList { at, .. }
+            | LoadError::UnknownList { at, .. }
+            | LoadError::DenyWithoutError { at, .. }
+            | LoadError::Rule { at, .. }
+            | LoadError::List { at, .. }
+            | LoadError::DefaultTwice { at, .. }
+            | LoadError::Default { at, .. } => Some((&at.file, at.line)),
+        }
+    }
+}
+
 /// All the reasons one load failed; a set is refused whole when there is any.
 #[derive(Debug)]
 pub struct LoadErrors(pub Vec<LoadError>);
@@ -407,15 +426,15 @@ pub fn compile(
     let mut errors = Vec::new();
     let mut parsed = Vec::new();
     for src in sources {
-        match parse::parse_file(&src.text) {
-            Ok(raw) => parsed.push((src, raw)),
-            Err(err) => {
-                let (line, message) = parse::split_yaml_error(&err);
-                let message = parse::name_rule_in_message(&src.text, message);
-                errors.push(LoadError::Syntax { at: Place { file: src.path.clone(), line }, message });
-            }
+        let (raw, parse_errors) = parse::parse_file(&src.text);
+        for e in parse_errors {
+            errors.push(LoadError::Syntax { at: Place { file: src.path.clone(), line: e.line }, message: e.message });
         }
+        parsed.push((src, raw));
     }
+    // A list whose definition did not parse is not reported again as unknown where used.
+    let unparsed: Vec<&parse::Unparsed> = parsed.iter().map(|(_, raw)| &raw.unparsed).collect();
+    let may_be_defined = |list: &str| unparsed.iter().any(|u| u.may_define_list(list));
 
     let lists = compile_lists(dir, &parsed, read_list, &mut errors);
 
@@ -429,6 +448,7 @@ pub fn compile(
     for (src, raw) in &parsed {
         let lines = RuleLines::new(&src.text, raw.rules.len());
         for (i, raw_rule) in raw.rules.iter().enumerate() {
+            let Some(raw_rule) = raw_rule else { continue };
             let at = Place { file: src.path.clone(), line: lines.rule(i) };
             if let Some(first) = first_place.get(&raw_rule.id) {
                 errors.push(LoadError::DuplicateRuleId { at, rule: raw_rule.id.clone(), first: first.clone() });
@@ -441,6 +461,7 @@ pub fn compile(
                 at: &at,
                 rule: &raw_rule.id,
                 lists: &lists,
+                may_be_defined: &may_be_defined,
                 regexes: &known,
                 errors: &mut errors,
             };
@@ -460,9 +481,11 @@ pub fn compile(
             }
             match compile_outcome(d, raw.error.as_ref()) {
                 Ok(outcome) => default = Some((at, outcome)),
+                // The `error:` it needs is there, but broken; that is reported already.
+                Err(_) if raw.unparsed.is_error => default = Some((at, Outcome::Allow)),
                 Err(message) => errors.push(LoadError::Default { at, message: format!("default: {message}") }),
             }
-        } else if raw.error.is_some() {
+        } else if raw.error.is_some() && !raw.unparsed.is_default {
             let at = Place { file: src.path.clone(), line: lines.top_level("error:") };
             errors.push(LoadError::Default {
                 at,
@@ -472,6 +495,9 @@ pub fn compile(
     }
 
     if !errors.is_empty() {
+        // Shape errors are found before the checks of the whole set; report both in the
+        // order they are written. Files keep their load order: paths sort as their names.
+        errors.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         return Err(LoadErrors(errors));
     }
     let index = Index::build(&rules);
@@ -597,6 +623,8 @@ struct RuleCtx<'a, 'b> {
     at: &'a Place,
     rule: &'a str,
     lists: &'a HashMap<String, Arc<List>>,
+    /// Whether a list not in `lists` may be defined where a file did not parse.
+    may_be_defined: &'a dyn Fn(&str) -> bool,
     regexes: &'a HashMap<String, Regex>,
     errors: &'a mut Vec<LoadError>,
 }
@@ -742,6 +770,7 @@ impl RuleCtx<'_, '_> {
                 Some(list) => {
                     conds.push(Cond::Field { field: path.clone(), test: Test::InList(list.clone()), is_negated })
                 }
+                None if (self.may_be_defined)(name) => {}
                 None => {
                     let mut known: Vec<&str> = self.lists.keys().map(String::as_str).collect();
                     known.sort_unstable();
