@@ -1,6 +1,7 @@
 //! Policies: the operator's YAML rules, compiled into a [`PolicySet`] and evaluated.
 //!
 //! - `parse`: YAML text → raw structs (shape errors, with lines)
+//! - `syntax`: YAML that does not parse, explained in plain words
 //! - `compile`: raw structs → `PolicySet` (cross-checks, regexes, lists); `LoadError`
 //! - `index`: which rules could hold for a callback, without scanning them all
 //! - `eval`: `PolicySet::decide` and `PolicySet::explain`
@@ -20,6 +21,7 @@ mod index;
 mod load;
 mod parse;
 mod reload;
+mod syntax;
 mod warn;
 
 pub use cases::{CASES_DIR, CaseError, CaseReport, CaseRun, run_cases};

@@ -264,9 +264,9 @@ fn located_error(text: &str, err: &serde_yaml_ng::Error) -> ParseError {
     ParseError { line, message }
 }
 
-/// A YAML syntax error with its line.
-fn yaml_error(_text: &str, err: &serde_yaml_ng::Error) -> ParseError {
-    let (line, message) = split_yaml_error(err);
+/// A YAML syntax error, in plain words, with its line.
+fn yaml_error(text: &str, err: &serde_yaml_ng::Error) -> ParseError {
+    let (line, message) = super::syntax::explain(text, err);
     ParseError { line, message }
 }
 
