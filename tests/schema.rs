@@ -214,6 +214,7 @@ const GOLDEN_SCHEMA_CATCHES: &[&str] = &[
     "allow_with_error",
     "bad_command_name",
     "bad_decision",
+    "decision_is_a_list",
     "bad_json_pointer",
     "bad_mode",
     "bad_rule_id",

@@ -77,7 +77,10 @@ pub enum RawList {
 
 /// One rule as written.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a rule: a map with `id`, `decision` and, as needed, `on`, `when`, `rate_cap`, `error`, `mode`"
+)]
 pub struct RawRule {
     /// Unique across the set.
     pub id: String,
@@ -101,8 +104,7 @@ pub struct RawRule {
 }
 
 /// `allow` or `deny`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawDecision {
     /// Let the operation go on.
     Allow,
@@ -111,8 +113,7 @@ pub enum RawDecision {
 }
 
 /// Whether a rule decides or only reports what it would decide.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum RawMode {
     /// The rule decides.
     #[default]
@@ -123,7 +124,7 @@ pub enum RawMode {
 
 /// The refusal OpenIM passes to its client.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a refusal: `{ code: N, message: \"...\" }`, with an optional `detail`")]
 pub struct RawError {
     /// OpenIM's `errCode`; checked to be ≥ 100 while parsing.
     #[serde(deserialize_with = "err_code")]
@@ -138,12 +139,13 @@ pub struct RawError {
 
 /// `rate_cap: { key: [...], max: N, per: 1m }`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a rate cap: `{ key: [fields], max: N, per: 1m }`")]
 pub struct RawRateCap {
     /// Fields whose values, with the rule id, make the cap's key.
     #[serde(default, deserialize_with = "cap_key_fields")]
     pub key: Option<Vec<String>>,
     /// Allowed callbacks per window; at least 1.
+    #[serde(deserialize_with = "whole_number")]
     pub max: u64,
     /// The rolling window, in the duration syntax.
     pub per: String,
@@ -168,7 +170,10 @@ pub enum RawEntry {
 
 /// The operators applied to one field; every one given must hold.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map of operators: equals, not_equals, in, not_in, in_list, not_in_list, regex, not_regex, exists"
+)]
 pub struct RawOps {
     #[serde(default, deserialize_with = "some_scalar")]
     pub equals: Option<Scalar>,
@@ -709,6 +714,57 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
+impl<'de> Deserialize<'de> for RawDecision {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match word(d, &["allow", "deny"])? {
+            0 => Ok(RawDecision::Allow),
+            _ => Ok(RawDecision::Deny),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match word(d, &["enforce", "dry_run"])? {
+            0 => Ok(RawMode::Enforce),
+            _ => Ok(RawMode::DryRun),
+        }
+    }
+}
+
+/// Which of `words` is given, by index. serde's derived enums take a YAML map or list for
+/// an enum written with a tag, and say "expected a YAML tag starting with '!'" for one;
+/// these are words, and say which.
+fn word<'de, D: Deserializer<'de>>(d: D, words: &'static [&'static str]) -> Result<usize, D::Error> {
+    struct WordVisitor(&'static [&'static str]);
+    impl Visitor<'_> for WordVisitor {
+        type Value = usize;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            let quoted: Vec<String> = self.0.iter().map(|w| format!("`{w}`")).collect();
+            f.write_str(&quoted.join(" or "))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
+            self.0.iter().position(|w| *w == v).ok_or_else(|| E::unknown_variant(v, self.0))
+        }
+    }
+    d.deserialize_str(WordVisitor(words))
+}
+
+/// A count, 1 or more in the end (`compile` says so for 0, on its line).
+fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct WholeVisitor;
+    impl Visitor<'_> for WholeVisitor {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a whole number, 1 or more")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+    }
+    d.deserialize_u64(WholeVisitor)
+}
+
 /// `equals: v`: present means a value, so a YAML null is refused (by [`Scalar`]) rather
 /// than read as "no operator".
 fn some_scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Scalar>, D::Error> {
@@ -786,7 +842,7 @@ impl<'de> Deserialize<'de> for RawList {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawList, A::Error> {
                 #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
+                #[serde(deny_unknown_fields, expecting = "`{ file: path }`")]
                 struct FileRef {
                     file: String,
                 }
