@@ -7,8 +7,10 @@
 //! A warning never refuses a set or a reload; `callgate validate --strict` makes them
 //! errors. Rules that failed to compile get no warnings: their errors come first.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::LazyLock;
 
 use super::compile::{Cond, FieldPath, Group, OnCommands, Place, Rule, glob_matches};
 use crate::catalog::{self, Command};
@@ -116,6 +118,11 @@ impl fmt::Display for Warning {
     }
 }
 
+/// Every field any OpenIM command carries: what a rule without `on` is checked against.
+/// Made once: a set of ten thousand such rules would otherwise make it ten thousand times.
+static OPENIM_FIELDS: LazyLock<BTreeSet<&'static str>> =
+    LazyLock::new(|| catalog::OPENIM.iter().flat_map(|c| c.fields.iter().copied()).collect());
+
 /// Finds the first line of the rule that holds every needle; `None` when none does.
 pub(super) type Locate<'a> = dyn Fn(&[&str]) -> Option<Place> + 'a;
 
@@ -126,10 +133,10 @@ pub(super) fn rule_warnings(rule: &Rule, locate: &Locate<'_>) -> Vec<Warning> {
     let place = |needles: &[&str]| locate(needles).unwrap_or_else(|| rule.at.clone());
     let id = || rule.id.to_string();
 
-    let mut commands: Vec<&'static Command> = Vec::new();
-    match &rule.on {
-        OnCommands::Every => commands.extend(catalog::OPENIM.iter()),
+    let (scope, carried) = match &rule.on {
+        OnCommands::Every => (Commands::EveryOpenIm, Cow::Borrowed(&*OPENIM_FIELDS)),
         OnCommands::Some { exact, globs } => {
+            let mut commands: Vec<&'static Command> = Vec::new();
             for name in exact {
                 match catalog::find(name) {
                     Some((_, command)) => commands.push(command),
@@ -153,28 +160,28 @@ pub(super) fn rule_warnings(rule: &Rule, locate: &Locate<'_>) -> Vec<Warning> {
                     });
                 }
             }
+            commands.sort_unstable_by_key(|c| c.name);
+            commands.dedup_by_key(|c| c.name);
+            let scope = match commands.as_slice() {
+                // Nothing known to check the fields against: the warnings above say why.
+                [] => return warnings,
+                [one] => Commands::One(one.name),
+                several => Commands::Several(several.len()),
+            };
+            (scope, Cow::Owned(commands.iter().flat_map(|c| c.fields.iter().copied()).collect()))
         }
-    }
-    // Nothing known to check against: the command warnings above say why.
-    if commands.is_empty() {
-        return warnings;
-    }
-    commands.sort_unstable_by_key(|c| c.name);
-    commands.dedup_by_key(|c| c.name);
-    let scope = match (&rule.on, commands.as_slice()) {
-        (OnCommands::Every, _) => Commands::EveryOpenIm,
-        (_, [one]) => Commands::One(one.name),
-        (_, several) => Commands::Several(several.len()),
     };
-    let carried: BTreeSet<&'static str> = commands.iter().flat_map(|c| c.fields.iter().copied()).collect();
 
     let mut seen = BTreeSet::new();
     let mut fields = Vec::new();
     walk_fields(&rule.when, &mut fields);
     for path in fields {
-        let text = path.to_string();
         let key = path.top_key();
-        if carried.contains(&*key) || !seen.insert(text.clone()) {
+        if carried.contains(&*key) {
+            continue;
+        }
+        let text = path.to_string();
+        if !seen.insert(text.clone()) {
             continue;
         }
         let at = locate(&[&format!("{text}:")]).or_else(|| locate(&[&text])).unwrap_or_else(|| rule.at.clone());
@@ -190,9 +197,12 @@ pub(super) fn rule_warnings(rule: &Rule, locate: &Locate<'_>) -> Vec<Warning> {
     if let Some(cap) = &rule.rate_cap {
         let mut seen = BTreeSet::new();
         for path in &cap.fields {
-            let text = path.to_string();
             let key = path.top_key();
-            if carried.contains(&*key) || !seen.insert(text.clone()) {
+            if carried.contains(&*key) {
+                continue;
+            }
+            let text = path.to_string();
+            if !seen.insert(text.clone()) {
                 continue;
             }
             warnings.push(Warning::UnknownCapKey {
@@ -229,14 +239,16 @@ fn walk_fields<'a>(group: &'a Group, out: &mut Vec<&'a FieldPath>) {
 pub fn suggest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let input_lower = input.to_lowercase();
     let input_words = words(input);
-    let limit = input.chars().count() / 3;
+    let length = input_lower.chars().count();
+    let limit = length / 3;
     let mut best: Option<((bool, bool, usize), &str)> = None;
     for candidate in candidates {
-        if candidate == input {
+        // Lengths that differ by more than the limit take more edits than it: skip the work.
+        if candidate == input || candidate.chars().count().abs_diff(length) > limit {
             continue;
         }
         // Lowercased both sides, so a difference of case alone is distance 0.
-        let distance = strsim::damerau_levenshtein(&input_lower, &candidate.to_lowercase());
+        let distance = strsim::osa_distance(&input_lower, &candidate.to_lowercase());
         if distance > limit {
             continue;
         }
@@ -284,26 +296,35 @@ fn suggest_glob(glob: &str) -> Option<String> {
     if glob.matches('*').count() != 1 {
         return None;
     }
-    let names = || catalog::all().map(|(_, c)| c.name);
-    // Word boundaries: before a capital letter, after a `.`, and the ends.
-    let boundaries = |name: &'static str| {
-        name.char_indices()
-            .filter(|&(i, c)| i > 0 && c.is_ascii_uppercase())
-            .map(|(i, _)| i)
-            .chain(name.match_indices('.').map(|(i, _)| i + 1))
-            .chain([name.len()])
-    };
     if let Some(prefix) = glob.strip_suffix('*') {
-        let prefixes: BTreeSet<&str> = names().flat_map(|n| boundaries(n).map(move |i| &n[..i])).collect();
-        return suggest(prefix, prefixes).map(|p| format!("{p}*"));
+        return suggest(prefix, GLOB_PARTS.0.iter().copied()).map(|p| format!("{p}*"));
     }
     if let Some(suffix) = glob.strip_prefix('*') {
-        let suffixes: BTreeSet<&str> =
-            names().flat_map(|n| boundaries(n).map(move |i| &n[i..]).chain([n])).filter(|s| !s.is_empty()).collect();
-        return suggest(suffix, suffixes).map(|s| format!("*{s}"));
+        return suggest(suffix, GLOB_PARTS.1.iter().copied()).map(|s| format!("*{s}"));
     }
     None
 }
+
+/// The prefixes and suffixes of known command names that end or start at a word: before a
+/// capital letter, after a `.`, or at an end.
+static GLOB_PARTS: LazyLock<(BTreeSet<&'static str>, BTreeSet<&'static str>)> = LazyLock::new(|| {
+    let (mut prefixes, mut suffixes) = (BTreeSet::new(), BTreeSet::new());
+    for (_, command) in catalog::all() {
+        let name = command.name;
+        let boundaries = name
+            .char_indices()
+            .filter(|&(i, c)| i > 0 && c.is_ascii_uppercase())
+            .map(|(i, _)| i)
+            .chain(name.match_indices('.').map(|(i, _)| i + 1));
+        for i in boundaries {
+            prefixes.insert(&name[..i]);
+            suffixes.insert(&name[i..]);
+        }
+        prefixes.insert(name);
+        suffixes.insert(name);
+    }
+    (prefixes, suffixes)
+});
 
 #[cfg(test)]
 mod tests {
