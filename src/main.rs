@@ -290,14 +290,16 @@ fn print_warnings(set: &policy::PolicySet) -> Result<()> {
 }
 
 fn validate(dir: &Path, is_strict: bool) -> Result<ExitCode> {
+    // Written, not printed: a reader that stops early (`| head`) must end the run, not panic it.
+    let mut out = std::io::stdout().lock();
     match policy::load_dir(dir) {
         Ok(set) => {
             let warnings = set.warnings();
             for warning in warnings {
-                println!("{warning}");
+                writeln!(out, "{warning}")?;
             }
             if is_strict && !warnings.is_empty() {
-                println!("{} warning(s); with --strict the policy set is refused", warnings.len());
+                writeln!(out, "{} warning(s); with --strict the policy set is refused", warnings.len())?;
                 return Ok(ExitCode::FAILURE);
             }
             let counted = match warnings.len() {
@@ -305,19 +307,20 @@ fn validate(dir: &Path, is_strict: bool) -> Result<ExitCode> {
                 1 => "; 1 warning".to_string(),
                 n => format!("; {n} warnings"),
             };
-            println!(
+            writeln!(
+                out,
                 "ok: {} rules in {} files; version {}{counted}",
                 set.rule_count(),
                 set.files().len(),
                 set.version()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
             for e in &errors.0 {
-                println!("{e}");
+                writeln!(out, "{e}")?;
             }
-            println!("{} error(s); the policy set would be refused", errors.0.len());
+            writeln!(out, "{} error(s); the policy set would be refused", errors.0.len())?;
             Ok(ExitCode::FAILURE)
         }
     }
