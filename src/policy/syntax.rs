@@ -120,8 +120,18 @@ fn explain_report(r: &Report<'_>) -> Option<(usize, String)> {
             ),
         ));
     }
-    if problem == "found unknown escape character" {
-        let escape: String = r.text(r.line).chars().skip(r.column.saturating_sub(1)).take(2).collect();
+    if matches!(
+        problem,
+        "found unknown escape character"
+            | "did not find expected hexadecimal number"
+            | "found invalid Unicode character escape code"
+    ) {
+        // From the backslash (where the parser is, or before it) to where it gave up.
+        let chars: Vec<char> = r.text(r.line).chars().collect();
+        let upto = r.column.min(chars.len());
+        let start = chars[..upto].iter().rposition(|c| *c == '\\').unwrap_or(upto.saturating_sub(1));
+        let end = if problem == "found unknown escape character" { start + 2 } else { upto.max(start + 2) };
+        let escape: String = chars.get(start..end.min(chars.len())).unwrap_or_default().iter().collect();
         let bare = escape.trim_start_matches('\\');
         return Some((
             r.line,
@@ -222,6 +232,38 @@ fn explain_report(r: &Report<'_>) -> Option<(usize, String)> {
             format!(
                 "bad indentation: this line is indented by {}, which lines up with no key above it; indent it like the keys it belongs with",
                 spaces(r.indent(r.line))
+            ),
+        ));
+    }
+    if problem == "could not find expected ':'"
+        && let Some((line, column)) = r.context_is("simple key")
+    {
+        let words: String = r.text(line).chars().skip(column.saturating_sub(1)).collect();
+        let words = words.split(" #").next().unwrap_or("").trim_end();
+        if let Some((key, value)) = words.split_once(':') {
+            return Some((
+                line,
+                format!(
+                    "`{words}` has no space after its `:`, so YAML reads it as one word, not a key and its value; write `{key}: {value}`"
+                ),
+            ));
+        }
+        return Some((line, format!("`{words}` has no `:`; write a key and its value as `key: value`")));
+    }
+    if problem == "found unexpected ':'" {
+        let (line, column) = r.context_is("plain scalar").unwrap_or((r.line, r.column));
+        let word = r.word_at(line, column);
+        return Some((line, format!("`{word}`: put a space after the `:`, as in `key: value`")));
+    }
+    if problem == "did not find expected alphabetic or numeric character"
+        && let Some((line, column)) = r.context_is("an anchor").or_else(|| r.context_is("an alias"))
+    {
+        let word = r.word_at(line, column);
+        let sign = word.chars().next().unwrap_or('&');
+        return Some((
+            line,
+            format!(
+                "`{word}`: a value that starts with `{sign}` is read as an anchor (`&name`) or alias (`*name`); put the value in quotes"
             ),
         ));
     }
@@ -461,6 +503,38 @@ mod tests {
         assert_eq!(
             explained("rules:\n  - id: a\n    on: - x\n"),
             "3: a list item (`- `) cannot follow a key on the same line; start the list on the next line, or write it as `[a, b]`"
+        );
+    }
+
+    #[test]
+    fn colons_without_spaces_and_keys_without_colons() {
+        assert_eq!(
+            explained("rules:\n  - id: a\n    decision:allow\n    on: [x]\n"),
+            "3: `decision:allow` has no space after its `:`, so YAML reads it as one word, not a key and its value; write `decision: allow`"
+        );
+        assert_eq!(
+            explained("rules:\n  - id: a\n    decision allow\n    on: [x]\n"),
+            "3: `decision allow` has no `:`; write a key and its value as `key: value`"
+        );
+        assert_eq!(
+            explained("rules:\n  - id: a\n    when\n      x: {equals: 1}\n"),
+            "3: `when` has no `:`; write a key and its value as `key: value`"
+        );
+        assert_eq!(
+            explained("rules:\n  - id: a\n    when: { x:{ exists: true } }\n"),
+            "3: `x:`: put a space after the `:`, as in `key: value`"
+        );
+    }
+
+    #[test]
+    fn anchors_and_escapes() {
+        assert_eq!(
+            explained("rules:\n  - id: a\n    error: { code: 100, message: *important* }\n"),
+            "3: `*important*`: a value that starts with `*` is read as an anchor (`&name`) or alias (`*name`); put the value in quotes"
+        );
+        assert_eq!(
+            explained("rules:\n  - id: a\n    on: \"\\xZZ\"\n"),
+            "3: `\\xZ` is not an escape that double quotes know; write the text in single quotes (`'\\xZ'`), or double the backslash (`\\\\xZ`)"
         );
     }
 
