@@ -6,6 +6,7 @@
 //!
 //! - [`config`]: flags, env and config file merged into one `Config`
 //! - [`event`]: the one shape every callback decodes into
+//! - [`catalog`]: what each IM server sends: its commands and their body fields (data only)
 //! - [`protocol`]: OpenIM (and later Tencent) wire formats; no rules
 //! - [`policy`]: YAML policies → `PolicySet`; evaluation; live reload
 //! - [`server`]: the warp listeners; the only module that knows HTTP
@@ -14,6 +15,7 @@
 //! - [`duration`]: the `30s`/`1m` syntax shared by policies and config
 //! - [`throttle`]: log lines an attacker cannot flood (a few a second per kind, then a count)
 
+pub mod catalog;
 pub mod config;
 pub mod duration;
 pub mod event;

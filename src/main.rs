@@ -46,10 +46,15 @@ enum Command {
         #[arg(required = true, value_name = "EVENT.json")]
         events: Vec<PathBuf>,
     },
-    /// Load the policy set and report every error as `file:line: message`; exit 1 on any
+    /// Load the policy set and report every error as `file:line: message`, and every warning
+    /// (a command no IM server sends, a field none of a rule's commands carries); exit 1 on an
+    /// error
     Validate {
         #[command(flatten)]
         policies: PoliciesArg,
+        /// Refuse warnings too: exit 1 when there is any
+        #[arg(long)]
+        strict: bool,
     },
     /// Run the test cases in the policy directory's tests/*.yaml; exit 1 on any failure
     Test {
@@ -105,7 +110,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, settings } => serve(config.as_deref(), *settings),
         Command::Check { policies, command, events } => check(&policies.dir(), command.as_deref(), &events),
-        Command::Validate { policies } => validate(&policies.dir()),
+        Command::Validate { policies, strict } => validate(&policies.dir(), strict),
         Command::Test { policies } => test(&policies.dir()),
         Command::Schema => schema(),
         Command::Events { data_dir, since, user, command, decision, source, limit, follow } => {
@@ -294,20 +299,52 @@ fn init_logging(format: LogFormat) {
 }
 
 fn load(dir: &Path) -> Result<policy::PolicySet> {
-    policy::load_dir(dir).map_err(|errors| anyhow::anyhow!("the policy set did not load:\n{errors}"))
+    let set = policy::load_dir(dir).map_err(|errors| anyhow::anyhow!("the policy set did not load:\n{errors}"))?;
+    print_warnings(&set)?;
+    Ok(set)
 }
 
-fn validate(dir: &Path) -> Result<ExitCode> {
+/// The set's warnings on stderr, for commands whose stdout is their answer.
+fn print_warnings(set: &policy::PolicySet) -> Result<()> {
+    let mut err = std::io::stderr().lock();
+    for warning in set.warnings() {
+        writeln!(err, "{warning}")?;
+    }
+    Ok(())
+}
+
+fn validate(dir: &Path, is_strict: bool) -> Result<ExitCode> {
+    // Written, not printed: a reader that stops early (`| head`) must end the run, not panic it.
+    let mut out = std::io::stdout().lock();
     match policy::load_dir(dir) {
         Ok(set) => {
-            println!("ok: {} rules in {} files; version {}", set.rule_count(), set.files().len(), set.version());
+            let warnings = set.warnings();
+            for warning in warnings {
+                writeln!(out, "{warning}")?;
+            }
+            if is_strict && !warnings.is_empty() {
+                writeln!(out, "{} warning(s); with --strict the policy set is refused", warnings.len())?;
+                return Ok(ExitCode::FAILURE);
+            }
+            let counted = match warnings.len() {
+                0 => String::new(),
+                1 => "; 1 warning".to_string(),
+                n => format!("; {n} warnings"),
+            };
+            writeln!(
+                out,
+                "ok: {} rules in {} files; version {}{counted}",
+                set.rule_count(),
+                set.files().len(),
+                set.version()
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
             for e in &errors.0 {
-                println!("{e}");
+                writeln!(out, "{e}")?;
             }
-            println!("{} error(s); the policy set would be refused", errors.0.len());
+            writeln!(out, "{} error(s); the policy set would be refused", errors.0.len())?;
             Ok(ExitCode::FAILURE)
         }
     }
@@ -359,6 +396,7 @@ fn test(dir: &Path) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    print_warnings(&set)?;
     let run = match policy::run_cases(&set, dir) {
         Ok(run) => run,
         Err(errors) => {

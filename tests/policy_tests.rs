@@ -187,6 +187,21 @@ fn a_malformed_test_file_is_refused_with_its_line() {
 }
 
 #[test]
+fn a_test_file_that_is_not_yaml_is_explained_in_plain_words() {
+    let dir = PolicyDir::with("10-policy.yaml", POLICY);
+    dir.write("tests/a.yaml", "- name: fine\n  callback: { callbackCommand: x\n  expect: { decision: allow }\n");
+    let (code, stdout) = run(&dir);
+    assert_eq!(code, 1, "{stdout}");
+    assert_eq!(
+        stdout,
+        "\
+{dir}/tests/a.yaml:2: unclosed `{`: the map that starts at column 13 has no `}`; end it with `}`, and separate its entries with `,`
+1 error(s) in the test files; no test was run
+"
+    );
+}
+
+#[test]
 fn cases_naming_what_the_set_lacks_are_refused_with_their_lines() {
     let dir = PolicyDir::with("10-policy.yaml", POLICY);
     dir.write(

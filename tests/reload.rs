@@ -88,16 +88,7 @@ async fn a_broken_set_leaves_the_old_one_in_force_until_fixed() {
     let good = server.policy_version().await;
 
     dir.write("10-a.yaml", "rules:\n  - id: a\n    decision: deny\n");
-    // Wait until the failed attempt is recorded in status.
-    let started = std::time::Instant::now();
-    let status = loop {
-        let status = server.admin_get("/v1/status").await;
-        if status["last_reload"]["ok"] == false {
-            break status;
-        }
-        assert!(started.elapsed() < LIVE_WITHIN, "no failed reload seen; logs:\n{}", server.logs());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let status = wait_for_reload_result(&server, false).await;
     let error = status["last_reload"]["error"].as_str().unwrap();
     assert!(
         error
@@ -112,6 +103,59 @@ async fn a_broken_set_leaves_the_old_one_in_force_until_fixed() {
     server.wait_for_new_version(&good, LIVE_WITHIN).await;
     assert_eq!(server.post(UNBLOCK, &unblock("u_9")).await.1, refusal(105, "a", ""));
     assert_eq!(server.admin_get("/v1/status").await["last_reload"]["ok"], true);
+}
+
+/// Waits until status shows the last reload's result as `ok`; returns the status.
+async fn wait_for_reload_result(server: &Server, ok: bool) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let status = server.admin_get("/v1/status").await;
+        if status["last_reload"]["ok"] == ok {
+            return status;
+        }
+        assert!(started.elapsed() < LIVE_WITHIN, "no reload with ok = {ok} seen; logs:\n{}", server.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_reload_that_succeeds_after_a_failed_one_logs_the_recovery() {
+    const RECOVERED: &str = "policy set recovered: version ";
+    let dir = PolicyDir::with("10-a.yaml", &deny_rule("a", "u_9", 101));
+    let server = Server::start(dir.path(), &[]);
+
+    // A reload after a good one is no recovery.
+    let v = server.policy_version().await;
+    dir.write_and_rename("10-a.yaml", &deny_rule("a", "u_9", 102));
+    server.wait_for_new_version(&v, LIVE_WITHIN).await;
+    let good = server.policy_version().await;
+
+    dir.write_and_rename("10-a.yaml", "rules:\n  - id: a\n    decision: deny\n");
+    wait_for_reload_result(&server, false).await;
+    assert!(!server.logs().contains(RECOVERED), "{}", server.logs());
+
+    // Fixed with a new set: one INFO line naming it.
+    dir.write_and_rename("10-a.yaml", &deny_rule("a", "u_9", 103));
+    server.wait_for_new_version(&good, LIVE_WITHIN).await;
+    let fixed = server.policy_version().await;
+    let line = format!("{RECOVERED}{fixed} (1 rules)");
+    server.wait_for_log(&line, LIVE_WITHIN).await;
+    let logged: Vec<String> = server.logs().lines().filter(|l| l.contains(RECOVERED)).map(String::from).collect();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(logged[0].contains("INFO") && logged[0].ends_with(&line), "{}", logged[0]);
+
+    // Broken again, then put back exactly as serving: the set is unchanged, yet that is a
+    // recovery too.
+    dir.write_and_rename("10-a.yaml", "rules: [\n");
+    wait_for_reload_result(&server, false).await;
+    dir.write_and_rename("10-a.yaml", &deny_rule("a", "u_9", 103));
+    wait_for_reload_result(&server, true).await;
+    assert_eq!(server.policy_version().await, fixed);
+    let started = std::time::Instant::now();
+    while server.logs().matches(&line).count() < 2 {
+        assert!(started.elapsed() < LIVE_WITHIN, "no second recovery logged:\n{}", server.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Lays out a directory the way Kubernetes mounts a ConfigMap: the files are symlinks into
@@ -191,7 +235,7 @@ async fn sighup_and_admin_endpoint_force_a_reload() {
     assert_eq!(resp.status().as_u16(), 422);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["result"], "error");
-    assert!(body["errors"][0].as_str().unwrap().contains("10-a.yaml:2: did not find expected node content"), "{body}");
+    assert!(body["errors"][0].as_str().unwrap().ends_with("10-a.yaml:1: unclosed `[`: the list that starts at column 8 has no `]`; end it with `]`, and separate its items with `,`"), "{body}");
     assert_eq!(server.post(UNBLOCK, &unblock("u_9")).await.1, refusal(101, "a", ""));
 }
 

@@ -90,3 +90,24 @@ fn check_decides_every_shared_sample() {
     assert_eq!(code, 0);
     assert_eq!(stdout.lines().filter(|l| l.contains(": allow, by the default")).count(), 52, "{stdout}");
 }
+
+/// `callgate validate | head -1`: the reader closing the pipe early is its choice. Enough
+/// warnings that the output cannot fit the pipe's buffer, read by nobody.
+#[test]
+fn validate_into_a_closed_pipe_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules: String =
+        (0..3000).map(|i| format!("  - id: r{i}\n    on: [noSuchCommand{i}]\n    decision: allow\n")).collect();
+    std::fs::write(dir.path().join("policy.yaml"), format!("rules:\n{rules}")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args(["validate", "--policies", dir.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

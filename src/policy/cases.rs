@@ -160,8 +160,14 @@ fn read_cases(set: &PolicySet, file: &Path, text: &str, cases: &mut Vec<Case>, e
     let raw: Vec<RawCase> = match serde_yaml_ng::from_str::<Option<Vec<RawCase>>>(text) {
         Ok(raw) => raw.unwrap_or_default(),
         Err(err) => {
-            let (line, message) = parse::split_yaml_error(&err);
-            let message = name_case_in_message(text, message);
+            // YAML that does not parse at all is explained in plain words, as in policies.
+            let (line, message) = match serde_yaml_ng::from_str::<serde::de::IgnoredAny>(text) {
+                Err(syntax) => super::syntax::explain(text, &syntax),
+                Ok(_) => {
+                    let (line, message) = parse::split_yaml_error(&err);
+                    (line, name_case_in_message(text, message))
+                }
+            };
             errors.push(CaseError::Syntax { at: Place { file: file.to_path_buf(), line }, message });
             return;
         }

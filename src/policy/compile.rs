@@ -15,6 +15,7 @@ use super::index::Index;
 use super::parse::{
     self, RawDecision, RawEntry, RawError, RawFile, RawGroup, RawList, RawMode, RawOps, RuleLines, Scalar,
 };
+use super::warn::{self, Warning};
 
 /// A place in a policy file, shown as `file:line`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +70,25 @@ pub enum LoadError {
     Default { at: Place, message: String },
 }
 
+impl LoadError {
+    /// The file and line the error is about, for ordering: `None` for the directory.
+    fn sort_key(&self) -> Option<(&Path, usize)> {
+        match self {
+            LoadError::Dir { .. } => None,
+            LoadError::Read { file, .. } => Some((file, 1)),
+            LoadError::Syntax { at, .. }
+            | LoadError::DuplicateRuleId { at, .. }
+            | LoadError::DuplicateList { at, .. }
+            | LoadError::UnknownList { at, .. }
+            | LoadError::DenyWithoutError { at, .. }
+            | LoadError::Rule { at, .. }
+            | LoadError::List { at, .. }
+            | LoadError::DefaultTwice { at, .. }
+            | LoadError::Default { at, .. } => Some((&at.file, at.line)),
+        }
+    }
+}
+
 /// All the reasons one load failed; a set is refused whole when there is any.
 #[derive(Debug)]
 pub struct LoadErrors(pub Vec<LoadError>);
@@ -96,6 +116,7 @@ pub struct PolicySet {
     pub(crate) index: Index,
     /// Every top-level body key a rule reads, sorted: decoders need keep no other.
     body_keys: Box<[Box<str>]>,
+    warnings: Vec<Warning>,
     version: String,
     files: Vec<PathBuf>,
 }
@@ -114,6 +135,12 @@ impl PolicySet {
     /// How many rules the set has.
     pub fn rule_count(&self) -> usize {
         self.rules.len()
+    }
+
+    /// What in the set is probably a mistake (a command no IM server sends, a field none of
+    /// a rule's commands carries), in file and rule order. Warnings never refuse a set.
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
     }
 
     /// Whether any rule of the set reads the top-level body key `key` (in a condition, a
@@ -151,6 +178,7 @@ impl PolicySet {
             default: Outcome::Allow,
             index: Index::default(),
             body_keys: Box::default(),
+            warnings: Vec::new(),
             version: String::new(),
             files: Vec::new(),
         }
@@ -246,7 +274,7 @@ impl OnCommands {
 }
 
 /// Matches `*` (any run of characters, possibly empty) against `text`; nothing else is special.
-fn glob_matches(glob: &str, text: &str) -> bool {
+pub(super) fn glob_matches(glob: &str, text: &str) -> bool {
     let mut parts = glob.split('*');
     let first = parts.next().unwrap_or("");
     let Some(mut rest) = text.strip_prefix(first) else {
@@ -330,6 +358,16 @@ pub enum FieldPath {
     Pointer(Box<str>),
 }
 
+impl fmt::Display for FieldPath {
+    /// The path as written in a policy.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FieldPath::Key(k) | FieldPath::Pointer(k) => f.write_str(k),
+            FieldPath::Dotted(parts) => f.write_str(&parts.join(".")),
+        }
+    }
+}
+
 impl FieldPath {
     /// The top-level key of the body this path starts at.
     pub fn top_key(&self) -> std::borrow::Cow<'_, str> {
@@ -388,15 +426,15 @@ pub fn compile(
     let mut errors = Vec::new();
     let mut parsed = Vec::new();
     for src in sources {
-        match parse::parse_file(&src.text) {
-            Ok(raw) => parsed.push((src, raw)),
-            Err(err) => {
-                let (line, message) = parse::split_yaml_error(&err);
-                let message = parse::name_rule_in_message(&src.text, message);
-                errors.push(LoadError::Syntax { at: Place { file: src.path.clone(), line }, message });
-            }
+        let (raw, parse_errors) = parse::parse_file(&src.text);
+        for e in parse_errors {
+            errors.push(LoadError::Syntax { at: Place { file: src.path.clone(), line: e.line }, message: e.message });
         }
+        parsed.push((src, raw));
     }
+    // A list whose definition did not parse is not reported again as unknown where used.
+    let unparsed: Vec<&parse::Unparsed> = parsed.iter().map(|(_, raw)| &raw.unparsed).collect();
+    let may_be_defined = |list: &str| unparsed.iter().any(|u| u.may_define_list(list));
 
     let lists = compile_lists(dir, &parsed, read_list, &mut errors);
 
@@ -404,11 +442,13 @@ pub fn compile(
     // most of the cost of loading a large set, and a reload usually changes few of them.
     let known = previous.map(PolicySet::regexes).unwrap_or_default();
     let mut rules = Vec::new();
+    let mut warnings = Vec::new();
     let mut first_place: HashMap<String, Place> = HashMap::new();
     let mut default: Option<(Place, Outcome)> = None;
     for (src, raw) in &parsed {
         let lines = RuleLines::new(&src.text, raw.rules.len());
         for (i, raw_rule) in raw.rules.iter().enumerate() {
+            let Some(raw_rule) = raw_rule else { continue };
             let at = Place { file: src.path.clone(), line: lines.rule(i) };
             if let Some(first) = first_place.get(&raw_rule.id) {
                 errors.push(LoadError::DuplicateRuleId { at, rule: raw_rule.id.clone(), first: first.clone() });
@@ -421,10 +461,15 @@ pub fn compile(
                 at: &at,
                 rule: &raw_rule.id,
                 lists: &lists,
+                may_be_defined: &may_be_defined,
                 regexes: &known,
                 errors: &mut errors,
             };
             if let Some(rule) = ctx.compile_rule(raw_rule) {
+                let locate = |needles: &[&str]| {
+                    lines.find_in_rule(i, needles).map(|line| Place { file: src.path.clone(), line })
+                };
+                warnings.extend(warn::rule_warnings(&rule, &locate));
                 rules.push(rule);
             }
         }
@@ -436,9 +481,11 @@ pub fn compile(
             }
             match compile_outcome(d, raw.error.as_ref()) {
                 Ok(outcome) => default = Some((at, outcome)),
+                // The `error:` it needs is there, but broken; that is reported already.
+                Err(_) if raw.unparsed.is_error => default = Some((at, Outcome::Allow)),
                 Err(message) => errors.push(LoadError::Default { at, message: format!("default: {message}") }),
             }
-        } else if raw.error.is_some() {
+        } else if raw.error.is_some() && !raw.unparsed.is_default {
             let at = Place { file: src.path.clone(), line: lines.top_level("error:") };
             errors.push(LoadError::Default {
                 at,
@@ -448,12 +495,15 @@ pub fn compile(
     }
 
     if !errors.is_empty() {
+        // Shape errors are found before the checks of the whole set; report both in the
+        // order they are written. Files keep their load order: paths sort as their names.
+        errors.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         return Err(LoadErrors(errors));
     }
     let index = Index::build(&rules);
     let default = default.map_or(Outcome::Allow, |(_, o)| o);
     let body_keys = body_keys(&rules);
-    Ok(PolicySet { rules, default, index, body_keys, version: String::new(), files: Vec::new() })
+    Ok(PolicySet { rules, default, index, body_keys, warnings, version: String::new(), files: Vec::new() })
 }
 
 /// The top-level body keys `rules` read, sorted and without repeats.
@@ -573,6 +623,8 @@ struct RuleCtx<'a, 'b> {
     at: &'a Place,
     rule: &'a str,
     lists: &'a HashMap<String, Arc<List>>,
+    /// Whether a list not in `lists` may be defined where a file did not parse.
+    may_be_defined: &'a dyn Fn(&str) -> bool,
     regexes: &'a HashMap<String, Regex>,
     errors: &'a mut Vec<LoadError>,
 }
@@ -718,6 +770,7 @@ impl RuleCtx<'_, '_> {
                 Some(list) => {
                     conds.push(Cond::Field { field: path.clone(), test: Test::InList(list.clone()), is_negated })
                 }
+                None if (self.may_be_defined)(name) => {}
                 None => {
                     let mut known: Vec<&str> = self.lists.keys().map(String::as_str).collect();
                     known.sort_unstable();

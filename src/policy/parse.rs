@@ -1,31 +1,69 @@
 //! YAML text → raw policy structs. Shape only: which keys exist, which types they hold.
 //!
-//! Errors found here come from `serde_yaml_ng` and carry the exact line. Checks that need
-//! more than one place at once (duplicate ids, unknown lists, a deny without `error`) are
-//! made in `compile`, which finds their lines through [`RuleLines`].
+//! Errors found here come from `serde_yaml_ng` and carry the exact line. A file is parsed
+//! part by part — each top-level key, each list, each rule — so that one broken rule does
+//! not hide the errors of the next: see [`parse_file`]. Checks that need more than one place
+//! at once (duplicate ids, unknown lists, a deny without `error`) are made in `compile`,
+//! which finds their lines through [`RuleLines`].
 
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-/// One policy file as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One policy file as written, less the parts that did not parse (see [`Unparsed`]).
+#[derive(Debug, Default)]
 pub struct RawFile {
     /// Named lists of IDs, inline or from a file.
-    #[serde(default)]
     pub lists: BTreeMap<String, RawList>,
-    /// Rules, in the order written.
-    #[serde(default)]
-    pub rules: Vec<RawRule>,
+    /// Rules, in the order written; `None` for a rule that did not parse (its error is
+    /// reported), so that each rule keeps its place.
+    pub rules: Vec<Option<RawRule>>,
     /// The decision when no rule holds; at most one file of a set may give it.
-    #[serde(default, deserialize_with = "present_default")]
     pub default: Option<RawDecision>,
     /// The refusal sent when `default: deny`.
-    #[serde(default, deserialize_with = "present_error")]
     pub error: Option<RawError>,
+    /// What of the file did not parse.
+    pub unparsed: Unparsed,
+}
+
+/// What of a file did not parse (its errors are reported), so that compiling the rest does
+/// not add errors that follow from them: an "unknown list" that is only a broken one, a
+/// `default: deny` "without `error:`" whose `error:` is broken.
+#[derive(Debug, Default)]
+pub struct Unparsed {
+    /// Lists whose definitions did not parse, by name.
+    pub lists: Vec<String>,
+    /// Whether `lists:` as a whole did not parse, so any list may be defined here.
+    pub is_any_list: bool,
+    /// Whether `default:` did not parse.
+    pub is_default: bool,
+    /// Whether the top-level `error:` did not parse.
+    pub is_error: bool,
+}
+
+impl Unparsed {
+    /// Nothing of the file parsed: it may define any list, `default` and `error`.
+    fn everything() -> Unparsed {
+        Unparsed { lists: Vec::new(), is_any_list: true, is_default: true, is_error: true }
+    }
+
+    /// Whether a list called `name` may be defined in the part that did not parse.
+    pub fn may_define_list(&self, name: &str) -> bool {
+        self.is_any_list || self.lists.iter().any(|l| l == name)
+    }
+}
+
+/// A problem found while parsing a file, with its 1-based line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// Where the problem is.
+    pub line: usize,
+    /// What it is, naming the rule by its id where it can.
+    pub message: String,
 }
 
 /// A named list: `[a, b]` inline, or `{ file: path }`.
@@ -39,7 +77,10 @@ pub enum RawList {
 
 /// One rule as written.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a rule: a map with `id`, `decision` and, as needed, `on`, `when`, `rate_cap`, `error`, `mode`"
+)]
 pub struct RawRule {
     /// Unique across the set.
     pub id: String,
@@ -63,8 +104,7 @@ pub struct RawRule {
 }
 
 /// `allow` or `deny`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawDecision {
     /// Let the operation go on.
     Allow,
@@ -73,8 +113,7 @@ pub enum RawDecision {
 }
 
 /// Whether a rule decides or only reports what it would decide.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum RawMode {
     /// The rule decides.
     #[default]
@@ -85,7 +124,7 @@ pub enum RawMode {
 
 /// The refusal OpenIM passes to its client.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a refusal: `{ code: N, message: \"...\" }`, with an optional `detail`")]
 pub struct RawError {
     /// OpenIM's `errCode`; checked to be ≥ 100 while parsing.
     #[serde(deserialize_with = "err_code")]
@@ -100,12 +139,13 @@ pub struct RawError {
 
 /// `rate_cap: { key: [...], max: N, per: 1m }`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a rate cap: `{ key: [fields], max: N, per: 1m }`")]
 pub struct RawRateCap {
     /// Fields whose values, with the rule id, make the cap's key.
     #[serde(default, deserialize_with = "cap_key_fields")]
     pub key: Option<Vec<String>>,
     /// Allowed callbacks per window; at least 1.
+    #[serde(deserialize_with = "whole_number")]
     pub max: u64,
     /// The rolling window, in the duration syntax.
     pub per: String,
@@ -130,7 +170,10 @@ pub enum RawEntry {
 
 /// The operators applied to one field; every one given must hold.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map of operators: equals, not_equals, in, not_in, in_list, not_in_list, regex, not_regex, exists"
+)]
 pub struct RawOps {
     #[serde(default, deserialize_with = "some_scalar")]
     pub equals: Option<Scalar>,
@@ -173,10 +216,298 @@ pub enum Scalar {
 #[derive(Debug, Clone)]
 pub struct Pattern(pub String);
 
-/// Parses one policy file. An empty file (or one of only comments) is an empty policy.
-pub fn parse_file(text: &str) -> Result<RawFile, serde_yaml_ng::Error> {
-    let file: Option<RawFile> = serde_yaml_ng::from_str(text)?;
-    Ok(file.unwrap_or_default())
+/// The most errors reported for one file. A file that broken is reported this many at a
+/// time: each costs one more reading of the file.
+const MAX_ERRORS_PER_FILE: usize = 50;
+
+/// Parses one policy file: what parsed, and one error for each part that did not. An empty
+/// file (or one of only comments) is an empty policy.
+///
+/// serde stops at a file's first error, so a file is read in passes: each pass skips the
+/// parts (a top-level key, a list, a rule) already known to be broken, and the part its
+/// error came from joins them, until a pass reads the rest whole. YAML that does not parse
+/// at all gives one error, in plain words, and nothing parsed.
+pub fn parse_file(text: &str) -> (RawFile, Vec<ParseError>) {
+    let mut skip = HashSet::new();
+    let mut errors = Vec::new();
+    loop {
+        let pass = Pass { skip: &skip, current: Cell::new(None), unparsed: RefCell::default() };
+        let err = match (&pass).deserialize(serde_yaml_ng::Deserializer::from_str(text)) {
+            Ok(mut file) => {
+                file.unparsed = pass.unparsed.into_inner();
+                return (file, errors);
+            }
+            Err(err) => err,
+        };
+        // Broken YAML fails whichever part the reader had reached; say what is broken instead.
+        if errors.is_empty()
+            && let Err(syntax) = serde_yaml_ng::from_str::<IgnoredAny>(text)
+        {
+            return (
+                RawFile { unparsed: Unparsed::everything(), ..RawFile::default() },
+                vec![yaml_error(text, &syntax)],
+            );
+        }
+        errors.push(located_error(text, &err));
+        match pass.current.get() {
+            Some(part) if errors.len() < MAX_ERRORS_PER_FILE && skip.insert(part) => {}
+            // An error outside any part (the file is not a map), or one that skipping its part
+            // did not remove: nothing more can be read.
+            _ => return (RawFile { unparsed: Unparsed::everything(), ..RawFile::default() }, errors),
+        }
+    }
+}
+
+/// A shape error with its line, naming the rule by id where the message says `rules[N]`, and
+/// the list by name where it says `lists.name`, as the messages of `compile` do.
+fn located_error(text: &str, err: &serde_yaml_ng::Error) -> ParseError {
+    let (line, message) = split_yaml_error(err);
+    let message = match message.strip_prefix("lists.").and_then(|rest| rest.split_once(": ")) {
+        Some((name, rest)) if !name.contains(['.', '[']) => format!("list `{name}`: {rest}"),
+        _ => name_rule_in_message(text, message),
+    };
+    ParseError { line, message }
+}
+
+/// A YAML syntax error, in plain words, with its line.
+fn yaml_error(text: &str, err: &serde_yaml_ng::Error) -> ParseError {
+    let (line, message) = super::syntax::explain(text, err);
+    ParseError { line, message }
+}
+
+/// A part of a file that parses, or is skipped, as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Part {
+    /// The n-th top-level key, with its value.
+    Entry(usize),
+    /// The n-th entry of `lists:`.
+    List(usize),
+    /// The n-th rule.
+    Rule(usize),
+}
+
+/// One reading of a file, skipping the parts known to be broken.
+struct Pass<'a> {
+    skip: &'a HashSet<Part>,
+    /// The innermost part being read; when an error ends the pass, the part it belongs to.
+    current: Cell<Option<Part>>,
+    unparsed: RefCell<Unparsed>,
+}
+
+impl Pass<'_> {
+    /// Reads `part` with `read`: with the part's own types, or with `skip` when an earlier
+    /// pass found it broken. On error the part stays current, to be blamed.
+    fn read<T, E>(&self, part: Part, read: impl FnOnce(bool) -> Result<T, E>) -> Result<T, E> {
+        let outer = self.current.replace(Some(part));
+        let value = read(self.skip.contains(&part))?;
+        self.current.set(outer);
+        Ok(value)
+    }
+}
+
+/// The top-level keys of a policy file.
+const TOP_KEYS: &[&str] = &["lists", "rules", "default", "error"];
+
+impl<'de> DeserializeSeed<'de> for &Pass<'_> {
+    type Value = RawFile;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RawFile, D::Error> {
+        d.deserialize_option(FileVisitor(self))
+    }
+}
+
+struct FileVisitor<'p, 'a>(&'p Pass<'a>);
+
+impl<'de> Visitor<'de> for FileVisitor<'_, '_> {
+    type Value = RawFile;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a policy file: a map with `lists`, `rules`, `default` and `error`")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<RawFile, E> {
+        Ok(RawFile::default())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<RawFile, E> {
+        Ok(RawFile::default())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<RawFile, D::Error> {
+        d.deserialize_map(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFile, A::Error> {
+        let pass = self.0;
+        let mut file = RawFile::default();
+        let mut seen = Vec::new();
+        for n in 0.. {
+            let is_more = pass.read(Part::Entry(n), |is_skipped| {
+                if is_skipped {
+                    let Some(KeyText(key)) = map.next_key()? else { return Ok(false) };
+                    map.next_value::<IgnoredAny>()?;
+                    let mut unparsed = pass.unparsed.borrow_mut();
+                    match key.as_deref() {
+                        Some("lists") => unparsed.is_any_list = true,
+                        Some("default") => unparsed.is_default = true,
+                        Some("error") => unparsed.is_error = true,
+                        _ => {}
+                    }
+                    return Ok(true);
+                }
+                let Some(key) = map.next_key_seed(TopKey { seen: &seen })? else { return Ok(false) };
+                seen.push(key);
+                match key {
+                    "lists" => file.lists = map.next_value_seed(Lists(pass))?,
+                    "rules" => file.rules = map.next_value_seed(Rules(pass))?,
+                    "default" => file.default = map.next_value_seed(Present::new("default"))?,
+                    _ => file.error = map.next_value_seed(Present::new("error"))?,
+                }
+                Ok(true)
+            })?;
+            if !is_more {
+                break;
+            }
+        }
+        Ok(file)
+    }
+}
+
+/// A top-level key: one of [`TOP_KEYS`], not given before.
+struct TopKey<'s> {
+    seen: &'s [&'static str],
+}
+
+impl<'de> DeserializeSeed<'de> for TopKey<'_> {
+    type Value = &'static str;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<&'static str, D::Error> {
+        d.deserialize_identifier(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopKey<'_> {
+    type Value = &'static str;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("one of `lists`, `rules`, `default`, `error`")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<&'static str, E> {
+        match TOP_KEYS.iter().find(|k| **k == v) {
+            Some(key) if self.seen.contains(key) => Err(E::duplicate_field(key)),
+            Some(key) => Ok(key),
+            None => Err(E::unknown_field(v, TOP_KEYS)),
+        }
+    }
+}
+
+/// Any map key, as text when it is a string: what a skipped entry was called.
+struct KeyText(Option<String>);
+
+impl<'de> Deserialize<'de> for KeyText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<KeyText, D::Error> {
+        Ok(KeyText(match serde_yaml_ng::Value::deserialize(d)? {
+            serde_yaml_ng::Value::String(s) => Some(s),
+            _ => None,
+        }))
+    }
+}
+
+/// `lists:`, read one list at a time.
+struct Lists<'p, 'a>(&'p Pass<'a>);
+
+impl<'de> DeserializeSeed<'de> for Lists<'_, '_> {
+    type Value = BTreeMap<String, RawList>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Lists<'_, '_> {
+    type Value = BTreeMap<String, RawList>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map of list names to lists")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let pass = self.0;
+        let mut lists = BTreeMap::new();
+        for n in 0.. {
+            let is_more = pass.read(Part::List(n), |is_skipped| {
+                if is_skipped {
+                    let Some(KeyText(name)) = map.next_key()? else { return Ok(false) };
+                    map.next_value::<IgnoredAny>()?;
+                    pass.unparsed.borrow_mut().lists.extend(name);
+                    return Ok(true);
+                }
+                let Some(name) = map.next_key::<String>()? else { return Ok(false) };
+                lists.insert(name, map.next_value()?);
+                Ok(true)
+            })?;
+            if !is_more {
+                break;
+            }
+        }
+        Ok(lists)
+    }
+}
+
+/// `rules:`, read one rule at a time.
+struct Rules<'p, 'a>(&'p Pass<'a>);
+
+impl<'de> DeserializeSeed<'de> for Rules<'_, '_> {
+    type Value = Vec<Option<RawRule>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Rules<'_, '_> {
+    type Value = Vec<Option<RawRule>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of rules")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let pass = self.0;
+        let mut rules = Vec::new();
+        for n in 0.. {
+            let rule = pass.read(Part::Rule(n), |is_skipped| match is_skipped {
+                true => seq.next_element::<IgnoredAny>().map(|r| r.map(|_| None)),
+                false => seq.next_element::<RawRule>().map(|r| r.map(Some)),
+            })?;
+            match rule {
+                Some(rule) => rules.push(rule),
+                None => break,
+            }
+        }
+        Ok(rules)
+    }
+}
+
+/// An optional top-level value that, when its key is given, must not be empty.
+struct Present<T> {
+    key: &'static str,
+    value: PhantomData<T>,
+}
+
+impl<T> Present<T> {
+    fn new(key: &'static str) -> Present<T> {
+        Present { key, value: PhantomData }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Present<T> {
+    type Value = Option<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+        present(d, self.key)
+    }
 }
 
 /// Splits a `serde_yaml_ng` error into its line (1-based) and its message without the
@@ -249,6 +580,14 @@ impl<'a> RuleLines<'a> {
         (start..end).find(|&n| self.lines.get(n - 1).is_some_and(|l| l.contains(needle))).unwrap_or(start)
     }
 
+    /// The first line of rule `index` that holds every one of `needles`; `None` when no
+    /// line does, or the rule's lines are not known (flow style).
+    pub fn find_in_rule(&self, index: usize, needles: &[&str]) -> Option<usize> {
+        let start = *self.starts.get(index)?;
+        let end = self.starts.get(index + 1).copied().unwrap_or(self.lines.len() + 1);
+        (start..end).find(|&n| self.lines.get(n - 1).is_some_and(|l| needles.iter().all(|needle| l.contains(needle))))
+    }
+
     /// The first line outside any rule that starts with `key`, as in `default:`.
     pub fn top_level(&self, key: &str) -> usize {
         self.lines.iter().position(|l| l.starts_with(key)).map_or(1, |i| i + 1)
@@ -276,10 +615,6 @@ fn present_rate_cap<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawRateCap
 
 fn present_error<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawError>, D::Error> {
     present(d, "error")
-}
-
-fn present_default<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawDecision>, D::Error> {
-    present(d, "default")
 }
 
 fn cap_key_fields<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
@@ -379,6 +714,57 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
+impl<'de> Deserialize<'de> for RawDecision {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match word(d, &["allow", "deny"])? {
+            0 => Ok(RawDecision::Allow),
+            _ => Ok(RawDecision::Deny),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match word(d, &["enforce", "dry_run"])? {
+            0 => Ok(RawMode::Enforce),
+            _ => Ok(RawMode::DryRun),
+        }
+    }
+}
+
+/// Which of `words` is given, by index. serde's derived enums take a YAML map or list for
+/// an enum written with a tag, and say "expected a YAML tag starting with '!'" for one;
+/// these are words, and say which.
+fn word<'de, D: Deserializer<'de>>(d: D, words: &'static [&'static str]) -> Result<usize, D::Error> {
+    struct WordVisitor(&'static [&'static str]);
+    impl Visitor<'_> for WordVisitor {
+        type Value = usize;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            let quoted: Vec<String> = self.0.iter().map(|w| format!("`{w}`")).collect();
+            f.write_str(&quoted.join(" or "))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
+            self.0.iter().position(|w| *w == v).ok_or_else(|| E::unknown_variant(v, self.0))
+        }
+    }
+    d.deserialize_str(WordVisitor(words))
+}
+
+/// A count, 1 or more in the end (`compile` says so for 0, on its line).
+fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct WholeVisitor;
+    impl Visitor<'_> for WholeVisitor {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a whole number, 1 or more")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+    }
+    d.deserialize_u64(WholeVisitor)
+}
+
 /// `equals: v`: present means a value, so a YAML null is refused (by [`Scalar`]) rather
 /// than read as "no operator".
 fn some_scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Scalar>, D::Error> {
@@ -456,7 +842,7 @@ impl<'de> Deserialize<'de> for RawList {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawList, A::Error> {
                 #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
+                #[serde(deny_unknown_fields, expecting = "`{ file: path }`")]
                 struct FileRef {
                     file: String,
                 }
@@ -531,26 +917,77 @@ mod tests {
         assert_eq!(lines.rule(0), 1);
     }
 
+    /// The errors of `text` as `line: message`.
+    fn errors(text: &str) -> Vec<String> {
+        parse_file(text).1.iter().map(|e| format!("{}: {}", e.line, e.message)).collect()
+    }
+
     #[test]
     fn empty_and_comment_only_files_are_empty_policies() {
-        assert!(parse_file("").unwrap().rules.is_empty());
-        assert!(parse_file("# nothing yet\n").unwrap().rules.is_empty());
+        for text in ["", "# nothing yet\n", "~\n"] {
+            let (file, errors) = parse_file(text);
+            assert!(file.rules.is_empty() && errors.is_empty(), "{text:?}: {errors:?}");
+        }
     }
 
     #[test]
     fn unknown_operator_is_located() {
         let text = "rules:\n  - id: a\n    when:\n      f: { equal: x }\n    decision: allow\n";
-        let err = parse_file(text).unwrap_err();
-        let (line, message) = split_yaml_error(&err);
-        assert_eq!(line, 4, "{message}");
-        assert!(message.contains("unknown field `equal`"), "{message}");
+        let errors = errors(text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("4: rule `a`: when.f: unknown field `equal`"), "{errors:?}");
     }
 
     #[test]
     fn bad_regex_is_located() {
         let text = "rules:\n  - id: a\n    when:\n      f: { regex: '(x' }\n    decision: allow\n";
-        let (line, message) = split_yaml_error(&parse_file(text).unwrap_err());
-        assert_eq!(line, 4, "{message}");
-        assert!(message.contains("bad regex `(x`: unclosed group"), "{message}");
+        assert_eq!(errors(text), ["4: rule `a`: when.f: bad regex `(x`: unclosed group at offset 0"]);
+    }
+
+    #[test]
+    fn each_broken_part_is_reported_and_the_rest_parsed() {
+        let text = "\
+lists:
+  good: [a]
+  bad: { fil: x }
+rules:
+  - id: one
+    decison: allow
+  - id: two
+    decision: allow
+  - id: three
+    decision: deny
+    error: { code: 99, message: m }
+rule: []
+default: maybe
+";
+        assert_eq!(
+            errors(text),
+            [
+                "3: list `bad`: unknown field `fil`, expected `file`",
+                "6: rule `one`: unknown field `decison`, expected one of `id`, `on`, `when`, `rate_cap`, `decision`, `error`, `mode`",
+                "11: rule `three`: error: errCode 99 is below 100; OpenIM turns such codes into a generic server error, use 100 or more",
+                "12: unknown field `rule`, expected one of `lists`, `rules`, `default`, `error`",
+                "13: default: unknown variant `maybe`, expected `allow` or `deny`",
+            ]
+        );
+        let (file, _) = parse_file(text);
+        assert_eq!(file.lists.keys().collect::<Vec<_>>(), ["good"]);
+        let ids: Vec<Option<&str>> = file.rules.iter().map(|r| r.as_ref().map(|r| r.id.as_str())).collect();
+        assert_eq!(ids, [None, Some("two"), None]);
+        assert_eq!(file.unparsed.lists, ["bad"]);
+        assert!(file.unparsed.is_default && !file.unparsed.is_error && !file.unparsed.is_any_list);
+    }
+
+    #[test]
+    fn a_duplicate_top_level_key_is_one_error() {
+        assert_eq!(errors("rules: []\nrules: []\n"), ["2: duplicate field `rules`"]);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_map_is_one_error() {
+        let errors = errors("- rules\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("1: invalid type: sequence, expected a policy file"), "{errors:?}");
     }
 }

@@ -53,6 +53,7 @@ impl PolicyStore {
         let set = load_dir(dir)?;
         let now = SystemTime::now();
         note_loaded(&set, now);
+        log_warnings(&set);
         Ok(PolicyStore {
             dir: dir.to_path_buf(),
             current: ArcSwap::from_pointee(set),
@@ -89,10 +90,14 @@ impl PolicyStore {
         match result {
             Ok(set) => {
                 status.last_success = now;
-                status.last_error = None;
+                let was_failing = status.last_error.take().is_some();
                 if set.version() == self.current.load().version() {
                     metrics::counter!("callgate_policy_reloads_total", "result" => "unchanged").increment(1);
                     tracing::debug!(version = set.version(), "policy files unchanged");
+                    if was_failing {
+                        // The files are back to what is serving: that too ends the failure.
+                        log_recovered(&set);
+                    }
                     return Ok(Reloaded::Unchanged);
                 }
                 tracing::info!(
@@ -102,6 +107,10 @@ impl PolicyStore {
                     took_ms = started.elapsed().as_millis() as u64,
                     "policy set loaded"
                 );
+                log_warnings(&set);
+                if was_failing {
+                    log_recovered(&set);
+                }
                 note_loaded(&set, now);
                 self.current.store(Arc::new(set));
                 metrics::counter!("callgate_policy_reloads_total", "result" => "ok").increment(1);
@@ -124,6 +133,19 @@ fn note_loaded(set: &PolicySet, at: SystemTime) {
     let secs = at.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     metrics::gauge!("callgate_policy_last_success_timestamp_seconds").set(secs);
     metrics::gauge!("callgate_policy_rules").set(set.rule_count() as f64);
+}
+
+/// Each warning of a set that is about to serve, one line each, so that a typo shows in the
+/// log of the change that made it.
+fn log_warnings(set: &PolicySet) {
+    for warning in set.warnings() {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// The all-clear after one or more failed reloads, for whoever watched the failures.
+fn log_recovered(set: &PolicySet) {
+    tracing::info!("policy set recovered: version {} ({} rules)", set.version(), set.rule_count());
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -21,74 +21,18 @@ use serde_json::Value;
 
 use super::BodyError;
 
+use crate::catalog;
 use crate::event::{Event, Source};
 use crate::policy::Outcome;
 
 /// The longest command name accepted.
 const MAX_COMMAND_LEN: usize = 128;
 
-/// Every callback command the OpenIM server defines (`pkg/callbackstruct/constant.go`,
-/// main branch). Other commands are decided all the same; this list only bounds metric
-/// labels, so that a caller cannot grow them without limit.
-pub const COMMANDS: [&str; 52] = [
-    "callbackAfterAddFriendAgreeCommand",
-    "callbackAfterAddFriendCommand",
-    "callbackAfterCreateGroupChatConversationsCommand",
-    "callbackAfterCreateGroupCommand",
-    "callbackAfterCreateSingleChatConversationsCommand",
-    "callbackAfterDeleteFriendCommand",
-    "callbackAfterDisMissGroupCommand",
-    "callbackAfterGroupMsgReadCommand",
-    "callbackAfterImportFriendsCommand",
-    "callbackAfterJoinGroupCommand",
-    "callbackAfterKickGroupCommand",
-    "callbackAfterMsgSaveDBCommand",
-    "callbackAfterQuitGroupCommand",
-    "callbackAfterRemoveBlackCommand",
-    "callbackAfterSendGroupMsgCommand",
-    "callbackAfterSendSingleMsgCommand",
-    "callbackAfterSetFriendRemarkCommand",
-    "callbackAfterSetGroupInfoCommand",
-    "callbackAfterSetGroupInfoExCommand",
-    "callbackAfterSetGroupMemberInfoCommand",
-    "callbackAfterSingleMsgReadCommand",
-    "callbackAfterTransferGroupOwnerCommand",
-    "callbackAfterUpdateUserInfoCommand",
-    "callbackAfterUpdateUserInfoExCommand",
-    "callbackAfterUserKickOffCommand",
-    "callbackAfterUserOfflineCommand",
-    "callbackAfterUserOnlineCommand",
-    "callbackAfterUserRegisterCommand",
-    "callbackBeforeAddBlackCommand",
-    "callbackBeforeAddFriendAgreeCommand",
-    "callbackBeforeAddFriendCommand",
-    "callbackBeforeAfterMsgCommand",
-    "callbackBeforeCreateGroupChatConversationsCommand",
-    "callbackBeforeCreateGroupCommand",
-    "callbackBeforeCreateSingleChatConversationsCommand",
-    "callbackBeforeGroupOnlinePushCommand",
-    "callbackBeforeImportFriendsCommand",
-    "callbackBeforeInviteJoinGroupCommand",
-    "callbackBeforeJoinGroupCommand",
-    "callbackBeforeMembersJoinGroupCommand",
-    "callbackBeforeMsgModifyCommand",
-    "callbackBeforeOfflinePushCommand",
-    "callbackBeforeOnlinePushCommand",
-    "callbackBeforeSendGroupMsgCommand",
-    "callbackBeforeSendSingleMsgCommand",
-    "callbackBeforeSetFriendRemarkCommand",
-    "callbackBeforeSetGroupInfoCommand",
-    "callbackBeforeSetGroupInfoExCommand",
-    "callbackBeforeSetGroupMemberInfoCommand",
-    "callbackBeforeUpdateUserInfoCommand",
-    "callbackBeforeUpdateUserInfoExCommand",
-    "callbackBeforeUserRegisterCommand",
-];
-
-/// Where `command` is in [`COMMANDS`]; `None` for a command OpenIM does not define, which
-/// metrics label `other`.
+/// Where `command` is in [`catalog::OPENIM`]; `None` for a command OpenIM does not define,
+/// which metrics label `other`. Other commands are decided all the same; the catalog only
+/// bounds metric labels here, so that a caller cannot grow them without limit.
 pub fn command_index(command: &str) -> Option<usize> {
-    COMMANDS.binary_search(&command).ok()
+    catalog::openim_index(command)
 }
 
 /// The answer that lets the operation go on.
@@ -299,16 +243,6 @@ mod tests {
     use super::*;
     use crate::policy::Refusal;
     use std::sync::Arc;
-
-    #[test]
-    fn commands_are_sorted_for_binary_search() {
-        assert!(COMMANDS.is_sorted());
-        assert_eq!(
-            command_index("callbackAfterRemoveBlackCommand").map(|i| COMMANDS[i]),
-            Some("callbackAfterRemoveBlackCommand")
-        );
-        assert_eq!(command_index("callbackNope"), None);
-    }
 
     #[test]
     fn refusal_bytes() {

@@ -260,6 +260,7 @@ fn status_json(state: &State) -> serde_json::Value {
         "policy_dir": state.policies.dir(),
         "files": set.files(),
         "rules": set.rule_count(),
+        "warnings": set.warnings().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "dry_run": state.is_dry_run,
         "last_reload": {
             "attempted_at": unix_seconds(reload.last_attempt),

@@ -13,6 +13,7 @@ use warp::{Filter, Rejection};
 use super::body::read_limited;
 use super::{Peer, access};
 use super::{State, closing, json_reply};
+use crate::catalog;
 use crate::policy::{Decision, Outcome};
 use crate::protocol::BodyError;
 use crate::protocol::openim::{self, DecodeError, OpenImVersion};
@@ -161,13 +162,13 @@ impl Default for Handles {
 impl Handles {
     fn decision(&mut self, command: Option<usize>, rule: &str, outcome: usize) -> &Counter {
         if !self.decisions.contains_key(rule) {
-            let slots = (openim::COMMANDS.len() + 1) * OUTCOMES.len();
+            let slots = (catalog::OPENIM.len() + 1) * OUTCOMES.len();
             self.decisions.insert(rule.into(), vec![None; slots]);
         }
         let slots = self.decisions.get_mut(rule).map(Vec::as_mut_slice).unwrap_or_default();
-        let at = command.unwrap_or(openim::COMMANDS.len()) * OUTCOMES.len() + outcome;
+        let at = command.unwrap_or(catalog::OPENIM.len()) * OUTCOMES.len() + outcome;
         slots[at].get_or_insert_with(|| {
-            let command = command.map_or("other", |i| openim::COMMANDS[i]);
+            let command = command.map_or("other", |i| catalog::OPENIM[i].name);
             metrics::counter!("callgate_decisions_total", "command" => command, "rule" => rule.to_string(), "outcome" => OUTCOMES[outcome])
         })
     }

@@ -1,0 +1,409 @@
+//! What each IM server sends: every callback command callgate knows, with the top-level
+//! keys its body may carry. The policy loader checks rules against it (a command no server
+//! sends, a field no command of the rule carries); protocol decoding numbers OpenIM's
+//! commands by it for metrics.
+//!
+//! Data only: this module imports nothing of callgate, so any layer may read it. The
+//! entries come from the sample bodies in `tests/fixtures/samples` (their `INDEX.md` says
+//! where each was read), and the Tencent commands without a sample from its documentation
+//! (`TENCENT-BEFORE.md`); `tests/catalog.rs` holds every sample to its entry, so the two
+//! cannot drift apart. A field that is sometimes absent is listed all the same: the catalog
+//! says what a body *may* carry.
+
+/// One callback command and the top-level keys of its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Command {
+    /// The command name, as in OpenIM's `callbackCommand` or Tencent's `CallbackCommand`.
+    pub name: &'static str,
+    /// Every top-level key the body may carry, in the order the server writes them.
+    pub fields: &'static [&'static str],
+}
+
+/// Which IM server sends a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// OpenIM: its callbacks are decided by the policies.
+    OpenIm,
+    /// Tencent Cloud Chat: its callbacks are acknowledged and recorded.
+    Tencent,
+}
+
+/// Where `name` is in [`OPENIM`]; `None` for a command OpenIM does not define.
+pub fn openim_index(name: &str) -> Option<usize> {
+    OPENIM.binary_search_by(|c| c.name.cmp(name)).ok()
+}
+
+/// The command called `name`, and which server sends it.
+pub fn find(name: &str) -> Option<(Server, &'static Command)> {
+    if let Some(i) = openim_index(name) {
+        return Some((Server::OpenIm, &OPENIM[i]));
+    }
+    TENCENT.binary_search_by(|c| c.name.cmp(name)).ok().map(|i| (Server::Tencent, &TENCENT[i]))
+}
+
+/// Every command of every server: OpenIM's, then Tencent's.
+pub fn all() -> impl Iterator<Item = (Server, &'static Command)> {
+    OPENIM.iter().map(|c| (Server::OpenIm, c)).chain(TENCENT.iter().map(|c| (Server::Tencent, c)))
+}
+
+/// Every callback command the OpenIM server defines (`pkg/callbackstruct/constant.go`, main
+/// branch; the five conversation and `callbackAfterMsgSaveDBCommand` ones are not in v3.8),
+/// sorted by name for [`openim_index`]. Each body also carries `callbackCommand`.
+#[rustfmt::skip]
+pub const OPENIM: [Command; 52] = [
+    Command {
+        name: "callbackAfterAddFriendAgreeCommand",
+        fields: &["callbackCommand", "fromUserID", "blackUserID", "HandleResult", "HandleMsg"],
+    },
+    Command {
+        name: "callbackAfterAddFriendCommand",
+        fields: &["callbackCommand", "fromUserID", "toUserID", "reqMsg"],
+    },
+    Command {
+        name: "callbackAfterCreateGroupChatConversationsCommand",
+        fields: &["callbackCommand", "ownerUserId", "conversationId", "conversationType", "groupId", "recvMsgOpt",
+            "isPinned", "isPrivateChat", "burnDuration", "groupAtType", "attachedInfo", "ex"],
+    },
+    Command {
+        name: "callbackAfterCreateGroupCommand",
+        fields: &["callbackCommand", "groupID", "groupName", "notification", "introduction", "faceURL", "ownerUserID",
+            "createTime", "memberCount", "ex", "status", "creatorUserID", "groupType", "needVerification",
+            "lookMemberInfo", "applyMemberFriend", "notificationUpdateTime", "notificationUserID", "initMemberList"],
+    },
+    Command {
+        name: "callbackAfterCreateSingleChatConversationsCommand",
+        fields: &["callbackCommand", "ownerUserId", "conversationId", "conversationType", "userId", "recvMsgOpt",
+            "isPinned", "isPrivateChat", "burnDuration", "groupAtType", "attachedInfo", "ex"],
+    },
+    Command {
+        name: "callbackAfterDeleteFriendCommand",
+        fields: &["callbackCommand", "ownerUserID", "friendUserID"],
+    },
+    Command {
+        name: "callbackAfterDisMissGroupCommand",
+        fields: &["callbackCommand", "groupID", "ownerID", "groupType", "membersID"],
+    },
+    Command {
+        name: "callbackAfterGroupMsgReadCommand",
+        fields: &["callbackCommand", "sendID", "receiveID", "unreadMsgNum", "contentType"],
+    },
+    Command {
+        name: "callbackAfterImportFriendsCommand",
+        fields: &["callbackCommand", "ownerUserID", "friendUserIDs"],
+    },
+    Command {
+        name: "callbackAfterJoinGroupCommand",
+        fields: &["callbackCommand", "operationID", "groupID", "reqMessage", "joinSource", "inviterUserID"],
+    },
+    Command {
+        name: "callbackAfterKickGroupCommand",
+        fields: &["callbackCommand", "groupID", "kickedUserIDs", "reason"],
+    },
+    Command {
+        name: "callbackAfterMsgSaveDBCommand",
+        fields: &["sendID", "callbackCommand", "serverMsgID", "clientMsgID", "operationID", "senderPlatformID",
+            "senderNickname", "sessionType", "msgFrom", "contentType", "status", "sendTime", "createTime", "content",
+            "seq", "atUserList", "faceURL", "ex", "recvID", "groupID"],
+    },
+    Command {
+        name: "callbackAfterQuitGroupCommand",
+        fields: &["callbackCommand", "groupID", "userID"],
+    },
+    Command {
+        name: "callbackAfterRemoveBlackCommand",
+        fields: &["callbackCommand", "ownerUserID", "blackUserID"],
+    },
+    Command {
+        name: "callbackAfterSendGroupMsgCommand",
+        fields: &["sendID", "callbackCommand", "serverMsgID", "clientMsgID", "operationID", "senderPlatformID",
+            "senderNickname", "sessionType", "msgFrom", "contentType", "status", "sendTime", "createTime", "content",
+            "seq", "atUserList", "faceURL", "ex", "groupID"],
+    },
+    Command {
+        name: "callbackAfterSendSingleMsgCommand",
+        fields: &["sendID", "callbackCommand", "serverMsgID", "clientMsgID", "operationID", "senderPlatformID",
+            "senderNickname", "sessionType", "msgFrom", "contentType", "status", "sendTime", "createTime", "content",
+            "seq", "atUserList", "faceURL", "ex", "recvID"],
+    },
+    Command {
+        name: "callbackAfterSetFriendRemarkCommand",
+        fields: &["callbackCommand", "ownerUserID", "friendUserID", "remark"],
+    },
+    Command {
+        name: "callbackAfterSetGroupInfoCommand",
+        fields: &["callbackCommand", "operationID", "groupID", "groupName", "notification", "introduction", "faceURL",
+            "ex", "needVerification", "lookMemberInfo", "applyMemberFriend"],
+    },
+    Command {
+        name: "callbackAfterSetGroupInfoExCommand",
+        fields: &["callbackCommand", "operationID", "groupID", "groupName", "notification", "introduction", "faceURL",
+            "ex", "needVerification", "lookMemberInfo", "applyMemberFriend"],
+    },
+    Command {
+        name: "callbackAfterSetGroupMemberInfoCommand",
+        fields: &["callbackCommand", "groupID", "userID", "nickName", "faceURL", "roleLevel", "ex"],
+    },
+    Command {
+        name: "callbackAfterSingleMsgReadCommand",
+        fields: &["callbackCommand", "conversationID", "userID", "Seqs", "contentType"],
+    },
+    Command {
+        name: "callbackAfterTransferGroupOwnerCommand",
+        fields: &["callbackCommand", "groupID", "oldOwnerUserID", "newOwnerUserID"],
+    },
+    Command {
+        name: "callbackAfterUpdateUserInfoCommand",
+        fields: &["callbackCommand", "userID", "nickName", "faceURL", "ex"],
+    },
+    Command {
+        name: "callbackAfterUpdateUserInfoExCommand",
+        fields: &["callbackCommand", "userID", "nickName", "faceURL", "ex"],
+    },
+    Command {
+        name: "callbackAfterUserKickOffCommand",
+        fields: &["callbackCommand", "operationID", "platformID", "platform", "userID", "seq"],
+    },
+    Command {
+        name: "callbackAfterUserOfflineCommand",
+        fields: &["callbackCommand", "operationID", "platformID", "platform", "userID", "seq", "connID"],
+    },
+    Command {
+        name: "callbackAfterUserOnlineCommand",
+        fields: &["callbackCommand", "operationID", "platformID", "platform", "userID", "seq", "isAppBackground",
+            "connID"],
+    },
+    Command {
+        name: "callbackAfterUserRegisterCommand",
+        fields: &["callbackCommand", "users"],
+    },
+    Command {
+        name: "callbackBeforeAddBlackCommand",
+        fields: &["callbackCommand", "ownerUserID", "blackUserID"],
+    },
+    Command {
+        name: "callbackBeforeAddFriendAgreeCommand",
+        fields: &["callbackCommand", "fromUserID", "blackUserID", "HandleResult", "HandleMsg"],
+    },
+    Command {
+        name: "callbackBeforeAddFriendCommand",
+        fields: &["callbackCommand", "fromUserID", "toUserID", "reqMsg", "ex"],
+    },
+    Command {
+        name: "callbackBeforeAfterMsgCommand",
+        fields: &["callbackCommand", "conversationID", "seq", "userID"],
+    },
+    Command {
+        name: "callbackBeforeCreateGroupChatConversationsCommand",
+        fields: &["callbackCommand", "ownerUserId", "conversationId", "conversationType", "groupId", "recvMsgOpt",
+            "isPinned", "isPrivateChat", "burnDuration", "groupAtType", "attachedInfo", "ex"],
+    },
+    Command {
+        name: "callbackBeforeCreateGroupCommand",
+        fields: &["operationID", "callbackCommand", "groupID", "groupName", "notification", "introduction", "faceURL",
+            "ownerUserID", "createTime", "memberCount", "ex", "status", "creatorUserID", "groupType",
+            "needVerification", "lookMemberInfo", "applyMemberFriend", "notificationUpdateTime", "notificationUserID",
+            "initMemberList"],
+    },
+    Command {
+        name: "callbackBeforeCreateSingleChatConversationsCommand",
+        fields: &["callbackCommand", "ownerUserId", "conversationId", "conversationType", "userId", "recvMsgOpt",
+            "isPinned", "isPrivateChat", "burnDuration", "groupAtType", "attachedInfo", "ex"],
+    },
+    Command {
+        name: "callbackBeforeGroupOnlinePushCommand",
+        fields: &["callbackCommand", "operationID", "platformID", "platform", "clientMsgID", "sendID", "groupID",
+            "contentType", "sessionType", "atUserIDList", "content", "seq"],
+    },
+    Command {
+        name: "callbackBeforeImportFriendsCommand",
+        fields: &["callbackCommand", "ownerUserID", "friendUserIDs"],
+    },
+    Command {
+        name: "callbackBeforeInviteJoinGroupCommand",
+        fields: &["callbackCommand", "operationID", "groupID", "reason", "invitedUserIDs"],
+    },
+    Command {
+        name: "callbackBeforeJoinGroupCommand",
+        fields: &["callbackCommand", "groupID", "groupType", "applyID", "reqMessage", "ex"],
+    },
+    Command {
+        name: "callbackBeforeMembersJoinGroupCommand",
+        fields: &["callbackCommand", "groupID", "memberList", "groupEx"],
+    },
+    Command {
+        name: "callbackBeforeMsgModifyCommand",
+        fields: &["sendID", "callbackCommand", "serverMsgID", "clientMsgID", "operationID", "senderPlatformID",
+            "senderNickname", "sessionType", "msgFrom", "contentType", "status", "sendTime", "createTime", "content",
+            "seq", "atUserList", "faceURL", "ex"],
+    },
+    Command {
+        name: "callbackBeforeOfflinePushCommand",
+        fields: &["callbackCommand", "operationID", "platformID", "platform", "userIDList", "title", "desc", "ex",
+            "iOSPushSound", "iOSBadgeCount", "signalInfo", "clientMsgID", "sendID", "groupID", "contentType",
+            "sessionType", "atUserIDList", "content"],
+    },
+    Command {
+        name: "callbackBeforeOnlinePushCommand",
+        fields: &["callbackCommand", "operationID", "platformID", "platform", "userIDList", "clientMsgID", "sendID",
+            "groupID", "contentType", "sessionType", "atUserIDList", "content"],
+    },
+    Command {
+        name: "callbackBeforeSendGroupMsgCommand",
+        fields: &["sendID", "callbackCommand", "serverMsgID", "clientMsgID", "operationID", "senderPlatformID",
+            "senderNickname", "sessionType", "msgFrom", "contentType", "status", "sendTime", "createTime", "content",
+            "seq", "atUserList", "faceURL", "ex", "groupID"],
+    },
+    Command {
+        name: "callbackBeforeSendSingleMsgCommand",
+        fields: &["sendID", "callbackCommand", "serverMsgID", "clientMsgID", "operationID", "senderPlatformID",
+            "senderNickname", "sessionType", "msgFrom", "contentType", "status", "sendTime", "createTime", "content",
+            "seq", "atUserList", "faceURL", "ex", "recvID"],
+    },
+    Command {
+        name: "callbackBeforeSetFriendRemarkCommand",
+        fields: &["callbackCommand", "ownerUserID", "friendUserID", "remark"],
+    },
+    Command {
+        name: "callbackBeforeSetGroupInfoCommand",
+        fields: &["callbackCommand", "operationID", "groupID", "groupName", "notification", "introduction", "faceURL",
+            "ex", "needVerification", "lookMemberInfo", "applyMemberFriend"],
+    },
+    Command {
+        name: "callbackBeforeSetGroupInfoExCommand",
+        fields: &["callbackCommand", "operationID", "groupID", "groupName", "notification", "introduction", "faceURL",
+            "ex", "needVerification", "lookMemberInfo", "applyMemberFriend"],
+    },
+    Command {
+        name: "callbackBeforeSetGroupMemberInfoCommand",
+        fields: &["callbackCommand", "groupID", "userID", "nickName", "faceURL", "roleLevel", "ex"],
+    },
+    Command {
+        name: "callbackBeforeUpdateUserInfoCommand",
+        fields: &["callbackCommand", "userID", "nickName", "faceURL", "ex"],
+    },
+    Command {
+        name: "callbackBeforeUpdateUserInfoExCommand",
+        fields: &["callbackCommand", "userID", "nickName", "faceURL", "ex"],
+    },
+    Command {
+        name: "callbackBeforeUserRegisterCommand",
+        fields: &["callbackCommand", "users"],
+    },
+];
+
+/// The Tencent Cloud Chat callback commands callgate knows, sorted by name: those with a
+/// sample body, and the before-callbacks of `TENCENT-BEFORE.md`. Tencent has more (it
+/// sends any of them to the one callback URL); a command missing here is not wrong, only
+/// unknown to the checks.
+#[rustfmt::skip]
+pub const TENCENT: [Command; 18] = [
+    Command {
+        name: "C2C.CallbackAfterSendMsg",
+        fields: &["CallbackCommand", "From_Account", "To_Account", "MsgSeq", "MsgRandom", "MsgTime", "MsgKey",
+            "OnlineOnlyFlag", "SendMsgResult", "ErrorInfo", "UnreadMsgNum", "MsgBody", "CloudCustomData"],
+    },
+    Command {
+        name: "C2C.CallbackBeforeSendMsg",
+        fields: &["CallbackCommand", "From_Account", "To_Account", "MsgSeq", "MsgRandom", "MsgTime", "MsgKey",
+            "OnlineOnlyFlag", "MsgBody", "CloudCustomData"],
+    },
+    Command {
+        name: "Group.CallbackAfterNewMemberJoin",
+        fields: &["CallbackCommand", "GroupId", "Type", "JoinType", "Operator_Account", "NewMemberList", "EventTime"],
+    },
+    Command {
+        name: "Group.CallbackBeforeApplyJoinGroup",
+        fields: &["CallbackCommand", "GroupId", "Type", "Requestor_Account", "EventTime"],
+    },
+    Command {
+        name: "Group.CallbackBeforeCreateGroup",
+        fields: &["CallbackCommand", "Operator_Account", "Owner_Account", "Type", "Name", "CreateGroupNum",
+            "MemberList", "EventTime"],
+    },
+    Command {
+        name: "Group.CallbackBeforeCreateTopic",
+        fields: &["CallbackCommand", "Operator_Account", "Type", "Name"],
+    },
+    Command {
+        name: "Group.CallbackBeforeInviteJoinGroup",
+        fields: &["CallbackCommand", "GroupId", "Type", "Operator_Account", "DestinationMembers", "EventTime"],
+    },
+    Command {
+        name: "Group.CallbackBeforeSendMsg",
+        fields: &["CallbackCommand", "GroupId", "Type", "From_Account", "Operator_Account", "Random",
+            "OnlineOnlyFlag", "MsgBody", "CloudCustomData", "TopicId", "EventTime"],
+    },
+    Command {
+        name: "OfficialAccount.CallbackBeforeAddSubscriber",
+        fields: &["CallbackCommand", "Official_Account", "Operator_Account", "SubscribeAccountList", "EventTime"],
+    },
+    Command {
+        name: "OfficialAccount.CallbackBeforeCreateOfficialAccount",
+        fields: &["CallbackCommand", "Operator_Account", "Owner_Account", "Name", "EventTime"],
+    },
+    Command {
+        name: "OfficialAccount.CallbackBeforeSendMsg",
+        fields: &["CallbackCommand", "Official_Account", "OnlineOnlyFlag", "MsgBody", "CloudCustomData", "EventTime"],
+    },
+    Command {
+        name: "Sns.CallbackBlackListAdd",
+        fields: &["CallbackCommand", "PairList"],
+    },
+    Command {
+        name: "Sns.CallbackBlackListDelete",
+        fields: &["CallbackCommand", "PairList"],
+    },
+    Command {
+        name: "Sns.CallbackFriendAdd",
+        fields: &["CallbackCommand", "PairList", "ClientCmd", "Admin_Account", "ForceFlag"],
+    },
+    Command {
+        name: "Sns.CallbackFriendDelete",
+        fields: &["CallbackCommand", "PairList"],
+    },
+    Command {
+        name: "Sns.CallbackPrevFriendAdd",
+        fields: &["CallbackCommand", "Requester_Account", "From_Account", "FriendItem", "AddType", "ForceAddFlags",
+            "EventTime"],
+    },
+    Command {
+        name: "Sns.CallbackPrevFriendResponse",
+        fields: &["CallbackCommand", "Requester_Account", "From_Account", "ResponseFriendItem", "EventTime"],
+    },
+    Command {
+        name: "State.StateChange",
+        fields: &["CallbackCommand", "EventTime", "Info", "KickedDevice"],
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_sorted_and_unique_for_binary_search() {
+        assert!(OPENIM.windows(2).all(|w| w[0].name < w[1].name));
+        assert!(TENCENT.windows(2).all(|w| w[0].name < w[1].name));
+        assert_eq!(
+            openim_index("callbackAfterRemoveBlackCommand").map(|i| OPENIM[i].name),
+            Some("callbackAfterRemoveBlackCommand")
+        );
+        assert_eq!(openim_index("callbackNope"), None);
+        assert_eq!(
+            find("Sns.CallbackBlackListDelete").map(|(s, c)| (s, c.name)),
+            Some((Server::Tencent, "Sns.CallbackBlackListDelete"))
+        );
+        assert_eq!(find("Sns.CallbackNope"), None);
+    }
+
+    #[test]
+    fn every_body_names_its_command() {
+        for (server, command) in all() {
+            let key = match server {
+                Server::OpenIm => "callbackCommand",
+                Server::Tencent => "CallbackCommand",
+            };
+            assert!(command.fields.contains(&key), "{} has no `{key}`", command.name);
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! Warnings: what in a policy set loads but is probably a mistake, found by checking each
+//! compiled rule against [`crate::catalog`] — a command in `on` that no IM server sends, a
+//! glob that matches no command, a field in `when` or in a rate-cap key that none of the
+//! rule's commands carries. Such a rule loads and silently never holds (or, for a cap key,
+//! counts every callback under one value), which is why these are worth saying.
+//!
+//! A warning never refuses a set or a reload; `callgate validate --strict` makes them
+//! errors. Rules that failed to compile get no warnings: their errors come first.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::LazyLock;
+
+use super::compile::{Cond, FieldPath, Group, OnCommands, Place, Rule, glob_matches};
+use crate::catalog::{self, Command};
+
+/// Something in a loaded policy set that is probably not what was meant, with where it is
+/// written and, when something close exists, what was probably meant. Rendered once, by
+/// `Display`, as `file:line: warning: rule `id`: …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warning {
+    /// `on` names a command that no IM server sends.
+    UnknownCommand { at: Place, rule: String, command: String, suggestion: Option<String> },
+    /// A glob in `on` matches no command that an IM server sends.
+    GlobMatchesNothing { at: Place, rule: String, glob: String, suggestion: Option<String> },
+    /// A `when` field whose top-level key none of the rule's commands carries.
+    UnknownField { at: Place, rule: String, field: String, key: String, commands: Commands, suggestion: Option<String> },
+    /// A rate-cap key field whose top-level key none of the rule's commands carries.
+    UnknownCapKey {
+        at: Place,
+        rule: String,
+        field: String,
+        key: String,
+        commands: Commands,
+        suggestion: Option<String>,
+    },
+}
+
+/// The commands a rule's fields were checked against, as a message names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Commands {
+    /// `on` omitted: every OpenIM command.
+    EveryOpenIm,
+    /// The one known command `on` names or matches.
+    One(&'static str),
+    /// This many known commands.
+    Several(usize),
+}
+
+impl fmt::Display for Commands {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Commands::EveryOpenIm => f.write_str("any OpenIM command (the rule has no `on`)"),
+            Commands::One(name) => write!(f, "`{name}`"),
+            Commands::Several(n) => write!(f, "any of the rule's {n} commands"),
+        }
+    }
+}
+
+impl Warning {
+    /// Where the warning points.
+    pub fn at(&self) -> &Place {
+        match self {
+            Warning::UnknownCommand { at, .. }
+            | Warning::GlobMatchesNothing { at, .. }
+            | Warning::UnknownField { at, .. }
+            | Warning::UnknownCapKey { at, .. } => at,
+        }
+    }
+
+    fn rule(&self) -> &str {
+        match self {
+            Warning::UnknownCommand { rule, .. }
+            | Warning::GlobMatchesNothing { rule, .. }
+            | Warning::UnknownField { rule, .. }
+            | Warning::UnknownCapKey { rule, .. } => rule,
+        }
+    }
+
+    fn suggestion(&self) -> Option<&str> {
+        match self {
+            Warning::UnknownCommand { suggestion, .. }
+            | Warning::GlobMatchesNothing { suggestion, .. }
+            | Warning::UnknownField { suggestion, .. }
+            | Warning::UnknownCapKey { suggestion, .. } => suggestion.as_deref(),
+        }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: warning: rule `{}`: ", self.at(), self.rule())?;
+        // A dotted path or pointer is checked by its first key; say which key is missing.
+        let field = |f: &mut fmt::Formatter<'_>, what: &str, field: &str, key: &str| {
+            if field == key { write!(f, "{what} `{field}` is") } else { write!(f, "{what} `{field}`: `{key}` is") }
+        };
+        match self {
+            Warning::UnknownCommand { command, .. } => {
+                write!(f, "no IM server sends command `{command}`, so the rule never applies to it")?
+            }
+            Warning::GlobMatchesNothing { glob, .. } => {
+                write!(f, "glob `{glob}` matches no command an IM server sends, so the rule never applies through it")?
+            }
+            Warning::UnknownField { field: name, key, commands, .. } => {
+                field(f, "field", name, key)?;
+                write!(f, " not in the body of {commands}, so the condition always finds it missing")?
+            }
+            Warning::UnknownCapKey { field: name, key, commands, .. } => {
+                field(f, "rate_cap key", name, key)?;
+                write!(f, " not in the body of {commands}, so every callback counts under one empty value")?
+            }
+        }
+        if let Some(suggestion) = self.suggestion() {
+            write!(f, "; did you mean `{suggestion}`?")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every field any OpenIM command carries: what a rule without `on` is checked against.
+/// Made once: a set of ten thousand such rules would otherwise make it ten thousand times.
+static OPENIM_FIELDS: LazyLock<BTreeSet<&'static str>> =
+    LazyLock::new(|| catalog::OPENIM.iter().flat_map(|c| c.fields.iter().copied()).collect());
+
+/// Finds the first line of the rule that holds every needle; `None` when none does.
+pub(super) type Locate<'a> = dyn Fn(&[&str]) -> Option<Place> + 'a;
+
+/// The warnings of one compiled rule, in the order its parts are written. `locate` finds
+/// lines within the rule; what it cannot find is placed at the rule's start.
+pub(super) fn rule_warnings(rule: &Rule, locate: &Locate<'_>) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    let place = |needles: &[&str]| locate(needles).unwrap_or_else(|| rule.at.clone());
+    let id = || rule.id.to_string();
+
+    let (scope, carried) = match &rule.on {
+        OnCommands::Every => (Commands::EveryOpenIm, Cow::Borrowed(&*OPENIM_FIELDS)),
+        OnCommands::Some { exact, globs } => {
+            let mut commands: Vec<&'static Command> = Vec::new();
+            for name in exact {
+                match catalog::find(name) {
+                    Some((_, command)) => commands.push(command),
+                    None => warnings.push(Warning::UnknownCommand {
+                        at: place(&[name]),
+                        rule: id(),
+                        command: name.to_string(),
+                        suggestion: suggest(name, catalog::all().map(|(_, c)| c.name)).map(str::to_string),
+                    }),
+                }
+            }
+            for glob in globs {
+                let before = commands.len();
+                commands.extend(catalog::all().map(|(_, c)| c).filter(|c| glob_matches(glob, c.name)));
+                if commands.len() == before {
+                    warnings.push(Warning::GlobMatchesNothing {
+                        at: place(&[glob]),
+                        rule: id(),
+                        glob: glob.to_string(),
+                        suggestion: suggest_glob(glob),
+                    });
+                }
+            }
+            commands.sort_unstable_by_key(|c| c.name);
+            commands.dedup_by_key(|c| c.name);
+            let scope = match commands.as_slice() {
+                // Nothing known to check the fields against: the warnings above say why.
+                [] => return warnings,
+                [one] => Commands::One(one.name),
+                several => Commands::Several(several.len()),
+            };
+            (scope, Cow::Owned(commands.iter().flat_map(|c| c.fields.iter().copied()).collect()))
+        }
+    };
+
+    let mut seen = BTreeSet::new();
+    let mut fields = Vec::new();
+    walk_fields(&rule.when, &mut fields);
+    for path in fields {
+        let key = path.top_key();
+        if carried.contains(&*key) {
+            continue;
+        }
+        let text = path.to_string();
+        if !seen.insert(text.clone()) {
+            continue;
+        }
+        let at = locate(&[&format!("{text}:")]).or_else(|| locate(&[&text])).unwrap_or_else(|| rule.at.clone());
+        warnings.push(Warning::UnknownField {
+            at,
+            rule: id(),
+            suggestion: suggest(&key, carried.iter().copied()).map(str::to_string),
+            key: key.into_owned(),
+            field: text,
+            commands: scope.clone(),
+        });
+    }
+    if let Some(cap) = &rule.rate_cap {
+        let mut seen = BTreeSet::new();
+        for path in &cap.fields {
+            let key = path.top_key();
+            if carried.contains(&*key) {
+                continue;
+            }
+            let text = path.to_string();
+            if !seen.insert(text.clone()) {
+                continue;
+            }
+            warnings.push(Warning::UnknownCapKey {
+                at: place(&["key", &text]),
+                rule: id(),
+                suggestion: suggest(&key, carried.iter().copied()).map(str::to_string),
+                key: key.into_owned(),
+                field: text,
+                commands: scope.clone(),
+            });
+        }
+    }
+    warnings
+}
+
+/// Every field path a group reads, in the order written, inside `any`/`all`/`not` too.
+fn walk_fields<'a>(group: &'a Group, out: &mut Vec<&'a FieldPath>) {
+    for cond in &group.0 {
+        match cond {
+            Cond::Field { field, .. } => out.push(field),
+            Cond::Any(groups) | Cond::All(groups) => groups.iter().for_each(|g| walk_fields(g, out)),
+            Cond::Not(g) => walk_fields(g, out),
+        }
+    }
+}
+
+/// The candidate `input` most probably meant, or `None` when nothing is close. In order of
+/// preference: one that differs only in case (`blackUserId` → `blackUserID`); one that holds
+/// all of the input's words in order, so a word left out is put back rather than another
+/// swapped in (`callbackBeforeSendMsgCommand` → `callbackBeforeSendGroupMsgCommand`, not
+/// `callbackBeforeAfterMsgCommand`); then the nearest by edit distance (a swap of two
+/// letters is one edit). Nothing further than a third of the input's length is suggested;
+/// ties go to the earliest candidate.
+pub fn suggest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let input_lower = input.to_lowercase();
+    let input_words = words(input);
+    let length = input_lower.chars().count();
+    let limit = length / 3;
+    let mut best: Option<((bool, bool, usize), &str)> = None;
+    for candidate in candidates {
+        // Lengths that differ by more than the limit take more edits than it: skip the work.
+        if candidate == input || candidate.chars().count().abs_diff(length) > limit {
+            continue;
+        }
+        // Lowercased both sides, so a difference of case alone is distance 0.
+        let distance = strsim::osa_distance(&input_lower, &candidate.to_lowercase());
+        if distance > limit {
+            continue;
+        }
+        let rank = (distance != 0, !is_subsequence(&input_words, &words(candidate)), distance);
+        if best.is_none_or(|(r, _)| rank < r) {
+            best = Some((rank, candidate));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+/// The lowercased words of a name: split before capitals and at `.` and `_`, so
+/// `Sns.CallbackBlackListAdd` is `sns callback black list add`; `ID` is one word.
+fn words(name: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    let mut previous_is_upper = false;
+    for c in name.chars() {
+        if c == '.' || c == '_' {
+            words.push(String::new());
+            previous_is_upper = false;
+            continue;
+        }
+        if c.is_ascii_uppercase() && !previous_is_upper || words.is_empty() {
+            words.push(String::new());
+        }
+        previous_is_upper = c.is_ascii_uppercase();
+        if let Some(word) = words.last_mut() {
+            word.push(c.to_ascii_lowercase());
+        }
+    }
+    words.retain(|w| !w.is_empty());
+    words
+}
+
+/// Whether every word of `needle` is in `haystack`, in the same order.
+fn is_subsequence(needle: &[String], haystack: &[String]) -> bool {
+    let mut rest = haystack.iter();
+    needle.iter().all(|word| rest.any(|w| w == word))
+}
+
+/// A glob of the usual shapes, `prefix*` or `*suffix`, corrected to the nearest prefix or
+/// suffix of a known command that ends (or starts) at a word: `callbackAfterRemoveBlak*` →
+/// `callbackAfterRemoveBlack*`. Other globs get no suggestion.
+fn suggest_glob(glob: &str) -> Option<String> {
+    if glob.matches('*').count() != 1 {
+        return None;
+    }
+    if let Some(prefix) = glob.strip_suffix('*') {
+        return suggest(prefix, GLOB_PARTS.0.iter().copied()).map(|p| format!("{p}*"));
+    }
+    if let Some(suffix) = glob.strip_prefix('*') {
+        return suggest(suffix, GLOB_PARTS.1.iter().copied()).map(|s| format!("*{s}"));
+    }
+    None
+}
+
+/// The prefixes and suffixes of known command names that end or start at a word: before a
+/// capital letter, after a `.`, or at an end.
+static GLOB_PARTS: LazyLock<(BTreeSet<&'static str>, BTreeSet<&'static str>)> = LazyLock::new(|| {
+    let (mut prefixes, mut suffixes) = (BTreeSet::new(), BTreeSet::new());
+    for (_, command) in catalog::all() {
+        let name = command.name;
+        let boundaries = name
+            .char_indices()
+            .filter(|&(i, c)| i > 0 && c.is_ascii_uppercase())
+            .map(|(i, _)| i)
+            .chain(name.match_indices('.').map(|(i, _)| i + 1));
+        for i in boundaries {
+            prefixes.insert(&name[..i]);
+            suffixes.insert(&name[i..]);
+        }
+        prefixes.insert(name);
+        suffixes.insert(name);
+    }
+    (prefixes, suffixes)
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_difference_of_case_is_suggested_first() {
+        assert_eq!(suggest("blackUserId", ["blackUserID", "ownerUserID"]), Some("blackUserID"));
+        // Even where another candidate is one edit away.
+        assert_eq!(suggest("ownerUserId", ["ownerUserIds", "ownerUserID"]), Some("ownerUserID"));
+        assert_eq!(suggest("seq", ["seq"]), None, "the input itself is not a suggestion");
+    }
+
+    #[test]
+    fn typos_are_suggested_within_a_third_of_the_length() {
+        let commands = || catalog::all().map(|(_, c)| c.name);
+        assert_eq!(suggest("callbackBeforeAddBlakCommand", commands()), Some("callbackBeforeAddBlackCommand"));
+        assert_eq!(suggest("callbackBeforeAddBalckCommand", commands()), Some("callbackBeforeAddBlackCommand"));
+        assert_eq!(suggest("callbackbeforeaddblackcommand", commands()), Some("callbackBeforeAddBlackCommand"));
+        assert_eq!(suggest("callbackBeforeSendMsgCommand", commands()), Some("callbackBeforeSendGroupMsgCommand"));
+        assert_eq!(suggest("Sns.CallbackBlacklistDelete", commands()), Some("Sns.CallbackBlackListDelete"));
+        assert_eq!(suggest("somethingElseEntirely", commands()), None);
+        assert_eq!(suggest("blackUser", ["blackUserID"]), Some("blackUserID"));
+        assert_eq!(suggest("black", ["blackUserID"]), None, "6 edits in 5 letters is too far");
+        assert_eq!(suggest("x", ["ex"]), None, "short names get only case suggestions");
+    }
+
+    #[test]
+    fn names_split_into_words() {
+        assert_eq!(words("Sns.CallbackBlackListAdd"), ["sns", "callback", "black", "list", "add"]);
+        assert_eq!(words("blackUserID"), ["black", "user", "id"]);
+        assert_eq!(words("From_Account"), ["from", "account"]);
+    }
+
+    #[test]
+    fn globs_are_corrected_at_word_boundaries() {
+        assert_eq!(suggest_glob("callbackAfterRemoveBlak*").as_deref(), Some("callbackAfterRemoveBlack*"));
+        assert_eq!(suggest_glob("callbackafterremove*").as_deref(), Some("callbackAfterRemove*"));
+        assert_eq!(suggest_glob("*RemoveBlakCommand").as_deref(), Some("*RemoveBlackCommand"));
+        assert_eq!(suggest_glob("Snss.*").as_deref(), Some("Sns.*"));
+        assert_eq!(suggest_glob("call*Blak*"), None);
+        assert_eq!(suggest_glob("zzzzzzzz*"), None);
+    }
+
+    #[test]
+    fn commands_name_what_was_checked() {
+        assert_eq!(Commands::One("callbackBeforeAddBlackCommand").to_string(), "`callbackBeforeAddBlackCommand`");
+        assert_eq!(Commands::Several(3).to_string(), "any of the rule's 3 commands");
+    }
+}
