@@ -257,6 +257,79 @@ async fn the_kubernetes_manifest_serves_the_shipped_policies_as_a_pod_would() {
     assert_eq!(server.post(path, STAFF_BLOCK).await, (200, ALLOW.to_string()));
 }
 
+/// How long callgate waits, after it stops accepting, for requests in flight (`DRAIN_FOR` in
+/// src/server/listen.rs, read from the source so that the two cannot drift apart).
+fn in_flight_limit() -> Duration {
+    let source = read("src/server/listen.rs");
+    let secs = source
+        .lines()
+        .find_map(|l| l.strip_prefix("const DRAIN_FOR: Duration = Duration::from_secs("))
+        .and_then(|rest| rest.strip_suffix(");"))
+        .expect("src/server/listen.rs defines `const DRAIN_FOR: Duration = Duration::from_secs(N);`");
+    Duration::from_secs(secs.parse().unwrap())
+}
+
+/// The plain value of an env variable of a container, if it sets one.
+fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"].as_sequence()?.iter().find(|v| v["name"].as_str() == Some(name))?["value"].as_str()
+}
+
+/// What keeps OpenIM's callbacks answered while pods come and go: enough replicas, a rolling
+/// update that adds a pod before removing one, a disruption budget over the same pods, and
+/// a drain (CALLGATE_SHUTDOWN_DELAY) that the grace period leaves room for.
+#[test]
+fn the_kubernetes_manifest_keeps_callbacks_answered_while_pods_are_replaced() {
+    let manifest = Manifest::load();
+    let deployment = manifest.get("Deployment", "callgate");
+    let spec = &deployment["spec"];
+    let pod = &spec["template"]["spec"];
+    let container = &pod["containers"][0];
+
+    let replicas = spec["replicas"].as_u64().unwrap();
+    assert!(replicas >= 2, "{replicas} replica(s): a restart or a node drain leaves nothing to answer");
+    assert_eq!(spec["strategy"]["type"].as_str(), Some("RollingUpdate"));
+    assert_eq!(
+        spec["strategy"]["rollingUpdate"]["maxUnavailable"].as_u64(),
+        Some(0),
+        "start a pod before stopping one"
+    );
+
+    // The budget covers exactly the Deployment's pods and lets a node drain proceed one pod
+    // at a time (minAvailable == replicas would block every drain).
+    let budget = manifest.get("PodDisruptionBudget", "callgate");
+    let labels = &spec["selector"]["matchLabels"];
+    assert_eq!(&budget["spec"]["selector"]["matchLabels"], labels);
+    assert_eq!(&spec["template"]["metadata"]["labels"], labels);
+    let min_available = budget["spec"]["minAvailable"].as_u64().expect("minAvailable as a number");
+    assert!((1..replicas).contains(&min_available), "minAvailable {min_available} of {replicas} replicas");
+
+    // The drain: set explicitly, and shorter than the grace period by more than the time
+    // requests in flight may still take after it.
+    let delay = env_value(container, "CALLGATE_SHUTDOWN_DELAY").expect("CALLGATE_SHUTDOWN_DELAY is set explicitly");
+    let delay = callgate::duration::parse(delay).unwrap();
+    let grace = Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().unwrap());
+    assert!(
+        grace > delay + in_flight_limit(),
+        "terminationGracePeriodSeconds {grace:?} must exceed the shutdown delay {delay:?} + {:?} for requests in flight",
+        in_flight_limit()
+    );
+
+    // Readiness on /readyz (503 from SIGTERM on), checked often, on the admin port; the drain
+    // outlasts the time the probe takes to see it.
+    let readiness = &container["readinessProbe"];
+    assert_eq!(str_of(&readiness["httpGet"]["path"]), "/readyz");
+    assert_eq!(str_of(&readiness["httpGet"]["port"]), "admin");
+    let period = readiness["periodSeconds"].as_u64().unwrap();
+    let failures = readiness["failureThreshold"].as_u64().unwrap_or(3);
+    assert!(period <= 5, "readiness every {period} s");
+    assert!(delay >= Duration::from_secs(2 * period * failures), "the drain ends before readiness fails");
+
+    // A preStop hook, if any, must not run a program: the image need not have one.
+    if let Some(pre_stop) = container["lifecycle"]["preStop"].as_mapping() {
+        assert!(!pre_stop.contains_key("exec"), "preStop runs a command the image may not have: {pre_stop:?}");
+    }
+}
+
 #[test]
 fn the_systemd_unit_passes_real_flags_and_matches_the_example_config() {
     let unit = read("deploy/callgate.service");
