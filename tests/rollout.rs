@@ -465,8 +465,13 @@ async fn rolling_restart() {
     for call in failed.iter().take(40) {
         let worker: usize = call.op[1..].split('-').next().unwrap().parse().unwrap();
         let pool = if worker.is_multiple_of(2) { "Go-like pool" } else { "keep-all pool" };
+        // Decided but not delivered (an answer lost) or never read by callgate at all.
+        let seen = match answered_by.get(&call.op) {
+            Some(names) => format!("recorded by {}", names.join(" and ")),
+            None => "in no record".to_string(),
+        };
         println!(
-            "  FAILED {} ({pool}, sent {}): {}",
+            "  FAILED {} ({pool}, sent {}, {seen}): {}",
             call.op,
             PHASES[usize::from(call.phase)],
             call.failure.as_ref().unwrap()
