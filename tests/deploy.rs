@@ -2,8 +2,10 @@
 //! The files in deploy/ against the real binary, so they cannot rot: the example config
 //! names every setting and starts a server, the Kubernetes manifest's ConfigMap is the
 //! shipped policy set and serves as the kubelet mounts it, with the Deployment's settings,
-//! the systemd unit passes only real flags, and the alert rules watch metrics the server
-//! exports.
+//! the systemd unit passes only real flags, the alert rules watch metrics the server
+//! exports, and the Dockerfile (which no container engine builds here) names callgate's
+//! settings, ports and paths as the manifest does, its health check follows readiness, and
+//! the binary needs no library its Debian base lacks.
 
 mod common;
 
@@ -257,6 +259,79 @@ async fn the_kubernetes_manifest_serves_the_shipped_policies_as_a_pod_would() {
     assert_eq!(server.post(path, STAFF_BLOCK).await, (200, ALLOW.to_string()));
 }
 
+/// How long callgate waits, after it stops accepting, for requests in flight (`DRAIN_FOR` in
+/// src/server/listen.rs, read from the source so that the two cannot drift apart).
+fn in_flight_limit() -> Duration {
+    let source = read("src/server/listen.rs");
+    let secs = source
+        .lines()
+        .find_map(|l| l.strip_prefix("const DRAIN_FOR: Duration = Duration::from_secs("))
+        .and_then(|rest| rest.strip_suffix(");"))
+        .expect("src/server/listen.rs defines `const DRAIN_FOR: Duration = Duration::from_secs(N);`");
+    Duration::from_secs(secs.parse().unwrap())
+}
+
+/// The plain value of an env variable of a container, if it sets one.
+fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"].as_sequence()?.iter().find(|v| v["name"].as_str() == Some(name))?["value"].as_str()
+}
+
+/// What keeps OpenIM's callbacks answered while pods come and go: enough replicas, a rolling
+/// update that adds a pod before removing one, a disruption budget over the same pods, and
+/// a drain (CALLGATE_SHUTDOWN_DELAY) that the grace period leaves room for.
+#[test]
+fn the_kubernetes_manifest_keeps_callbacks_answered_while_pods_are_replaced() {
+    let manifest = Manifest::load();
+    let deployment = manifest.get("Deployment", "callgate");
+    let spec = &deployment["spec"];
+    let pod = &spec["template"]["spec"];
+    let container = &pod["containers"][0];
+
+    let replicas = spec["replicas"].as_u64().unwrap();
+    assert!(replicas >= 2, "{replicas} replica(s): a restart or a node drain leaves nothing to answer");
+    assert_eq!(spec["strategy"]["type"].as_str(), Some("RollingUpdate"));
+    assert_eq!(
+        spec["strategy"]["rollingUpdate"]["maxUnavailable"].as_u64(),
+        Some(0),
+        "start a pod before stopping one"
+    );
+
+    // The budget covers exactly the Deployment's pods and lets a node drain proceed one pod
+    // at a time (minAvailable == replicas would block every drain).
+    let budget = manifest.get("PodDisruptionBudget", "callgate");
+    let labels = &spec["selector"]["matchLabels"];
+    assert_eq!(&budget["spec"]["selector"]["matchLabels"], labels);
+    assert_eq!(&spec["template"]["metadata"]["labels"], labels);
+    let min_available = budget["spec"]["minAvailable"].as_u64().expect("minAvailable as a number");
+    assert!((1..replicas).contains(&min_available), "minAvailable {min_available} of {replicas} replicas");
+
+    // The drain: set explicitly, and shorter than the grace period by more than the time
+    // requests in flight may still take after it.
+    let delay = env_value(container, "CALLGATE_SHUTDOWN_DELAY").expect("CALLGATE_SHUTDOWN_DELAY is set explicitly");
+    let delay = callgate::duration::parse(delay).unwrap();
+    let grace = Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().unwrap());
+    assert!(
+        grace > delay + in_flight_limit(),
+        "terminationGracePeriodSeconds {grace:?} must exceed the shutdown delay {delay:?} + {:?} for requests in flight",
+        in_flight_limit()
+    );
+
+    // Readiness on /readyz (503 from SIGTERM on), checked often, on the admin port; the drain
+    // outlasts the time the probe takes to see it.
+    let readiness = &container["readinessProbe"];
+    assert_eq!(str_of(&readiness["httpGet"]["path"]), "/readyz");
+    assert_eq!(str_of(&readiness["httpGet"]["port"]), "admin");
+    let period = readiness["periodSeconds"].as_u64().unwrap();
+    let failures = readiness["failureThreshold"].as_u64().unwrap_or(3);
+    assert!(period <= 5, "readiness every {period} s");
+    assert!(delay >= Duration::from_secs(2 * period * failures), "the drain ends before readiness fails");
+
+    // A preStop hook, if any, must not run a program: the image need not have one.
+    if let Some(pre_stop) = container["lifecycle"]["preStop"].as_mapping() {
+        assert!(!pre_stop.contains_key("exec"), "preStop runs a command the image may not have: {pre_stop:?}");
+    }
+}
+
 #[test]
 fn the_systemd_unit_passes_real_flags_and_matches_the_example_config() {
     let unit = read("deploy/callgate.service");
@@ -337,5 +412,396 @@ async fn the_alert_rules_watch_metrics_the_server_exports() {
     let after = scrape().await;
     for (name, _) in &names {
         assert!(exported(&after, name), "`{name}` is not exported:\n{after}");
+    }
+}
+
+/// The instructions of the Dockerfile's final stage (or of `stage`, by `AS` name), in order,
+/// as (KEYWORD, arguments): continuation lines joined, comments dropped.
+fn dockerfile_stage(stage: Option<&str>) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = Vec::new();
+    let mut current = String::new();
+    for line in read("Dockerfile").lines() {
+        let line = line.trim();
+        if current.is_empty() && (line.is_empty() || line.starts_with('#')) {
+            continue;
+        }
+        if let Some(head) = line.strip_suffix('\\') {
+            current.push_str(head.trim_end());
+            current.push(' ');
+            continue;
+        }
+        current.push_str(line);
+        let (keyword, args) = current.split_once(' ').unwrap_or((&current, ""));
+        all.push((keyword.to_uppercase(), args.trim().to_string()));
+        current.clear();
+    }
+    let starts: Vec<usize> = all.iter().enumerate().filter(|(_, (k, _))| k == "FROM").map(|(i, _)| i).collect();
+    let start = match stage {
+        None => *starts.last().expect("a FROM"),
+        Some(name) => *starts
+            .iter()
+            .find(|i| all[**i].1.ends_with(&format!(" AS {name}")))
+            .unwrap_or_else(|| panic!("no stage {name}")),
+    };
+    let end = starts.iter().find(|i| **i > start).copied().unwrap_or(all.len());
+    all[start..end].to_vec()
+}
+
+/// The arguments of every `keyword` instruction of `stage`.
+fn instructions<'a>(stage: &'a [(String, String)], keyword: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    stage.iter().filter(move |(k, _)| k == keyword).map(|(_, a)| a.as_str())
+}
+
+/// A JSON-array (exec form) argument.
+fn exec_form(args: &str) -> Vec<String> {
+    serde_json::from_str(args).unwrap_or_else(|e| panic!("not an exec-form array: {args}: {e}"))
+}
+
+/// The image's environment: every `ENV KEY=VALUE` of the final stage.
+fn image_env(stage: &[(String, String)]) -> Vec<(String, String)> {
+    instructions(stage, "ENV")
+        .flat_map(str::split_whitespace)
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("ENV {pair}: write KEY=VALUE"));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.parse::<std::net::SocketAddr>().unwrap_or_else(|e| panic!("{addr}: {e}")).port()
+}
+
+/// The HEALTHCHECK's command line, and its `--timeout`.
+fn healthcheck(stage: &[(String, String)]) -> (Vec<String>, Duration) {
+    let args = instructions(stage, "HEALTHCHECK").next().expect("a HEALTHCHECK");
+    let (options, cmd) = args.split_once("CMD ").unwrap();
+    let timeout = options
+        .split_whitespace()
+        .find_map(|o| o.strip_prefix("--timeout="))
+        .map(|t| callgate::duration::parse(t).unwrap())
+        .expect("HEALTHCHECK --timeout=");
+    (exec_form(cmd.trim()), timeout)
+}
+
+/// Runs the HEALTHCHECK command as Docker would in the container, with the image's
+/// environment and `admin` as the admin address; returns whether it passed.
+fn run_healthcheck(stage: &[(String, String)], admin: &str) -> bool {
+    let (cmd, timeout) = healthcheck(stage);
+    let mut child = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .envs(image_env(stage))
+        .env("CALLGATE_ADMIN_LISTEN", admin)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.success();
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every path, port and variable the Dockerfile names is callgate's and the manifest's.
+#[test]
+fn the_dockerfile_agrees_with_callgate_and_the_kubernetes_manifest() {
+    let build = dockerfile_stage(Some("build"));
+    let runtime = dockerfile_stage(None);
+    let manifest = Manifest::load();
+    let pod = &manifest.get("Deployment", "callgate")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+
+    // The builder's Rust is at least the crate's rust-version; the runtime is the builder's
+    // Debian release, so its glibc is the one the binary was linked against.
+    let builder = build[0].1.split_whitespace().next().unwrap().to_string();
+    let (rust, release) = builder.strip_prefix("rust:").unwrap().split_once('-').unwrap();
+    let minimum = read("Cargo.toml")
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \"")?.strip_suffix('"').map(str::to_string))
+        .unwrap();
+    let version = |v: &str| v.split('.').map(|n| n.parse::<u32>().unwrap()).collect::<Vec<_>>();
+    assert!(version(rust) >= version(&minimum), "builder {builder}, rust-version {minimum}");
+    let base = runtime[0].1.as_str();
+    assert_eq!(base, format!("debian:{release}-slim"), "the runtime is not the builder's Debian release");
+    assert!(instructions(&build, "RUN").any(|r| r.contains("cargo build --release --locked")));
+
+    // The binary is where the image runs it and where the manifest runs it.
+    let copied = instructions(&runtime, "COPY")
+        .find(|c| c.starts_with("--from=build "))
+        .and_then(|c| c.split_whitespace().last())
+        .unwrap()
+        .to_string();
+    let mut command = exec_form(instructions(&runtime, "ENTRYPOINT").next().unwrap());
+    command.extend(exec_form(instructions(&runtime, "CMD").next().unwrap()));
+    assert_eq!(command[0], copied);
+    assert_eq!(copied, "/usr/local/bin/callgate");
+    let manifest_command: Vec<&str> = container["command"].as_sequence().unwrap().iter().map(str_of).collect();
+    assert_eq!(command, manifest_command);
+
+    // Settings: real ones, the manifest's values, and no secret baked in.
+    let env = image_env(&runtime);
+    let known = serve_env_vars();
+    let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap();
+    for (name, value) in &env {
+        assert!(known.contains(name), "ENV {name} is not a setting of `callgate serve`");
+        assert_ne!(name, "CALLGATE_ADMIN_TOKEN", "a token baked into the image");
+        if let Some(theirs) = env_value(container, name) {
+            assert_eq!(value, theirs, "{name}: the image and deploy/kubernetes.yaml disagree");
+        }
+    }
+
+    // Ports: the defaults' ports, on all interfaces, exposed, and the manifest's.
+    let (callbacks, admin) = (port_of(get("CALLGATE_LISTEN")), port_of(get("CALLGATE_ADMIN_LISTEN")));
+    assert_eq!(callbacks, port_of(callgate::config::DEFAULT_LISTEN));
+    assert_eq!(admin, port_of(callgate::config::DEFAULT_ADMIN_LISTEN));
+    for var in ["CALLGATE_LISTEN", "CALLGATE_ADMIN_LISTEN"] {
+        assert!(get(var).starts_with("0.0.0.0:"), "{var}: a container must listen on all interfaces");
+    }
+    let exposed: BTreeSet<u16> =
+        instructions(&runtime, "EXPOSE").flat_map(str::split_whitespace).map(|p| p.parse().unwrap()).collect();
+    assert_eq!(exposed, BTreeSet::from([callbacks, admin]));
+    let ports = container["ports"].as_sequence().unwrap();
+    let port = |name: &str| ports.iter().find(|p| p["name"] == name).unwrap()["containerPort"].as_u64().unwrap();
+    assert_eq!((port("callbacks"), port("admin")), (u64::from(callbacks), u64::from(admin)));
+
+    // Directories: the volumes are the policy and data directories, mounted there by the
+    // manifest; the shipped policies are copied to the policy directory.
+    let volumes: BTreeSet<String> = instructions(&runtime, "VOLUME").flat_map(exec_form).collect();
+    assert_eq!(volumes, BTreeSet::from([get("CALLGATE_POLICIES").to_string(), get("CALLGATE_DATA_DIR").to_string()]));
+    let mounts: BTreeSet<String> =
+        container["volumeMounts"].as_sequence().unwrap().iter().map(|m| str_of(&m["mountPath"]).to_string()).collect();
+    assert_eq!(volumes, mounts);
+    let policies_copy = instructions(&runtime, "COPY").find(|c| c.starts_with("policies")).unwrap();
+    assert_eq!(policies_copy.split_whitespace().last().unwrap().trim_end_matches('/'), get("CALLGATE_POLICIES"));
+
+    // The user: not root, the manifest's uid and gid, owner of the data directory.
+    let user = instructions(&runtime, "USER").last().unwrap();
+    let security = &pod["securityContext"];
+    assert_eq!(
+        user,
+        format!("{}:{}", security["runAsUser"].as_u64().unwrap(), security["runAsGroup"].as_u64().unwrap())
+    );
+    assert!(!user.starts_with("0:") && !user.starts_with("root"));
+    let uid = user.split(':').next().unwrap();
+    let data_dir = get("CALLGATE_DATA_DIR");
+    assert!(
+        instructions(&runtime, "RUN").any(
+            |r| r.contains(&format!("--uid {uid}")) && r.contains(&format!("-o {uid} -g {uid} -m 0700 {data_dir}"))
+        ),
+        "the data directory is made for uid {uid}"
+    );
+
+    assert_eq!(instructions(&runtime, "STOPSIGNAL").collect::<Vec<_>>(), ["SIGTERM"]);
+    // The health check asks the readiness probe's path.
+    let readiness = str_of(&container["readinessProbe"]["httpGet"]["path"]);
+    assert!(healthcheck(&runtime).0.iter().any(|a| a.contains(&format!("GET {readiness} "))));
+}
+
+/// The image's environment with a token serves the shipped policies, and its HEALTHCHECK
+/// passes while it is ready and fails while it drains; without a token it does not start,
+/// and says which variable to set.
+#[tokio::test]
+async fn the_images_environment_needs_a_token_and_its_healthcheck_follows_readiness() {
+    let runtime = dockerfile_stage(None);
+    let env = image_env(&runtime);
+    let data = tempfile::tempdir().unwrap();
+
+    // No token: refused before anything is bound (the listen flag keeps the callback port
+    // on loopback all the same).
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
+        .arg(repo("policies"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .envs(env.iter().cloned())
+        .env_remove("CALLGATE_ADMIN_TOKEN")
+        .env_remove("CALLGATE_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("the image's environment without a token started a server");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains("CALLGATE_ADMIN_TOKEN"), "{err}");
+
+    // With a token (the harness's loopback ports and temp dirs beat the image's).
+    let mut with_token: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    with_token.push(("CALLGATE_ADMIN_TOKEN", "image-test-token"));
+    let mut server = Server::start_with_env(&repo("policies"), &["--shutdown-delay", "3s"], &with_token);
+    assert_eq!(server.post("/openim/callbackBeforeAddBlackCommand", STAFF_BLOCK).await, (200, staff_refusal()));
+    let admin = server.admin.trim_start_matches("http://").to_string();
+    assert!(run_healthcheck(&runtime, &admin), "the HEALTHCHECK fails on a ready server");
+    server.signal("TERM");
+    let started = Instant::now();
+    while server.admin_get("/readyz").await["status"] != "draining" {
+        assert!(started.elapsed() < Duration::from_secs(2), "no drain after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!run_healthcheck(&runtime, &admin), "the HEALTHCHECK passes on a draining server");
+    assert_eq!(server.wait(), Some(0));
+}
+
+/// The binary needs no library that debian:bookworm-slim lacks: only libc6's and
+/// libgcc-s1's, which every Debian image has (libc6 is a dependency of the Essential
+/// packages, libgcc-s1 of libc6). The binary under test links as the release one does.
+#[test]
+fn the_binary_needs_only_libraries_every_debian_image_has() {
+    let binary = env!("CARGO_BIN_EXE_callgate");
+    let out = std::process::Command::new("ldd").arg(binary).output().expect("ldd (libc-bin) is installed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success() && !text.contains("not found"), "{text}");
+    // soname → resolved path (the vDSO has none; the loader is its own path).
+    let libs: Vec<(String, Option<String>)> = text
+        .lines()
+        .map(|l| {
+            let l = l.trim();
+            match l.split_once(" => ") {
+                Some((name, rest)) => (name.to_string(), Some(rest.split(" (").next().unwrap().to_string())),
+                None => {
+                    let name = l.split(" (").next().unwrap().to_string();
+                    let path = name.starts_with('/').then(|| name.clone());
+                    (name, path)
+                }
+            }
+        })
+        .collect();
+    let dockerfile = read("Dockerfile");
+    for (name, _) in &libs {
+        let soname = name.rsplit('/').next().unwrap();
+        let is_vdso = soname.starts_with("linux-vdso") || soname.starts_with("linux-gate");
+        let is_loader = soname.starts_with("ld-linux");
+        assert!(
+            is_vdso || is_loader || ["libc.so.6", "libm.so.6", "libgcc_s.so.1"].contains(&soname),
+            "the binary needs {soname}, which debian:bookworm-slim may not have"
+        );
+        assert!(is_vdso || is_loader || dockerfile.contains(soname), "the Dockerfile's comment does not list {soname}");
+    }
+    let status = std::process::Command::new(binary).arg("--version").output().unwrap();
+    assert!(status.status.success(), "the binary does not start here");
+
+    // Where dpkg is (a Debian machine, as CI): each library's package is in the closure of the
+    // Essential set under Depends/Pre-Depends, which every Debian image carries.
+    let Ok(query) = std::process::Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package}\t${Essential}\t${Pre-Depends}, ${Depends}\n"])
+        .output()
+    else {
+        return;
+    };
+    let query = String::from_utf8(query.stdout).unwrap();
+    let mut deps: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
+    let mut base: Vec<&str> = Vec::new();
+    for line in query.lines() {
+        let mut fields = line.split('\t');
+        let (Some(name), Some(essential), Some(depends)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        // A single named dependency (not an alternative): `libc6 (>= 2.34)`, `libc6:any`.
+        let named = depends
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty() && !d.contains('|'))
+            .map(|d| d.split([' ', ':']).next().unwrap());
+        deps.insert(name, named.collect());
+        if essential == "yes" {
+            base.push(name);
+        }
+    }
+    let mut closure: BTreeSet<&str> = BTreeSet::new();
+    while let Some(name) = base.pop() {
+        if closure.insert(name) {
+            base.extend(deps.get(name).into_iter().flatten());
+        }
+    }
+    for (name, path) in &libs {
+        let Some(path) = path else { continue };
+        let owner = std::process::Command::new("dpkg").args(["-S", path]).output().unwrap();
+        let owner = String::from_utf8(owner.stdout).unwrap();
+        let package = owner.split(':').next().unwrap_or("").trim();
+        assert!(!package.is_empty(), "{name} ({path}) belongs to no Debian package");
+        assert!(closure.contains(package), "{name} comes from {package}, which a minimal Debian image may lack");
+    }
+}
+
+/// The build context keeps what `cargo build --release --locked` and the image's COPY read,
+/// and leaves out the target directory and the repository's history.
+#[test]
+fn the_dockerignore_keeps_the_build_inputs() {
+    let patterns: Vec<String> = read(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_matches('/').to_string())
+        .collect();
+    assert!(patterns.iter().all(|p| !p.starts_with('!')), "exceptions are not checked here");
+    // `*` and `**` as any run of characters, `/` included: an over-approximation.
+    fn matches(pattern: &[u8], path: &[u8]) -> bool {
+        match pattern.first() {
+            None => path.is_empty(),
+            Some(b'*') => (0..=path.len()).any(|i| matches(&pattern[1..], &path[i..])),
+            Some(c) => path.first() == Some(c) && matches(&pattern[1..], &path[1..]),
+        }
+    }
+    let ignored = |path: &str| {
+        let mut prefixes = path.split('/').scan(String::new(), |acc, part| {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(part);
+            Some(acc.clone())
+        });
+        prefixes.any(|p| patterns.iter().any(|pat| matches(pat.as_bytes(), p.as_bytes())))
+    };
+    for path in ["target", ".git"] {
+        assert!(ignored(path), "{path} goes into the build context");
+    }
+    // The build's inputs: the manifest, the lock file, the sources, the files they include,
+    // every declared target, and what the runtime stage copies.
+    let mut inputs = vec!["Cargo.toml".to_string(), "Cargo.lock".into(), "src/main.rs".into(), "src/lib.rs".into()];
+    let mut sources = vec![repo("src")];
+    while let Some(dir) = sources.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for (_, rest) in text.match_indices("include_str!(\"").map(|(i, _)| text.split_at(i + 14)) {
+                let rel = rest.split('"').next().unwrap();
+                let file = path.parent().unwrap().join(rel);
+                let file = file.canonicalize().unwrap();
+                inputs.push(file.strip_prefix(repo("").canonicalize().unwrap()).unwrap().display().to_string());
+            }
+        }
+    }
+    for line in read("Cargo.toml").lines() {
+        if line.trim() == "[[bench]]" {
+            inputs.push("benches".into());
+        }
+    }
+    for copy in instructions(&dockerfile_stage(None), "COPY").filter(|c| !c.starts_with("--from")) {
+        inputs.push(copy.split_whitespace().next().unwrap().trim_end_matches('/').to_string());
+    }
+    for input in &inputs {
+        assert!(repo(input).exists(), "{input} does not exist");
+        assert!(!ignored(input), "{input} is needed by the image build but .dockerignore leaves it out");
     }
 }

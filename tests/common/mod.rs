@@ -107,13 +107,29 @@ impl Server {
         Server::spawn(policies, Some(data), extra, &[])
     }
 
+    /// Starts a server on the given callback and admin addresses (not random ports), with its
+    /// records in `data`, as for an instance restarted where a load balancer expects it.
+    pub fn start_on(policies: &Path, data: &Path, listen: &str, admin: &str, extra: &[&str]) -> Server {
+        Server::launch(policies, Some(data), (listen, admin), extra, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     fn spawn(policies: &Path, data: Option<&Path>, extra: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
+        Server::launch(policies, data, ("127.0.0.1:0", "127.0.0.1:0"), extra, env)
+    }
+
+    fn launch(
+        policies: &Path,
+        data: Option<&Path>,
+        (listen, admin): (&str, &str),
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server, String> {
         let scratch = tempfile::tempdir().unwrap();
         let log = scratch.path().join("stderr.log");
         let data = data.map_or_else(|| scratch.path().join("data"), Path::to_path_buf);
         let mut child = Command::new(env!("CARGO_BIN_EXE_callgate"))
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--listen", listen, "--admin-listen", admin])
             .arg("--policies")
             .arg(policies)
             .arg("--data-dir")
@@ -202,7 +218,7 @@ impl Server {
         self.wait()
     }
 
-    /// Waits for the process to exit; returns the exit code.
+    /// Waits for the process to exit (after a signal); returns the exit code.
     pub fn wait(&mut self) -> Option<i32> {
         self.child.wait().unwrap().code()
     }
