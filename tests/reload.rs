@@ -97,7 +97,13 @@ async fn a_broken_set_leaves_the_old_one_in_force_until_fixed() {
     );
     assert_eq!(status["policy_version"], good.as_str());
     assert_eq!(server.post(UNBLOCK, &unblock("u_9")).await.1, refusal(101, "a", ""));
-    assert!(server.logs().contains("policy set refused, the previous set stays in force"));
+    // One line says it all, the errors with their places.
+    let logs = server.logs();
+    let refused: Vec<&str> = logs.lines().filter(|l| l.contains("policy set refused")).collect();
+    assert_eq!(refused.len(), 1, "{logs}");
+    assert!(refused[0].contains("the previous set stays in force (1 error(s)): "), "{logs}");
+    assert!(refused[0].contains("10-a.yaml:2: rule `a`: a deny needs `error:"), "{logs}");
+    assert!(refused[0].contains(" ERROR "), "{logs}");
 
     dir.write("10-a.yaml", &deny_rule("a", "u_9", 105));
     server.wait_for_new_version(&good, LIVE_WITHIN).await;

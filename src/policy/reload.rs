@@ -119,9 +119,13 @@ impl PolicyStore {
             Err(errors) => {
                 status.last_error = Some(errors.to_string());
                 metrics::counter!("callgate_policy_reloads_total", "result" => "error").increment(1);
+                // One line, whatever the number of errors: a log line is one event.
+                let each: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
                 tracing::error!(
                     serving = self.current.load().version(),
-                    "policy set refused, the previous set stays in force:\n{errors}"
+                    "policy set refused, the previous set stays in force ({} error(s)): {}",
+                    each.len(),
+                    each.join("; ")
                 );
                 Err(errors)
             }
