@@ -4,6 +4,7 @@
 //! (`crate::policy`) reads them. Neither side knows about the other.
 
 use bytes::Bytes;
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// Which IM server sent a callback.
@@ -47,4 +48,15 @@ impl Event {
     pub fn openim(command: impl Into<String>, body: Map<String, Value>) -> Event {
         Event { source: Source::OpenIm, command: command.into(), operation_id: String::new(), body, raw: Bytes::new() }
     }
+}
+
+/// Where a Tencent callback came from, from its query string (kept in its record).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TencentMeta {
+    /// `SdkAppid`.
+    pub sdk_app_id: String,
+    /// `ClientIP`.
+    pub client_ip: String,
+    /// `OptPlatform`, kept as the string Tencent sent.
+    pub opt_platform: String,
 }

@@ -2,12 +2,13 @@
 //!
 //! Data flows one way:
 //! request → [`protocol`] decode → [`event::Event`] → [`policy`] decide →
-//! [`policy::Decision`] → [`protocol`] encode → reply.
+//! [`decision::Decision`] → [`protocol`] encode → reply, and [`record`].
 //!
 //! - [`config`]: flags, env and config file merged into one `Config`
 //! - [`event`]: the one shape every callback decodes into
+//! - [`decision`]: what was decided for a callback, and why; no layer owns it
 //! - [`catalog`]: what each IM server sends: its commands and their body fields (data only)
-//! - [`protocol`]: OpenIM (and later Tencent) wire formats; no rules
+//! - [`protocol`]: OpenIM and Tencent wire formats; no rules
 //! - [`policy`]: YAML policies → `PolicySet`; evaluation; live reload
 //! - [`server`]: the warp listeners; the only module that knows HTTP
 //! - [`ratecap`]: rolling-window counts for rate caps, in memory or in Redis
@@ -17,6 +18,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod decision;
 pub mod duration;
 pub mod event;
 pub mod policy;

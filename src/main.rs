@@ -10,8 +10,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use callgate::config::{DEFAULT_POLICIES, LogFormat, Settings};
+use callgate::decision::Outcome;
 use callgate::event::Event;
-use callgate::policy::{self, Outcome, PolicyStore};
+use callgate::policy::{self, PolicyStore};
 use callgate::ratecap::{CapStore, MemoryCaps, RedisCaps};
 use callgate::record::{self, EventFilter, Recorder, StreamSink};
 use callgate::redis_client::RedisTarget;

@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::compile::{Outcome, Place, PolicySet};
-use super::eval::{Decision, TraceStep};
+use super::compile::{Place, PolicySet};
+use super::eval::TraceStep;
 use super::load::is_policy_file_name;
 use super::parse::{self, RawDecision};
+use crate::decision::{Decision, Outcome};
 use crate::event::Event;
 
 /// The directory, inside the policy directory, that holds the test files. The server loads

@@ -16,6 +16,7 @@ use super::parse::{
     self, RawDecision, RawEntry, RawError, RawFile, RawGroup, RawList, RawMode, RawOps, RuleLines, Scalar,
 };
 use super::warn::{self, Warning};
+use crate::decision::{Outcome, Refusal};
 
 /// A place in a policy file, shown as `file:line`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,36 +222,6 @@ pub struct RateCap {
 
 /// The longest rate-cap window.
 const MAX_CAP_WINDOW: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
-
-/// What a rule or the default decides.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Let the operation go on.
-    Allow,
-    /// Refuse it with this error.
-    Deny(Arc<Refusal>),
-}
-
-impl Outcome {
-    /// `"allow"` or `"deny"`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Outcome::Allow => "allow",
-            Outcome::Deny(_) => "deny",
-        }
-    }
-}
-
-/// The error OpenIM passes to its client when a callback is refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// `errCode`, 100 or more.
-    pub code: i32,
-    /// `errMsg`.
-    pub message: String,
-    /// `errDlt`.
-    pub detail: String,
-}
 
 /// The commands a rule applies to.
 #[derive(Debug)]

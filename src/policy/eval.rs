@@ -7,45 +7,11 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::compile::{Cond, FieldPath, Group, Outcome, PolicySet, RateCap, Rule, Test};
+use super::compile::{Cond, FieldPath, Group, PolicySet, RateCap, Rule, Test};
 use super::parse::Scalar;
+use crate::decision::{CapHit, Decision, DryRunHit, Outcome};
 use crate::event::Event;
 use crate::ratecap::{CapCheck, CapOutcome, CapStore, OnError, cap_key};
-
-/// What the policy set decided for one callback.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    /// Allow, or deny with a refusal: what enforcement answers.
-    pub outcome: Outcome,
-    /// The rule that decided; `None` when the default decided.
-    pub rule: Option<Arc<str>>,
-    /// Dry-run rules that held on the way, with what each would have decided.
-    pub dry_run: Vec<DryRunHit>,
-    /// Rate caps checked on the way, with their counts.
-    pub caps: Vec<CapHit>,
-}
-
-/// A rule in `mode: dry_run` that held.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DryRunHit {
-    /// The rule's id.
-    pub rule: Arc<str>,
-    /// What it would have decided.
-    pub outcome: Outcome,
-}
-
-/// A rate cap checked for a callback.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CapHit {
-    /// The rule's id.
-    pub rule: Arc<str>,
-    /// Allowed callbacks in the window before this one.
-    pub count: u64,
-    /// The cap.
-    pub max: u64,
-    /// Whether allowing this callback would have exceeded the cap.
-    pub is_exceeded: bool,
-}
 
 /// What happened to one rule during an explained evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,8 +25,8 @@ mod syntax;
 mod warn;
 
 pub use cases::{CASES_DIR, CaseError, CaseReport, CaseRun, run_cases};
-pub use compile::{LoadError, LoadErrors, Outcome, Place, PolicySet, Refusal};
-pub use eval::{CapHit, Decision, DryRunHit, Plan, Step, TraceStep};
+pub use compile::{LoadError, LoadErrors, Place, PolicySet};
+pub use eval::{Plan, Step, TraceStep};
 pub use load::{load_dir, load_dir_after};
 pub use reload::{PolicyStore, ReloadStatus, Reloaded, Watch, watch};
 pub use warn::{Commands, Warning};

@@ -22,8 +22,8 @@ use serde_json::Value;
 use super::BodyError;
 
 use crate::catalog;
+use crate::decision::Outcome;
 use crate::event::{Event, Source};
-use crate::policy::Outcome;
 
 /// The longest command name accepted.
 const MAX_COMMAND_LEN: usize = 128;
@@ -241,7 +241,7 @@ pub fn encode_bad_request(err: &DecodeError) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Refusal;
+    use crate::decision::Refusal;
     use std::sync::Arc;
 
     #[test]

@@ -15,8 +15,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::BodyError;
-use crate::event::{Event, Source};
-use crate::record::TencentMeta;
+use crate::event::{Event, Source, TencentMeta};
 
 /// The acknowledgement.
 pub const OK: &[u8] = br#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#;

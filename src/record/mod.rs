@@ -19,19 +19,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::event::Event;
-use crate::policy::{Decision, Outcome};
-
-/// What a record says about a Tencent callback's origin, from its query string.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct TencentMeta {
-    /// `SdkAppid`.
-    pub sdk_app_id: String,
-    /// `ClientIP`.
-    pub client_ip: String,
-    /// `OptPlatform`, kept as the string Tencent sent.
-    pub opt_platform: String,
-}
+use crate::decision::{CapHit, Decision, DryRunHit, Outcome};
+use crate::event::{Event, TencentMeta};
 
 /// One record line: the serialised head (ending in `"body":`), then the body as received —
 /// shared with the request, not copied, so a 16 MiB message is held once, not twice — then
@@ -85,10 +74,10 @@ struct Head<'a> {
     rule: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error_code: Option<i32>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    dry_run: Vec<DryRunEntry<'a>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    caps: Vec<CapEntry<'a>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    dry_run: &'a [DryRunHit],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    caps: &'a [CapHit],
     /// Under `serve --dry-run`: what enforcement would have answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     would: Option<Would<'a>>,
@@ -98,34 +87,11 @@ struct Head<'a> {
 }
 
 #[derive(Serialize)]
-struct DryRunEntry<'a> {
-    rule: &'a str,
-    would: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error_code: Option<i32>,
-}
-
-#[derive(Serialize)]
-struct CapEntry<'a> {
-    rule: &'a str,
-    count: u64,
-    max: u64,
-    exceeded: bool,
-}
-
-#[derive(Serialize)]
 struct Would<'a> {
     decision: &'static str,
     rule: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error_code: Option<i32>,
-}
-
-fn error_code(outcome: &Outcome) -> Option<i32> {
-    match outcome {
-        Outcome::Allow => None,
-        Outcome::Deny(r) => Some(r.code),
-    }
 }
 
 /// The record line of a decided OpenIM callback. `is_dry_run` is the server's `--dry-run`:
@@ -141,7 +107,7 @@ pub fn openim_line(
     let would = is_dry_run.then(|| Would {
         decision: decision.outcome.as_str(),
         rule: decision.rule.as_deref(),
-        error_code: error_code(&decision.outcome),
+        error_code: decision.outcome.error_code(),
     });
     let head = Head {
         time: now_rfc3339(),
@@ -151,17 +117,9 @@ pub fn openim_line(
         tencent: None,
         decision: answered.as_str(),
         rule: if is_dry_run { None } else { decision.rule.as_deref() },
-        error_code: error_code(answered),
-        dry_run: decision
-            .dry_run
-            .iter()
-            .map(|h| DryRunEntry { rule: &h.rule, would: h.outcome.as_str(), error_code: error_code(&h.outcome) })
-            .collect(),
-        caps: decision
-            .caps
-            .iter()
-            .map(|c| CapEntry { rule: &c.rule, count: c.count, max: c.max, exceeded: c.is_exceeded })
-            .collect(),
+        error_code: answered.error_code(),
+        dry_run: &decision.dry_run,
+        caps: &decision.caps,
         would,
         policy_version: Some(policy_version),
         latency_us: latency.as_micros().try_into().unwrap_or(u64::MAX),
@@ -180,8 +138,8 @@ pub fn tencent_line(event: &Event, meta: &TencentMeta, latency: Duration) -> Lin
         decision: "ack",
         rule: None,
         error_code: None,
-        dry_run: Vec::new(),
-        caps: Vec::new(),
+        dry_run: &[],
+        caps: &[],
         would: None,
         policy_version: None,
         latency_us: latency.as_micros().try_into().unwrap_or(u64::MAX),
@@ -233,7 +191,7 @@ fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{DryRunHit, Refusal};
+    use crate::decision::Refusal;
     use bytes::Bytes;
     use serde_json::Value;
     use std::sync::Arc;
@@ -252,7 +210,7 @@ mod tests {
             outcome: refusal.clone(),
             rule: Some("r".into()),
             dry_run: vec![DryRunHit { rule: "d".into(), outcome: refusal }],
-            caps: vec![crate::policy::CapHit { rule: "c".into(), count: 3, max: 10, is_exceeded: false }],
+            caps: vec![CapHit { rule: "c".into(), count: 3, max: 10, is_exceeded: false }],
         };
         let line =
             openim_line(&event("{\"a\": 1, \"b\":\"x\"}\n"), &decision, false, "v1", Duration::from_micros(7)).to_vec();

@@ -10,7 +10,7 @@ use warp::{Filter, Rejection, Reply};
 use std::collections::HashMap;
 
 use super::State;
-use crate::policy::Outcome;
+use crate::decision::Outcome;
 use crate::protocol::openim;
 use crate::record::{self, EventFilter};
 
@@ -188,8 +188,8 @@ async fn explain(query: &str, body: bytes::Bytes, state: &State) -> warp::reply:
         "decision": decision.outcome.as_str(),
         "rule": decision.rule.as_deref(),
         "error": error,
-        "dry_run": decision.dry_run.iter().map(|h| json!({"rule": &*h.rule, "would": h.outcome.as_str()})).collect::<Vec<_>>(),
-        "caps": decision.caps.iter().map(|c| json!({"rule": &*c.rule, "count": c.count, "max": c.max, "exceeded": c.is_exceeded})).collect::<Vec<_>>(),
+        "dry_run": decision.dry_run,
+        "caps": decision.caps,
         "answer_under_dry_run": state.is_dry_run.then_some("allow"),
         "trace": trace.iter().map(|t| json!({"rule": &*t.rule, "at": t.at, "step": t.step.as_str(), "cap": t.cap.map(|(count, max)| json!({"count": count, "max": max}))})).collect::<Vec<_>>(),
         "policy_version": set.version(),

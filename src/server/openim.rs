@@ -14,7 +14,7 @@ use super::body::read_limited;
 use super::{Peer, access};
 use super::{State, closing, json_reply};
 use crate::catalog;
-use crate::policy::{Decision, Outcome};
+use crate::decision::{Decision, Outcome};
 use crate::protocol::BodyError;
 use crate::protocol::openim::{self, DecodeError, OpenImVersion};
 use crate::record;
