@@ -13,9 +13,7 @@ use callgate::config::{DEFAULT_POLICIES, LogFormat, Settings};
 use callgate::decision::Outcome;
 use callgate::event::Event;
 use callgate::policy::{self, PolicyStore};
-use callgate::ratecap::{CapStore, MemoryCaps, RedisCaps};
-use callgate::record::{self, EventFilter, Recorder, StreamSink};
-use callgate::redis_client::RedisTarget;
+use callgate::record::{self, EventFilter};
 use callgate::server;
 
 /// A policy-gated callback decision engine for OpenIM and Tencent Cloud Chat.
@@ -155,85 +153,13 @@ fn serve(config_file: Option<&Path>, settings: Settings) -> Result<ExitCode> {
     if set.rule_count() == 0 {
         tracing::warn!(dir = %config.policies.display(), "the policy set has no rules: every callback gets the default answer");
     }
-    if config.is_dry_run {
-        tracing::warn!("dry run: every callback is answered allow; records show what the rules would have answered");
-    }
-    if let Some(version) = config.openim_version {
-        tracing::info!("OpenIM version set to {}: answers take its form whatever the URL", version.as_str());
-        if !version.enforces_refusals() {
-            tracing::warn!(
-                "OpenIM 3.6 never enforces a callback's refusal (it only logs it): rules that deny are recorded, but the operations go on; upgrade OpenIM to 3.7 or later"
-            );
-        }
-    }
-    if config.tencent.app_id.is_none() {
-        tracing::warn!(
-            "no Tencent app ID configured: Tencent callbacks from any SdkAppid are accepted; set --tencent-app-id"
-        );
-    }
+    server::warn_about(&config);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    // The Redis client binds to the runtime it is made in.
-    let _in_runtime = runtime.enter();
-    let redis = match &config.redis_url {
-        Some(url) => Some(RedisTarget::new(url, &config.redis_tls, config.is_redis_cluster).context("--redis-url")?),
-        None => None,
+    // The Redis clients bind to the runtime they are made in.
+    let state = {
+        let _in_runtime = runtime.enter();
+        Arc::new(server::State::from_config(&config, store, Some(metrics))?)
     };
-    // The connections callbacks use, warmed by the probe.
-    let mut redis_conns = Vec::new();
-    let caps = Arc::new(match &redis {
-        Some(target) => {
-            let conn = target.connect_lazily(config.redis_timeout)?;
-            redis_conns.push(conn.clone());
-            CapStore::Redis(RedisCaps::new(conn, config.redis_timeout))
-        }
-        None => CapStore::Memory(MemoryCaps::new(config.cap_max_keys)),
-    });
-    let recorder = if config.is_recording {
-        // Stream copies are not in a hurry: a longer timeout than the caps'.
-        let stream = match &redis {
-            Some(target) => {
-                let conn = target.connect_lazily(config.redis_timeout.max(Duration::from_secs(1)))?;
-                redis_conns.push(conn.clone());
-                Some(StreamSink::spawn(conn))
-            }
-            None => None,
-        };
-        Some(Arc::new(Recorder::open(&config.data_dir, config.record_max_bytes, config.record_retention, stream)?))
-    } else {
-        tracing::warn!("records are off: callbacks are decided and acknowledged but not recorded");
-        None
-    };
-    if let Some(target) = redis {
-        runtime.spawn(target.probe(redis_conns));
-    }
-    let state = Arc::new(server::State {
-        policies: Arc::new(store),
-        is_dry_run: config.is_dry_run,
-        body_limits: server::BodyLimits {
-            max_bytes: config.max_body_bytes,
-            timeout: config.read_timeout,
-            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_body_bytes_in_flight)),
-        },
-        openim_version: config.openim_version,
-        tencent: config.tencent.clone(),
-        recorder,
-        data_dir: config.data_dir.clone(),
-        caps,
-        on_error: config.on_error,
-        metrics: Some(metrics),
-        admin_token: config.admin_token.clone(),
-        openim_path_token: config.openim_path_token.clone(),
-        allow_sources: config.allow_sources.clone(),
-        busy: tokio::sync::Semaphore::new(config.max_concurrent_requests),
-        conn_limits: server::ConnLimits {
-            read_timeout: config.read_timeout,
-            idle_timeout: config.idle_timeout,
-            max_header_bytes: config.max_header_bytes,
-            max_connections: config.max_connections,
-        },
-        shutdown_delay: config.shutdown_delay,
-        draining: Default::default(),
-    });
 
     runtime.block_on(async {
         let bound = server::bind(&config).await?;

@@ -9,14 +9,15 @@ mod admin;
 mod body;
 mod listen;
 mod openim;
+mod state;
 mod tencent;
 
 pub use body::BodyLimits;
 pub use listen::{ConnLimits, Peer};
+pub use state::{StartError, State, warn_about};
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,53 +26,10 @@ use warp::http::{StatusCode, header};
 use tokio::net::TcpListener;
 use warp::Filter;
 
-use crate::config::{Cidr, Config};
-use crate::policy::PolicyStore;
-use crate::protocol::tencent::TencentAuth;
+use crate::config::Config;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::ratecap::{CapStore, OnError};
-use crate::record::Recorder;
-
-/// What every handler shares.
-#[derive(Debug)]
-pub struct State {
-    /// The live policy set.
-    pub policies: Arc<PolicyStore>,
-    /// Whether every answer is allow.
-    pub is_dry_run: bool,
-    /// How callback bodies are read: size, time, bytes held at once.
-    pub body_limits: BodyLimits,
-    /// The OpenIM version set by the operator; `None` infers it from each request's URL.
-    pub openim_version: Option<crate::protocol::openim::OpenImVersion>,
-    /// What Tencent callbacks must prove.
-    pub tencent: TencentAuth,
-    /// Where records go; `None` when recording is off.
-    pub recorder: Option<Arc<Recorder>>,
-    /// The record directory, for queries.
-    pub data_dir: PathBuf,
-    /// Where rate caps are counted.
-    pub caps: Arc<CapStore>,
-    /// What a cap answers when its store cannot.
-    pub on_error: OnError,
-    /// Renders `/metrics`; `None` when no recorder is installed (as in library use).
-    pub metrics: Option<PrometheusHandle>,
-    /// Bearer token the admin API requires, when set.
-    pub admin_token: Option<String>,
-    /// Secret path segment OpenIM callbacks must carry, when set.
-    pub openim_path_token: Option<String>,
-    /// Sources callbacks are accepted from; empty means any.
-    pub allow_sources: Vec<Cidr>,
-    /// Callbacks handled at once; a callback that finds none free is answered 503.
-    pub busy: tokio::sync::Semaphore,
-    /// Limits of the accept loops.
-    pub conn_limits: ConnLimits,
-    /// How long, after a stop signal, callbacks are still answered (each with
-    /// `Connection: close`) while `/readyz` says not ready, before the server stops.
-    pub shutdown_delay: std::time::Duration,
-    /// Set when that drain begins.
-    pub draining: Arc<std::sync::atomic::AtomicBool>,
-}
+use crate::ratecap::CapStore;
 
 /// How the server is asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
