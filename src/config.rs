@@ -379,82 +379,11 @@ impl Settings {
 
     /// Applies the defaults and checks every value.
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let addr = |key: &'static str, v: Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
-            let text = v.unwrap_or_else(|| default.to_string());
-            text.parse().map_err(|_| ConfigError::Value {
-                key,
-                message: format!("`{text}` is not an address; write IP:PORT, as in `{default}`"),
-            })
-        };
-        let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        if max_body_bytes == 0 {
-            return Err(ConfigError::Value { key: "max_body_bytes", message: "must be at least 1".into() });
-        }
-        let max_body_bytes_in_flight = self.max_body_bytes_in_flight.unwrap_or(DEFAULT_MAX_BODY_BYTES_IN_FLIGHT);
-        if max_body_bytes_in_flight < max_body_bytes {
-            return Err(ConfigError::Value {
-                key: "max_body_bytes_in_flight",
-                message: format!(
-                    "must be at least max_body_bytes ({max_body_bytes}), or no body that large could be read"
-                ),
-            });
-        }
-        let openim_version = self
-            .openim_version
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| OpenImVersion::parse(v.trim()))
-            .transpose()
-            .map_err(|message| ConfigError::Value { key: "openim_version", message })?;
-        let max_skew = duration("tencent_max_skew", self.tencent_max_skew, DEFAULT_TENCENT_MAX_SKEW)?;
-        let record_max_bytes = self.record_max_bytes.unwrap_or(DEFAULT_RECORD_MAX_BYTES);
-        if record_max_bytes < 4096 {
-            return Err(ConfigError::Value { key: "record_max_bytes", message: "must be at least 4096".into() });
-        }
-        let record_max_age = self
-            .record_max_age
-            .map(|text| crate::duration::parse(&text))
-            .transpose()
-            .map_err(|message| ConfigError::Value { key: "record_max_age", message })?;
-        if let Some(total) = self.record_max_total_bytes
-            && total < record_max_bytes
-        {
-            return Err(ConfigError::Value {
-                key: "record_max_total_bytes",
-                message: format!(
-                    "must be at least record_max_bytes ({record_max_bytes}): the file being written is always kept"
-                ),
-            });
-        }
-        let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
-        let admin_listen = addr("admin_listen", self.admin_listen, DEFAULT_ADMIN_LISTEN)?;
-        let read_timeout = duration("read_timeout", self.read_timeout, DEFAULT_READ_TIMEOUT)?;
-        let idle_timeout = match self.idle_timeout.as_deref().map(str::trim) {
-            None | Some("" | "none" | "0") => None,
-            Some(_) => Some(duration("idle_timeout", self.idle_timeout, "")?),
-        };
-        let shutdown_delay = match self.shutdown_delay.as_deref().map(str::trim) {
-            Some("0" | "0s") => Duration::ZERO,
-            _ => duration("shutdown_delay", self.shutdown_delay, DEFAULT_SHUTDOWN_DELAY)?,
-        };
-        let allow_sources = self
-            .allow_source
-            .unwrap_or_default()
-            .iter()
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| Cidr::parse(s.trim()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|message| ConfigError::Value { key: "allow_source", message })?;
-        let at_least = |key: &'static str, v: usize, min: usize| {
-            if v < min { Err(ConfigError::Value { key, message: format!("must be at least {min}") }) } else { Ok(v) }
-        };
-        let max_header_bytes =
-            at_least("max_header_bytes", self.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES), 1024)?;
-        let max_concurrent_requests = at_least(
-            "max_concurrent_requests",
-            self.max_concurrent_requests.unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS),
-            1,
-        )?;
-        let max_connections = at_least("max_connections", self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS), 1)?;
+        let (max_body_bytes, max_body_bytes_in_flight) =
+            body_limits(self.max_body_bytes, self.max_body_bytes_in_flight)?;
+        let (record_max_bytes, record_retention) =
+            record_limits(self.record_max_bytes, self.record_max_age, self.record_max_total_bytes)?;
+        let admin_listen = address("admin_listen", self.admin_listen, DEFAULT_ADMIN_LISTEN)?;
         let admin_token = non_empty(self.admin_token);
         if !admin_listen.ip().is_loopback() && admin_token.is_none() {
             return Err(ConfigError::Value {
@@ -464,20 +393,15 @@ impl Settings {
                 ),
             });
         }
-        let redis_timeout = duration("redis_timeout", self.redis_timeout, DEFAULT_REDIS_TIMEOUT)?;
-        let cap_max_keys = self.cap_max_keys.unwrap_or(DEFAULT_CAP_MAX_KEYS);
-        if cap_max_keys == 0 {
-            return Err(ConfigError::Value { key: "cap_max_keys", message: "must be at least 1".into() });
-        }
         Ok(Config {
             tencent: TencentAuth {
                 app_id: non_empty(self.tencent_app_id),
                 token: non_empty(self.tencent_token),
-                max_skew,
+                max_skew: duration("tencent_max_skew", self.tencent_max_skew, DEFAULT_TENCENT_MAX_SKEW)?,
             },
             is_recording: self.records.unwrap_or(true),
             redis_url: non_empty(self.redis_url),
-            redis_timeout,
+            redis_timeout: duration("redis_timeout", self.redis_timeout, DEFAULT_REDIS_TIMEOUT)?,
             is_redis_cluster: self.redis_cluster.unwrap_or(false),
             redis_tls: TlsFiles {
                 ca: self.redis_ca_file,
@@ -485,29 +409,118 @@ impl Settings {
                 client_key: self.redis_client_key,
             },
             on_error: self.on_error.unwrap_or_default(),
-            cap_max_keys,
+            cap_max_keys: at_least("cap_max_keys", self.cap_max_keys.unwrap_or(DEFAULT_CAP_MAX_KEYS), 1)?,
             record_max_bytes,
-            record_retention: Retention { max_age: record_max_age, max_total_bytes: self.record_max_total_bytes },
-            listen: addr("listen", self.listen, DEFAULT_LISTEN)?,
+            record_retention,
+            listen: address("listen", self.listen, DEFAULT_LISTEN)?,
             admin_listen,
             admin_token,
             openim_path_token: non_empty(self.openim_path_token),
-            allow_sources,
-            read_timeout,
-            idle_timeout,
-            shutdown_delay,
-            max_header_bytes,
-            max_concurrent_requests,
-            max_connections,
+            allow_sources: cidrs(self.allow_source)?,
+            read_timeout: duration("read_timeout", self.read_timeout, DEFAULT_READ_TIMEOUT)?,
+            // `none` (the default): no idle timeout.
+            idle_timeout: match self.idle_timeout.as_deref().map(str::trim) {
+                None | Some("" | "none" | "0") => None,
+                Some(_) => Some(duration("idle_timeout", self.idle_timeout, "")?),
+            },
+            // Zero is allowed here: stop at once on SIGTERM too.
+            shutdown_delay: match self.shutdown_delay.as_deref().map(str::trim) {
+                Some("0" | "0s") => Duration::ZERO,
+                _ => duration("shutdown_delay", self.shutdown_delay, DEFAULT_SHUTDOWN_DELAY)?,
+            },
+            max_header_bytes: at_least(
+                "max_header_bytes",
+                self.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+                1024,
+            )?,
+            max_concurrent_requests: at_least(
+                "max_concurrent_requests",
+                self.max_concurrent_requests.unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS),
+                1,
+            )?,
+            max_connections: at_least("max_connections", self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS), 1)?,
             policies: self.policies.unwrap_or_else(|| DEFAULT_POLICIES.into()),
             data_dir: self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             is_dry_run: self.dry_run.unwrap_or(false),
             log_format: self.log_format.unwrap_or_default(),
             max_body_bytes,
             max_body_bytes_in_flight,
-            openim_version,
+            openim_version: self
+                .openim_version
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| OpenImVersion::parse(v.trim()))
+                .transpose()
+                .map_err(|message| ConfigError::Value { key: "openim_version", message })?,
         })
     }
+}
+
+/// The largest body and the bytes of bodies held at once, checked against each other.
+fn body_limits(max: Option<usize>, in_flight: Option<usize>) -> Result<(usize, usize), ConfigError> {
+    let max = at_least("max_body_bytes", max.unwrap_or(DEFAULT_MAX_BODY_BYTES), 1)?;
+    let in_flight = in_flight.unwrap_or(DEFAULT_MAX_BODY_BYTES_IN_FLIGHT);
+    if in_flight < max {
+        return Err(ConfigError::Value {
+            key: "max_body_bytes_in_flight",
+            message: format!("must be at least max_body_bytes ({max}), or no body that large could be read"),
+        });
+    }
+    Ok((max, in_flight))
+}
+
+/// The size a record file is rotated at, and which closed files are kept.
+fn record_limits(
+    max_bytes: Option<u64>,
+    max_age: Option<String>,
+    max_total_bytes: Option<u64>,
+) -> Result<(u64, Retention), ConfigError> {
+    let max_bytes = max_bytes.unwrap_or(DEFAULT_RECORD_MAX_BYTES);
+    if max_bytes < 4096 {
+        return Err(ConfigError::Value { key: "record_max_bytes", message: "must be at least 4096".into() });
+    }
+    let max_age = max_age
+        .map(|text| crate::duration::parse(&text))
+        .transpose()
+        .map_err(|message| ConfigError::Value { key: "record_max_age", message })?;
+    if let Some(total) = max_total_bytes
+        && total < max_bytes
+    {
+        return Err(ConfigError::Value {
+            key: "record_max_total_bytes",
+            message: format!("must be at least record_max_bytes ({max_bytes}): the file being written is always kept"),
+        });
+    }
+    Ok((max_bytes, Retention { max_age, max_total_bytes }))
+}
+
+/// An address setting: its value, or `default` when unset.
+fn address(key: &'static str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_string());
+    text.parse().map_err(|_| ConfigError::Value {
+        key,
+        message: format!("`{text}` is not an address; write IP:PORT, as in `{default}`"),
+    })
+}
+
+/// The networks of `allow_source`, blanks skipped.
+fn cidrs(values: Option<Vec<String>>) -> Result<Vec<Cidr>, ConfigError> {
+    values
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Cidr::parse(s.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| ConfigError::Value { key: "allow_source", message })
+}
+
+/// A count that must be at least `min`.
+fn at_least<T: PartialOrd + std::fmt::Display>(key: &'static str, value: T, min: T) -> Result<T, ConfigError> {
+    if value < min { Err(ConfigError::Value { key, message: format!("must be at least {min}") }) } else { Ok(value) }
+}
+
+/// A string setting, `None` when empty.
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|s| !s.is_empty())
 }
 
 /// A duration setting: its value, or `default` when unset.

@@ -210,7 +210,7 @@ fn count_lost(n: usize, err: &RecordError) {
 }
 
 /// The writer thread: batches, writes, syncs, answers, until stopped.
-fn run(mut segment: Segment, mut rx: mpsc::Receiver<Job>, stream: Option<StreamSink>) {
+fn run(segment: Segment, mut rx: mpsc::Receiver<Job>, stream: Option<StreamSink>) {
     // A timer of its own, so the thread can wait for work with a deadline.
     let timer = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
         Ok(rt) => rt,
@@ -219,101 +219,151 @@ fn run(mut segment: Segment, mut rx: mpsc::Receiver<Job>, stream: Option<StreamS
             return;
         }
     };
+    let mut writer = Writer::new(segment, stream);
     let mut batch: Vec<(Line, Option<Done>)> = Vec::new();
-    let mut buf = Vec::new();
-    let mut last_sync = Instant::now();
-    let mut is_dirty = false;
-    let mut was_failing = false;
     let mut was_waited_for = false;
-    let mut last_prune = Instant::now();
     loop {
-        let retention = segment.retention;
-        if !retention.keeps_all() && last_prune.elapsed() >= PRUNE_EVERY {
-            segment.prune();
-            last_prune = Instant::now();
-        }
+        writer.prune_if_due();
         // Wait for work, but wake up in time to sync records nobody waits for, and to prune.
-        let sync_in = is_dirty.then(|| SYNC_EVERY.saturating_sub(last_sync.elapsed()));
-        let prune_in = (!retention.keeps_all()).then(|| PRUNE_EVERY.saturating_sub(last_prune.elapsed()));
-        let first = match sync_in.into_iter().chain(prune_in).min() {
+        let first = match writer.next_chore_in() {
             None => rx.blocking_recv(),
             Some(left) => match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
                 Ok(job) => job,
                 Err(_idle) => {
-                    if is_dirty && last_sync.elapsed() >= SYNC_EVERY {
-                        if segment.sync().is_ok() {
-                            is_dirty = false;
-                        }
-                        last_sync = Instant::now();
-                    }
+                    writer.sync_if_due();
                     continue;
                 }
             },
         };
         let Some(first) = first else {
-            let _ = segment.sync();
+            let _ = writer.segment.sync();
             return;
         };
-        let mut stop = None;
-        let mut next = Some(first);
-        while let Some(job) = next {
-            match job {
-                Job::Line { line, done } => batch.push((line, done)),
-                Job::Stop(done) => {
-                    stop = Some(done);
-                    break;
-                }
-            }
-            next = if batch.len() < MAX_BATCH { rx.try_recv().ok() } else { None };
-        }
+        let stop = take_batch(first, &mut rx, &mut batch);
         if !batch.is_empty() {
             was_waited_for = batch.iter().any(|(_, d)| d.is_some());
-            let needs_sync = stop.is_some() || was_waited_for || last_sync.elapsed() >= SYNC_EVERY;
-            let mut result = segment.append(batch.iter().map(|(line, _)| line), &mut buf);
-            if result.is_ok() {
-                is_dirty = true;
-                if needs_sync {
-                    result = segment.sync();
-                    last_sync = Instant::now();
-                    is_dirty = result.is_err();
-                }
-            }
-            metrics::counter!("callgate_records_written_total").increment(if result.is_ok() {
-                batch.len() as u64
-            } else {
-                0
-            });
-            if let (Ok(()), Some(stream)) = (&result, &stream) {
-                for (line, _) in &batch {
-                    stream.send(line);
-                }
-            }
-            match &result {
-                Ok(()) if was_failing => {
-                    tracing::info!("records are being written again");
-                    was_failing = false;
-                }
-                Ok(()) => {}
-                Err(err) => {
-                    was_failing = true;
-                    let unwaited = batch.iter().filter(|(_, d)| d.is_none()).count();
-                    metrics::counter!("callgate_records_failed_total").increment(batch.len() as u64);
-                    tracing::error!(records = batch.len(), not_waited_for = unwaited, "records not written: {err}");
-                }
-            }
-            for (_, done) in batch.drain(..) {
-                if let Some(done) = done {
-                    let _ = done.send(result.clone());
-                }
-            }
+            writer.write_batch(&mut batch, stop.is_some() || was_waited_for);
         }
         if let Some(done) = stop {
-            let _ = segment.sync();
+            let _ = writer.segment.sync();
             let _ = done.send(());
             return;
         }
         if !was_waited_for {
             std::thread::sleep(LINGER);
+        }
+    }
+}
+
+/// Moves `first` and the jobs waiting behind it (up to [`MAX_BATCH`] lines) into `batch`;
+/// returns a stop request met on the way.
+fn take_batch(
+    first: Job,
+    rx: &mut mpsc::Receiver<Job>,
+    batch: &mut Vec<(Line, Option<Done>)>,
+) -> Option<oneshot::Sender<()>> {
+    let mut next = Some(first);
+    while let Some(job) = next {
+        match job {
+            Job::Line { line, done } => batch.push((line, done)),
+            Job::Stop(done) => return Some(done),
+        }
+        next = if batch.len() < MAX_BATCH { rx.try_recv().ok() } else { None };
+    }
+    None
+}
+
+/// The writer thread's state between batches.
+struct Writer {
+    segment: Segment,
+    stream: Option<StreamSink>,
+    /// Scratch space a batch is gathered in.
+    buf: Vec<u8>,
+    last_sync: Instant,
+    /// Written but not yet synced.
+    is_dirty: bool,
+    was_failing: bool,
+    last_prune: Instant,
+}
+
+impl Writer {
+    fn new(segment: Segment, stream: Option<StreamSink>) -> Writer {
+        let now = Instant::now();
+        Writer {
+            segment,
+            stream,
+            buf: Vec::new(),
+            last_sync: now,
+            is_dirty: false,
+            was_failing: false,
+            last_prune: now,
+        }
+    }
+
+    fn prune_if_due(&mut self) {
+        if !self.segment.retention.keeps_all() && self.last_prune.elapsed() >= PRUNE_EVERY {
+            self.segment.prune();
+            self.last_prune = Instant::now();
+        }
+    }
+
+    /// How long until a sync or a prune is due; `None` when neither ever is.
+    fn next_chore_in(&self) -> Option<Duration> {
+        let sync_in = self.is_dirty.then(|| SYNC_EVERY.saturating_sub(self.last_sync.elapsed()));
+        let keeps_all = self.segment.retention.keeps_all();
+        let prune_in = (!keeps_all).then(|| PRUNE_EVERY.saturating_sub(self.last_prune.elapsed()));
+        sync_in.into_iter().chain(prune_in).min()
+    }
+
+    fn sync_if_due(&mut self) {
+        if self.is_dirty && self.last_sync.elapsed() >= SYNC_EVERY {
+            if self.segment.sync().is_ok() {
+                self.is_dirty = false;
+            }
+            self.last_sync = Instant::now();
+        }
+    }
+
+    /// Writes (and, when `must_sync` or a sync is due, syncs) a batch, copies it to the
+    /// stream, counts and logs the result, and answers those waiting; empties `batch`.
+    fn write_batch(&mut self, batch: &mut Vec<(Line, Option<Done>)>, must_sync: bool) {
+        let needs_sync = must_sync || self.last_sync.elapsed() >= SYNC_EVERY;
+        let mut result = self.segment.append(batch.iter().map(|(line, _)| line), &mut self.buf);
+        if result.is_ok() {
+            self.is_dirty = true;
+            if needs_sync {
+                result = self.segment.sync();
+                self.last_sync = Instant::now();
+                self.is_dirty = result.is_err();
+            }
+        }
+        metrics::counter!("callgate_records_written_total").increment(if result.is_ok() {
+            batch.len() as u64
+        } else {
+            0
+        });
+        if let (Ok(()), Some(stream)) = (&result, &self.stream) {
+            for (line, _) in batch.iter() {
+                stream.send(line);
+            }
+        }
+        match &result {
+            Ok(()) if self.was_failing => {
+                tracing::info!("records are being written again");
+                self.was_failing = false;
+            }
+            Ok(()) => {}
+            Err(err) => {
+                self.was_failing = true;
+                let unwaited = batch.iter().filter(|(_, d)| d.is_none()).count();
+                metrics::counter!("callgate_records_failed_total").increment(batch.len() as u64);
+                tracing::error!(records = batch.len(), not_waited_for = unwaited, "records not written: {err}");
+            }
+        }
+        for (_, done) in batch.drain(..) {
+            if let Some(done) = done {
+                let _ = done.send(result.clone());
+            }
         }
     }
 }

@@ -105,10 +105,7 @@ pub async fn serve<S>(
             drop(stream);
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
-            tracing::debug!(%peer, "cannot set TCP keepalive: {e}");
-        }
+        tune(&stream, peer, &keepalive);
         let conn = conns.open(peer);
         let mut http = http.clone();
         http.timer(HeadTimer {
@@ -117,24 +114,7 @@ pub async fn serve<S>(
             idle_timeout: limits.idle_timeout,
         });
         let io = TokioIo::new(CountedReads { stream, conn: conn.clone() });
-        let service = service.clone();
-        let draining = draining.clone();
-        let handler = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(Peer(peer));
-            let is_closing = draining.load(Ordering::Relaxed);
-            // warp's service is always ready and cheap to clone.
-            let answer = service.clone().call(req);
-            async move {
-                let mut response = answer.await?;
-                if is_closing {
-                    // hyper closes the connection after an answer that says so.
-                    response
-                        .headers_mut()
-                        .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
-                }
-                Ok::<_, Infallible>(response)
-            }
-        });
+        let handler = handler(service.clone(), peer, draining.clone());
         let served = graceful.watch(http.serve_connection(io, handler));
         let conns = conns.clone();
         tokio::spawn(async move {
@@ -148,6 +128,49 @@ pub async fn serve<S>(
     if tokio::time::timeout(DRAIN_FOR, graceful.shutdown()).await.is_err() {
         tracing::warn!("requests still in flight after {DRAIN_FOR:?}; closing their connections");
     }
+}
+
+/// Sets what every connection gets: no Nagle delay for small answers, and TCP keepalive.
+fn tune(stream: &TcpStream, peer: SocketAddr, keepalive: &socket2::TcpKeepalive) {
+    let _ = stream.set_nodelay(true);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(keepalive) {
+        tracing::debug!(%peer, "cannot set TCP keepalive: {e}");
+    }
+}
+
+/// The service of one connection: each request carries its [`Peer`], and while `draining` is
+/// set each answer says `Connection: close`.
+fn handler<S>(
+    service: S,
+    peer: SocketAddr,
+    draining: Arc<AtomicBool>,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = warp::reply::Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<warp::reply::Response, Infallible>> + Send + 'static,
+> + Send
++ 'static
+where
+    S: Service<hyper::Request<Incoming>, Response = warp::reply::Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(Peer(peer));
+        let is_closing = draining.load(Ordering::Relaxed);
+        // warp's service is always ready and cheap to clone.
+        let answer = service.clone().call(req);
+        async move {
+            let mut response = answer.await?;
+            if is_closing {
+                // hyper closes the connection after an answer that says so.
+                response
+                    .headers_mut()
+                    .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
+    })
 }
 
 /// A connection slot: free at once, or made by closing the connection idle the longest.
