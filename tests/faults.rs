@@ -10,10 +10,6 @@ use common::*;
 
 const DENY_SYS: &str = "rules:\n  - id: no-sys\n    when:\n      blackUserID: { regex: '^sys_' }\n    decision: deny\n    error: { code: 150, message: no }\n";
 
-fn unblock(user: &str) -> String {
-    format!(r#"{{"callbackCommand":"callbackAfterRemoveBlackCommand","ownerUserID":"u_1","blackUserID":"{user}"}}"#)
-}
-
 /// With the record directory gone, a Tencent callback is answered FAIL (it cannot be kept),
 /// while OpenIM callbacks are still decided and the lost records are counted.
 #[tokio::test]
@@ -45,7 +41,7 @@ async fn records_that_cannot_be_written_fail_tencent_and_are_counted_for_openim(
 
     for _ in 0..20 {
         assert_eq!(
-            server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("sys_1")).await.1,
+            server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("u_1", "sys_1")).await.1,
             refusal(150, "no", "")
         );
     }
@@ -142,7 +138,7 @@ async fn a_full_record_disk_fails_tencent_and_recovers_when_space_is_freed() {
 
     for _ in 0..20 {
         assert_eq!(
-            server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("sys_1")).await.1,
+            server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("u_1", "sys_1")).await.1,
             refusal(150, "no", "")
         );
     }
@@ -190,7 +186,7 @@ async fn a_deleted_policy_directory_leaves_the_serving_set_in_force() {
     assert_eq!(status["policy_version"], version.as_str());
     assert!(status["last_reload"]["error"].as_str().unwrap().contains("cannot read the policy directory"), "{status}");
     assert_eq!(
-        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("sys_1")).await.1,
+        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("u_1", "sys_1")).await.1,
         refusal(150, "no", "")
     );
 
@@ -199,7 +195,7 @@ async fn a_deleted_policy_directory_leaves_the_serving_set_in_force() {
     std::fs::write(dir.join("10.yaml"), DENY_SYS.replace("code: 150", "code: 151")).unwrap();
     server.wait_for_new_version(&version, Duration::from_secs(10)).await;
     assert_eq!(
-        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("sys_1")).await.1,
+        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("u_1", "sys_1")).await.1,
         refusal(151, "no", "")
     );
     assert_eq!(server.admin_get("/v1/status").await["last_reload"]["ok"], true);
@@ -209,7 +205,7 @@ async fn a_deleted_policy_directory_leaves_the_serving_set_in_force() {
     std::fs::write(dir.join("10.yaml"), DENY_SYS.replace("code: 150", "code: 152")).unwrap();
     server.wait_for_new_version(&recreated, Duration::from_secs(10)).await;
     assert_eq!(
-        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("sys_1")).await.1,
+        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("u_1", "sys_1")).await.1,
         refusal(152, "no", "")
     );
     assert!(!server.logs().contains("SIGHUP"), "reloaded by the watcher alone");
@@ -238,7 +234,7 @@ async fn a_policy_symlink_pointed_at_a_new_release_is_watched_again() {
     std::fs::rename(&next, &current).unwrap();
     server.wait_for_new_version(&v1, Duration::from_secs(10)).await;
     assert_eq!(
-        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("sys_1")).await.1,
+        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("u_1", "sys_1")).await.1,
         refusal(151, "no", "")
     );
 
@@ -246,7 +242,7 @@ async fn a_policy_symlink_pointed_at_a_new_release_is_watched_again() {
     std::fs::write(parent.path().join("v2/10.yaml"), DENY_SYS.replace("code: 150", "code: 152")).unwrap();
     server.wait_for_new_version(&v2, Duration::from_secs(10)).await;
     assert_eq!(
-        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("sys_1")).await.1,
+        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("u_1", "sys_1")).await.1,
         refusal(152, "no", "")
     );
 }
@@ -265,15 +261,15 @@ async fn a_list_of_a_million_ids() {
     let server = Server::start(dir.path(), &[]);
     let startup = started.elapsed();
     assert_eq!(
-        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock(&format!("u_{seed}_999999"))).await.1,
+        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("u_1", &format!("u_{seed}_999999"))).await.1,
         refusal(150, "banned", "")
     );
-    assert_eq!(server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("u_other")).await.1, ALLOW);
+    assert_eq!(server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("u_1", "u_other")).await.1, ALLOW);
     let v = server.policy_version().await;
     dir.write("lists/banned.txt", &format!("{ids}u_late\n"));
     server.wait_for_new_version(&v, Duration::from_secs(60)).await;
     assert_eq!(
-        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("u_late")).await.1,
+        server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("u_1", "u_late")).await.1,
         refusal(150, "banned", "")
     );
     eprintln!("1,000,000-ID list: server ready in {startup:?} (debug build)");

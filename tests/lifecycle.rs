@@ -11,11 +11,6 @@ use common::*;
 
 const DENY_ALL: &str = "rules:\n  - id: no\n    decision: deny\n    error: { code: 150, message: no }\n";
 
-fn body_of_len(len: usize) -> String {
-    let empty = r#"{"callbackCommand":"x","pad":""}"#;
-    format!(r#"{{"callbackCommand":"x","pad":"{}"}}"#, "a".repeat(len - empty.len()))
-}
-
 #[tokio::test]
 async fn flags_beat_env_beat_the_config_file_beat_defaults() {
     let dir = PolicyDir::with("10.yaml", DENY_ALL);

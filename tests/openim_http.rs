@@ -732,11 +732,6 @@ rules:
 "#;
 
 /// A JSON object for `/openim/cmdX` of exactly `len` bytes.
-fn body_of_len(len: usize) -> String {
-    let empty = r#"{"pad":""}"#;
-    format!(r#"{{"pad":"{}"}}"#, "a".repeat(len - empty.len()))
-}
-
 #[tokio::test]
 async fn bad_input_gets_400_in_openim_shape_and_the_server_goes_on() {
     let dir = PolicyDir::with("policy.yaml", BAD_INPUT_POLICY);

@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::PolicyDir;
 
 fn callgate_test(policies: &str) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_callgate")).args(["test", "--policies", policies]).output().unwrap();
+    let out = common::run_callgate(&["test", "--policies", policies]);
     (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap())
 }
 

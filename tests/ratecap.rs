@@ -12,12 +12,6 @@ use common::*;
 
 const UNBLOCK: &str = "/openim/callbackAfterRemoveBlackCommand";
 
-fn unblock(owner: &str, black: &str) -> String {
-    format!(
-        r#"{{"callbackCommand":"callbackAfterRemoveBlackCommand","ownerUserID":"{owner}","blackUserID":"{black}"}}"#
-    )
-}
-
 fn cap_policy(max: u64, per: &str) -> String {
     format!(
         "rules:\n  - id: no-sys\n    when:\n      blackUserID: {{ regex: '^sys_' }}\n    decision: deny\n    error: {{ code: 150, message: no }}\n  - id: unblock-rate\n    on: [\"callbackAfterRemoveBlack*\"]\n    rate_cap: {{ key: [ownerUserID], max: {max}, per: {per} }}\n    decision: deny\n    error: {{ code: 20002, message: too many }}\n"

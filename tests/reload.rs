@@ -23,39 +23,35 @@ fn deny_rule(id: &str, user: &str, code: i32) -> String {
     )
 }
 
-fn unblock(user: &str) -> String {
-    format!(r#"{{"callbackCommand":"callbackAfterRemoveBlackCommand","ownerUserID":"u_1","blackUserID":"{user}"}}"#)
-}
-
 #[tokio::test]
 async fn edits_in_place_renames_new_and_removed_files_all_go_live() {
     let dir = PolicyDir::with("10-a.yaml", &deny_rule("a", "u_9", 101));
     let server = Server::start(dir.path(), &[]);
-    assert_eq!(server.post(UNBLOCK, &unblock("u_9")).await.1, refusal(101, "a", ""));
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_9")).await.1, refusal(101, "a", ""));
 
     // Edit in place.
     let v = server.policy_version().await;
     dir.write("10-a.yaml", &deny_rule("a", "u_9", 102));
     server.wait_for_new_version(&v, LIVE_WITHIN).await;
-    assert_eq!(server.post(UNBLOCK, &unblock("u_9")).await.1, refusal(102, "a", ""));
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_9")).await.1, refusal(102, "a", ""));
 
     // Write-and-rename.
     let v = server.policy_version().await;
     dir.write_and_rename("10-a.yaml", &deny_rule("a", "u_9", 103));
     server.wait_for_new_version(&v, LIVE_WITHIN).await;
-    assert_eq!(server.post(UNBLOCK, &unblock("u_9")).await.1, refusal(103, "a", ""));
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_9")).await.1, refusal(103, "a", ""));
 
     // A new file; it sorts first, so its rule decides first.
     let v = server.policy_version().await;
     dir.write("05-first.yaml", &deny_rule("first", "u_9", 104));
     server.wait_for_new_version(&v, LIVE_WITHIN).await;
-    assert_eq!(server.post(UNBLOCK, &unblock("u_9")).await.1, refusal(104, "first", ""));
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_9")).await.1, refusal(104, "first", ""));
 
     // The file removed again.
     let v = server.policy_version().await;
     dir.remove("05-first.yaml");
     server.wait_for_new_version(&v, LIVE_WITHIN).await;
-    assert_eq!(server.post(UNBLOCK, &unblock("u_9")).await.1, refusal(103, "a", ""));
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_9")).await.1, refusal(103, "a", ""));
 
     // Files that are not policy files change nothing.
     dir.write("notes.txt", "hello");
@@ -96,7 +92,7 @@ async fn a_broken_set_leaves_the_old_one_in_force_until_fixed() {
         "{error}"
     );
     assert_eq!(status["policy_version"], good.as_str());
-    assert_eq!(server.post(UNBLOCK, &unblock("u_9")).await.1, refusal(101, "a", ""));
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_9")).await.1, refusal(101, "a", ""));
     // One line says it all, the errors with their places.
     let logs = server.logs();
     let refused: Vec<&str> = logs.lines().filter(|l| l.contains("policy set refused")).collect();
@@ -107,7 +103,7 @@ async fn a_broken_set_leaves_the_old_one_in_force_until_fixed() {
 
     dir.write("10-a.yaml", &deny_rule("a", "u_9", 105));
     server.wait_for_new_version(&good, LIVE_WITHIN).await;
-    assert_eq!(server.post(UNBLOCK, &unblock("u_9")).await.1, refusal(105, "a", ""));
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_9")).await.1, refusal(105, "a", ""));
     assert_eq!(server.admin_get("/v1/status").await["last_reload"]["ok"], true);
 }
 
@@ -209,11 +205,11 @@ impl ConfigMapDir {
 async fn configmap_symlink_swap_goes_live() {
     let cm = ConfigMapDir::new(&[("policy.yaml", deny_rule("a", "u_9", 101))]);
     let server = Server::start(cm.path(), &[]);
-    assert_eq!(server.post(UNBLOCK, &unblock("u_9")).await.1, refusal(101, "a", ""));
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_9")).await.1, refusal(101, "a", ""));
     let v = server.policy_version().await;
     cm.swap(&[("policy.yaml", deny_rule("a", "u_9", 202))]);
     server.wait_for_new_version(&v, LIVE_WITHIN).await;
-    assert_eq!(server.post(UNBLOCK, &unblock("u_9")).await.1, refusal(202, "a", ""));
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_9")).await.1, refusal(202, "a", ""));
 }
 
 #[tokio::test]
@@ -242,7 +238,7 @@ async fn sighup_and_admin_endpoint_force_a_reload() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["result"], "error");
     assert!(body["errors"][0].as_str().unwrap().ends_with("10-a.yaml:1: unclosed `[`: the list that starts at column 8 has no `]`; end it with `]`, and separate its items with `,`"), "{body}");
-    assert_eq!(server.post(UNBLOCK, &unblock("u_9")).await.1, refusal(101, "a", ""));
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "u_9")).await.1, refusal(101, "a", ""));
 }
 
 /// Two versions whose answers differ, and where a set mixing one file of each would give a
@@ -278,7 +274,7 @@ async fn every_answer_comes_wholly_from_one_set_while_sets_flip() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let (status, body) = server.post(UNBLOCK, &unblock("u_9")).await;
+                let (status, body) = server.post(UNBLOCK, &unblock("u_1", "u_9")).await;
                 answers.push((status, body));
             }
             answers
@@ -323,9 +319,9 @@ async fn a_ten_thousand_rule_set_goes_live() {
     };
     let dir = PolicyDir::with("big.yaml", &rules(101));
     let server = Server::start(dir.path(), &[]);
-    assert_eq!(server.post(UNBLOCK, &unblock("user_9999")).await.1, refusal(101, "r9999", ""));
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "user_9999")).await.1, refusal(101, "r9999", ""));
     let v = server.policy_version().await;
     dir.write_and_rename("big.yaml", &rules(102));
     server.wait_for_new_version(&v, LIVE_WITHIN).await;
-    assert_eq!(server.post(UNBLOCK, &unblock("user_9999")).await.1, refusal(102, "r9999", ""));
+    assert_eq!(server.post(UNBLOCK, &unblock("u_1", "user_9999")).await.1, refusal(102, "r9999", ""));
 }

@@ -3,8 +3,9 @@
 //! pass both, bad policies of every shape the loader refuses fail the schema too, and
 //! `callgate schema` prints the file byte for byte.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -31,8 +32,9 @@ fn schema_errors(validator: &jsonschema::Validator, yaml: &str) -> String {
     validator.iter_errors(&instance).map(|e| format!("{}: {e}\n", e.instance_path())).collect()
 }
 
-fn callgate(args: &[&str]) -> (i32, Vec<u8>) {
-    let out = Command::new(env!("CARGO_BIN_EXE_callgate")).args(args).output().unwrap();
+/// Exit code and stdout of `callgate ARGS…`.
+fn run(args: &[&str]) -> (i32, Vec<u8>) {
+    let out = common::run_callgate(args);
     (out.status.code().unwrap_or(-1), out.stdout)
 }
 
@@ -42,7 +44,7 @@ fn loader_accepts(yaml: &str) -> (bool, String) {
     std::fs::write(dir.path().join("policy.yaml"), yaml).unwrap();
     std::fs::create_dir(dir.path().join("lists")).unwrap();
     std::fs::write(dir.path().join("lists/vip.txt"), "vip_1\n").unwrap();
-    let (code, stdout) = callgate(&["validate", "--policies", dir.path().to_str().unwrap()]);
+    let (code, stdout) = run(&["validate", "--policies", dir.path().to_str().unwrap()]);
     (code == 0, String::from_utf8(stdout).unwrap())
 }
 
@@ -297,7 +299,7 @@ fn the_schema_catches_the_golden_bad_policies_it_can_see() {
 
 #[test]
 fn schema_command_prints_the_schema_file_byte_for_byte() {
-    let (code, stdout) = callgate(&["schema"]);
+    let (code, stdout) = run(&["schema"]);
     assert_eq!(code, 0);
     assert_eq!(stdout, std::fs::read(root().join("schema/policy.schema.json")).unwrap());
 }

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -43,7 +42,7 @@ struct Output {
 
 /// Runs `callgate ARGS…`, with the policy directory `dir` written `{dir}` in its output.
 fn callgate(dir: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_callgate")).args(args).output().unwrap();
+    let out = common::run_callgate(args);
     let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap().replace(dir.to_str().unwrap(), "{dir}");
     Output { code: out.status.code().unwrap_or(-1), stdout: text(out.stdout), stderr: text(out.stderr) }
 }

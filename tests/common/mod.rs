@@ -243,11 +243,12 @@ impl Server {
 
     /// Waits until the log holds `needle`; fails the test after `limit`.
     pub async fn wait_for_log(&self, needle: &str, limit: Duration) {
-        let started = Instant::now();
-        while !self.logs().contains(needle) {
-            assert!(started.elapsed() < limit, "no `{needle}` in the log within {limit:?}:\n{}", self.logs());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until(
+            limit,
+            async || self.logs().contains(needle),
+            || format!("no `{needle}` in the log:\n{}", self.logs()),
+        )
+        .await;
     }
 
     /// POSTs `body` to `path` on the callback listener; returns status and body text.
@@ -292,15 +293,7 @@ impl Server {
 
     /// Polls `/metrics` until `name` reaches `at_least`; panics after `limit`.
     pub async fn wait_for_metric(&self, name: &str, at_least: f64, limit: Duration) {
-        let started = Instant::now();
-        loop {
-            let value = self.metric(name).await;
-            if value >= at_least {
-                return;
-            }
-            assert!(started.elapsed() < limit, "{name} is {value}, not {at_least}, after {limit:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until(limit, async || self.metric(name).await >= at_least, || format!("{name} is not {at_least}")).await;
     }
 
     /// The serving policy version, from `/v1/status`.
@@ -312,13 +305,9 @@ impl Server {
     /// Returns the time it took. Panics after `limit`.
     pub async fn wait_for_new_version(&self, old: &str, limit: Duration) -> Duration {
         let started = Instant::now();
-        loop {
-            if self.policy_version().await != old {
-                return started.elapsed();
-            }
-            assert!(started.elapsed() < limit, "policy version still {old} after {limit:?}; logs:\n{}", self.logs());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let what = || format!("policy version still {old}; logs:\n{}", self.logs());
+        wait_until(limit, async || self.policy_version().await != old, what).await;
+        started.elapsed()
     }
 }
 
@@ -331,6 +320,34 @@ impl Drop for Server {
 
 /// The exact allow answer.
 pub const ALLOW: &str = r#"{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}"#;
+
+/// Polls `condition` (every 10 ms) until it holds; fails the test with `what()` after `limit`.
+/// The one wait loop of the tests: readiness is checked, never slept for.
+pub async fn wait_until(limit: Duration, mut condition: impl AsyncFnMut() -> bool, what: impl Fn() -> String) {
+    let started = Instant::now();
+    while !condition().await {
+        assert!(started.elapsed() < limit, "after {limit:?}: {}", what());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An OpenIM removal from a blocklist: `owner` removes `black`.
+pub fn unblock(owner: &str, black: &str) -> String {
+    format!(
+        r#"{{"callbackCommand":"callbackAfterRemoveBlackCommand","ownerUserID":"{owner}","blackUserID":"{black}"}}"#
+    )
+}
+
+/// A JSON object body of exactly `len` bytes (`{"pad":"aaa…"}`).
+pub fn body_of_len(len: usize) -> String {
+    let empty = r#"{"pad":""}"#;
+    format!(r#"{{"pad":"{}"}}"#, "a".repeat(len - empty.len()))
+}
+
+/// Runs `callgate ARGS…` to its end.
+pub fn run_callgate(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_callgate")).args(args).output().unwrap()
+}
 
 /// The exact refusal answer for `code`, `msg`, `detail`.
 pub fn refusal(code: i32, msg: &str, detail: &str) -> String {
