@@ -13,6 +13,7 @@ use callgate::config::{DEFAULT_POLICIES, LogFormat, Settings};
 use callgate::decision::Outcome;
 use callgate::event::Event;
 use callgate::policy::{self, PolicyStore};
+use callgate::protocol::{CommandNaming, resolve_command};
 use callgate::record::{self, EventFilter};
 use callgate::server;
 
@@ -277,6 +278,13 @@ fn validate(dir: &Path, is_strict: bool) -> Result<ExitCode> {
     }
 }
 
+/// How `check` names a callback's command.
+const CHECK_NAMING: CommandNaming = CommandNaming {
+    body_key: "callbackCommand",
+    outside: "--command",
+    how: "give the body a `callbackCommand`, or pass --command",
+};
+
 fn check(dir: &Path, command: Option<&str>, events: &[PathBuf]) -> Result<ExitCode> {
     let set = load(dir)?;
     let mut out = std::io::stdout().lock();
@@ -284,14 +292,12 @@ fn check(dir: &Path, command: Option<&str>, events: &[PathBuf]) -> Result<ExitCo
         let text = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
         let body: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&text).with_context(|| format!("`{}` is not a JSON object", path.display()))?;
+        // --command decides the body as another command: the body's own is then not asked.
         let command = match command {
-            Some(c) => c.to_string(),
-            None => body
-                .get("callbackCommand")
-                .and_then(|c| c.as_str())
-                .map(str::to_string)
-                .with_context(|| format!("`{}` has no string `callbackCommand`; pass --command", path.display()))?,
-        };
+            Some(c) => resolve_command(&CHECK_NAMING, Some(c), &serde_json::Map::new()),
+            None => resolve_command(&CHECK_NAMING, None, &body),
+        }
+        .with_context(|| format!("`{}`", path.display()))?;
         let (decision, trace) = set.explain(&Event::openim(command.clone(), body), &Default::default());
         let by = decision.rule.as_deref().map_or("the default".to_string(), |r| format!("rule `{r}`"));
         match &decision.outcome {

@@ -141,7 +141,7 @@ async fn every_bad_tencent_request_is_refused_and_not_recorded() {
             body.clone(),
             400,
             fail(
-                "CallbackCommand in the query is `Sns.CallbackBlackListAdd` but the body's is `Sns.CallbackBlackListDelete`",
+                "callback command in the query is `Sns.CallbackBlackListAdd` but the body's `CallbackCommand` is `Sns.CallbackBlackListDelete`",
             ),
         ),
         (good.clone(), "not json".into(), 400, fail("body is not valid JSON: expected ident at line 1 column 2")),

@@ -17,7 +17,6 @@
 
 use bytes::Bytes;
 use serde::Serialize;
-use serde_json::Value;
 
 use super::BodyError;
 
@@ -25,8 +24,12 @@ use crate::catalog;
 use crate::decision::Outcome;
 use crate::event::{Event, Source};
 
-/// The longest command name accepted.
-const MAX_COMMAND_LEN: usize = 128;
+/// How OpenIM names a command.
+pub const NAMING: super::CommandNaming = super::CommandNaming {
+    body_key: "callbackCommand",
+    outside: "the URL",
+    how: "POST to /openim/{command} or send `callbackCommand` in the body",
+};
 
 /// Where `command` is in [`catalog::OPENIM`]; `None` for a command OpenIM does not define,
 /// which metrics label `other`. Other commands are decided all the same; the catalog only
@@ -106,18 +109,9 @@ pub enum DecodeError {
     /// The body as a whole: too large, unread, not a JSON object.
     #[error(transparent)]
     Body(#[from] BodyError),
-    /// Neither the URL nor the body names a command.
-    #[error("no callback command: POST to /openim/{{command}} or send `callbackCommand` in the body")]
-    NoCommand,
-    /// The URL and the body name different commands.
-    #[error("callback command in the URL is `{url}` but the body's `callbackCommand` is `{body}`")]
-    CommandMismatch { url: String, body: String },
-    /// The command is not a plausible command name.
-    #[error("callback command `{0}` is not valid: use letters, digits, `_` and `.`, at most 128")]
-    BadCommand(String),
-    /// `callbackCommand` is present but not a string.
-    #[error("`callbackCommand` must be a string")]
-    CommandNotString,
+    /// The command cannot be told from the URL and the body.
+    #[error(transparent)]
+    Command(#[from] super::CommandError),
 }
 
 impl DecodeError {
@@ -125,10 +119,7 @@ impl DecodeError {
     pub fn kind(&self) -> &'static str {
         match self {
             DecodeError::Body(err) => err.kind(),
-            DecodeError::NoCommand => "no_command",
-            DecodeError::CommandMismatch { .. } => "command_mismatch",
-            DecodeError::BadCommand(_) => "bad_command",
-            DecodeError::CommandNotString => "command_not_string",
+            DecodeError::Command(err) => err.kind(),
         }
     }
 }
@@ -161,28 +152,8 @@ pub fn decode(
     keep: &dyn Fn(&str) -> bool,
 ) -> Result<Event, DecodeError> {
     let body = super::parse_object(&raw, &|key| key == "callbackCommand" || keep(key))?;
-    let body_command = match body.get("callbackCommand") {
-        None => None,
-        Some(Value::String(c)) => Some(c.as_str()),
-        Some(_) => return Err(DecodeError::CommandNotString),
-    };
-    let command = match (url_command, body_command) {
-        (Some(url), Some(body)) if url != body => {
-            return Err(DecodeError::CommandMismatch { url: url.to_string(), body: body.to_string() });
-        }
-        (Some(c), _) | (None, Some(c)) => c,
-        (None, None) => return Err(DecodeError::NoCommand),
-    };
-    if !super::is_valid_command(command, MAX_COMMAND_LEN) {
-        return Err(DecodeError::BadCommand(command.chars().take(MAX_COMMAND_LEN).collect()));
-    }
-    Ok(Event {
-        source: Source::OpenIm,
-        command: command.to_string(),
-        operation_id: operation_id.to_string(),
-        body,
-        raw,
-    })
+    let command = super::resolve_command(&NAMING, url_command, &body)?;
+    Ok(Event { source: Source::OpenIm, command, operation_id: operation_id.to_string(), body, raw })
 }
 
 #[derive(Serialize)]
@@ -242,6 +213,8 @@ pub fn encode_bad_request(err: &DecodeError) -> Bytes {
 mod tests {
     use super::*;
     use crate::decision::Refusal;
+    use crate::protocol::CommandError;
+    use serde_json::Value;
     use std::sync::Arc;
 
     #[test]
@@ -260,7 +233,10 @@ mod tests {
 
     #[test]
     fn an_undecodable_request_is_answered_go_on_in_every_version() {
-        let answer: Value = serde_json::from_slice(&encode_bad_request(&DecodeError::NoCommand)).unwrap();
+        let answer: Value = serde_json::from_slice(&encode_bad_request(&DecodeError::Command(CommandError::Missing {
+            how: NAMING.how,
+        })))
+        .unwrap();
         assert_eq!(answer["actionCode"], 0);
         assert_eq!(answer["errCode"], 0);
         assert_eq!(answer["nextCode"], 0);
@@ -306,10 +282,16 @@ mod tests {
         let d = |url: Option<&str>, body: &'static str| decode(url, "", Bytes::from_static(body.as_bytes()), &|_| true);
         assert!(matches!(d(None, "nope"), Err(DecodeError::Body(BodyError::NotJson(_)))));
         assert!(matches!(d(None, "[1]"), Err(DecodeError::Body(BodyError::NotObject("an array")))));
-        assert!(matches!(d(None, "{}"), Err(DecodeError::NoCommand)));
-        assert!(matches!(d(Some("a"), r#"{"callbackCommand":"b"}"#), Err(DecodeError::CommandMismatch { .. })));
-        assert!(matches!(d(None, r#"{"callbackCommand":7}"#), Err(DecodeError::CommandNotString)));
-        assert!(matches!(d(Some("a b"), "{}"), Err(DecodeError::BadCommand(_))));
+        assert!(matches!(d(None, "{}"), Err(DecodeError::Command(CommandError::Missing { .. }))));
+        assert!(matches!(
+            d(Some("a"), r#"{"callbackCommand":"b"}"#),
+            Err(DecodeError::Command(CommandError::Mismatch { .. }))
+        ));
+        assert!(matches!(
+            d(None, r#"{"callbackCommand":7}"#),
+            Err(DecodeError::Command(CommandError::NotString { .. }))
+        ));
+        assert!(matches!(d(Some("a b"), "{}"), Err(DecodeError::Command(CommandError::Invalid(_)))));
         let ok = d(Some("x"), r#"{"callbackCommand":"x","a":1}"#).unwrap();
         assert_eq!(ok.command, "x");
     }

@@ -20,8 +20,12 @@ use crate::event::{Event, Source, TencentMeta};
 /// The acknowledgement.
 pub const OK: &[u8] = br#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#;
 
-/// The longest command name accepted.
-const MAX_COMMAND_LEN: usize = 128;
+/// How Tencent names a command.
+const NAMING: super::CommandNaming = super::CommandNaming {
+    body_key: "CallbackCommand",
+    outside: "the query",
+    how: "send `CallbackCommand` in the query or the body",
+};
 
 /// What a Tencent callback must prove.
 #[derive(Debug, Clone)]
@@ -61,15 +65,9 @@ pub enum TencentError {
     /// The body as a whole: too large, unread, not a JSON object.
     #[error(transparent)]
     Body(#[from] BodyError),
-    /// Neither query nor body names the command.
-    #[error("no CallbackCommand in the query or the body")]
-    NoCommand,
-    /// Query and body name different commands.
-    #[error("CallbackCommand in the query is `{query}` but the body's is `{body}`")]
-    CommandMismatch { query: String, body: String },
-    /// The command is not a plausible name.
-    #[error("CallbackCommand `{0}` is not valid: use letters, digits, `_` and `.`, at most 128")]
-    BadCommand(String),
+    /// The command cannot be told from the query and the body.
+    #[error(transparent)]
+    Command(#[from] super::CommandError),
     /// A blocklist callback whose `PairList` is not a list of account pairs.
     #[error("{command}: PairList must be a list of {{\"From_Account\":…,\"To_Account\":…}}: {message}")]
     BadPairList { command: String, message: String },
@@ -101,9 +99,7 @@ impl TencentError {
             TencentError::StaleRequestTime { .. } => "stale_request_time",
             TencentError::WrongSign => "wrong_sign",
             TencentError::Body(err) => err.kind(),
-            TencentError::NoCommand => "no_command",
-            TencentError::CommandMismatch { .. } => "command_mismatch",
-            TencentError::BadCommand(_) => "bad_command",
+            TencentError::Command(err) => err.kind(),
             TencentError::BadPairList { .. } => "bad_pair_list",
         }
     }
@@ -192,17 +188,7 @@ pub fn decode(
     let q = Query::parse(query);
     check_auth(auth, &q, now)?;
     let body = super::parse_object(&raw, &|_| true)?;
-    let body_command = body.get("CallbackCommand").and_then(Value::as_str);
-    let command = match (q.command.as_deref(), body_command) {
-        (Some(qc), Some(bc)) if qc != bc => {
-            return Err(TencentError::CommandMismatch { query: qc.into(), body: bc.into() });
-        }
-        (Some(c), _) | (None, Some(c)) => c.to_string(),
-        (None, None) => return Err(TencentError::NoCommand),
-    };
-    if !super::is_valid_command(&command, MAX_COMMAND_LEN) {
-        return Err(TencentError::BadCommand(command.chars().take(MAX_COMMAND_LEN).collect()));
-    }
+    let command = super::resolve_command(&NAMING, q.command.as_deref(), &body)?;
     if matches!(command.as_str(), "Sns.CallbackBlackListAdd" | "Sns.CallbackBlackListDelete") {
         let pairs = body.get("PairList").unwrap_or(&Value::Null);
         if let Err(e) = Vec::<Pair>::deserialize(pairs) {
