@@ -113,28 +113,34 @@ struct OutageState {
 
 impl Outage {
     fn failed(&self, err: &CapError) {
+        if let Some(line) = self.note_failure(err, Instant::now()) {
+            tracing::error!("{line}");
+        }
+    }
+
+    /// Counts a failure at `now`; returns the line to log, if one is due.
+    fn note_failure(&self, err: &CapError, now: Instant) -> Option<String> {
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
         state.failed_in_all += 1;
         state.last_error = err.to_string();
         if !self.is_on.swap(true, Ordering::Relaxed) {
             state.since = Some(now);
             state.last_logged = Some(now);
             state.failed_since_logged = 0;
-            tracing::error!("redis failed ({err}): rate caps answer per on_error until it answers again");
-            return;
+            return Some(format!("redis failed ({err}): rate caps answer per on_error until it answers again"));
         }
         state.failed_since_logged += 1;
-        if state.last_logged.is_none_or(|t| now.duration_since(t) >= OUTAGE_LOG_EVERY) {
-            tracing::error!(
-                "redis still failing: {} cap checks answered per on_error in the last {:.0?}; last error: {}",
-                state.failed_since_logged,
-                state.last_logged.map_or(Duration::ZERO, |t| now.duration_since(t)),
-                state.last_error
-            );
-            state.last_logged = Some(now);
-            state.failed_since_logged = 0;
+        let since_logged = state.last_logged.map_or(OUTAGE_LOG_EVERY, |t| now.duration_since(t));
+        if since_logged < OUTAGE_LOG_EVERY {
+            return None;
         }
+        let line = format!(
+            "redis still failing: {} cap checks answered per on_error in the last {:.0?}; last error: {}",
+            state.failed_since_logged, since_logged, state.last_error
+        );
+        state.last_logged = Some(now);
+        state.failed_since_logged = 0;
+        Some(line)
     }
 
     fn succeeded(&self) {
@@ -263,5 +269,30 @@ impl RedisCaps {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_logged_at_once_then_every_ten_seconds_with_its_count() {
+        let outage = Outage::default();
+        let start = Instant::now();
+        let line = |secs: u64| {
+            outage.note_failure(&CapError::Timeout(Duration::from_millis(50)), start + Duration::from_secs(secs))
+        };
+        assert!(line(0).is_some_and(|l| l.starts_with("redis failed (")));
+        assert_eq!(line(1), None);
+        assert_eq!(line(9), None);
+        let again = line(10).unwrap();
+        assert!(
+            again.starts_with("redis still failing: 3 cap checks answered per on_error in the last 10s; last error: "),
+            "{again}"
+        );
+        assert_eq!(line(11), None);
+        outage.succeeded();
+        assert!(line(12).is_some_and(|l| l.starts_with("redis failed (")), "a new outage is logged at once");
     }
 }
