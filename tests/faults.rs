@@ -51,10 +51,8 @@ async fn records_that_cannot_be_written_fail_tencent_and_are_counted_for_openim(
 
     // The directory comes back: records are written again, by themselves.
     std::fs::create_dir_all(&records).unwrap();
-    let started = Instant::now();
-    while server.post_tencent(query, &body).await.0 != 200 {
-        assert!(started.elapsed() < Duration::from_secs(20), "never recovered");
-    }
+    let acknowledged = async || server.post_tencent(query, &body).await.0 == 200;
+    wait_until(Duration::from_secs(20), acknowledged, || "never recovered".into()).await;
 }
 
 /// A small tmpfs, unmounted (lazily, so open files do not stop it) on drop.
@@ -146,10 +144,8 @@ async fn a_full_record_disk_fails_tencent_and_recovers_when_space_is_freed() {
     server.wait_for_metric("callgate_records_failed_total", 21.0, Duration::from_secs(10)).await;
 
     std::fs::remove_file(filler).unwrap();
-    let started = Instant::now();
-    while server.post_tencent(query, &body).await.0 != 200 {
-        assert!(started.elapsed() < Duration::from_secs(20), "never recovered");
-    }
+    let acknowledged_again = async || server.post_tencent(query, &body).await.0 == 200;
+    wait_until(Duration::from_secs(20), acknowledged_again, || "never recovered".into()).await;
     acknowledged += 1;
     assert_eq!(server.terminate(), Some(0));
     // Every line in the file is whole (a failed write is cut back), and every acknowledged
@@ -177,11 +173,8 @@ async fn a_deleted_policy_directory_leaves_the_serving_set_in_force() {
     let version = server.policy_version().await;
 
     std::fs::remove_dir_all(&dir).unwrap();
-    let started = Instant::now();
-    while server.admin_get("/v1/status").await["last_reload"]["ok"] != false {
-        assert!(started.elapsed() < Duration::from_secs(10), "no failed reload seen: {}", server.logs());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let has_failed = async || server.admin_get("/v1/status").await["last_reload"]["ok"] == false;
+    wait_until(Duration::from_secs(10), has_failed, || format!("no failed reload seen: {}", server.logs())).await;
     let status = server.admin_get("/v1/status").await;
     assert_eq!(status["policy_version"], version.as_str());
     assert!(status["last_reload"]["error"].as_str().unwrap().contains("cannot read the policy directory"), "{status}");

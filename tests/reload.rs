@@ -153,11 +153,8 @@ async fn a_reload_that_succeeds_after_a_failed_one_logs_the_recovery() {
     dir.write_and_rename("10-a.yaml", &deny_rule("a", "u_9", 103));
     wait_for_reload_result(&server, true).await;
     assert_eq!(server.policy_version().await, fixed);
-    let started = std::time::Instant::now();
-    while server.logs().matches(&line).count() < 2 {
-        assert!(started.elapsed() < LIVE_WITHIN, "no second recovery logged:\n{}", server.logs());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let logged_twice = async || server.logs().matches(&line).count() >= 2;
+    wait_until(LIVE_WITHIN, logged_twice, || format!("no second recovery logged:\n{}", server.logs())).await;
 }
 
 /// Lays out a directory the way Kubernetes mounts a ConfigMap: the files are symlinks into
@@ -220,11 +217,12 @@ async fn sighup_and_admin_endpoint_force_a_reload() {
 
     let before = attempted().await;
     server.signal("HUP");
-    let started = std::time::Instant::now();
-    while attempted().await == before {
-        assert!(started.elapsed() < LIVE_WITHIN, "SIGHUP made no reload; logs:\n{}", server.logs());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(
+        LIVE_WITHIN,
+        async || attempted().await != before,
+        || format!("SIGHUP made no reload; logs:\n{}", server.logs()),
+    )
+    .await;
     assert!(server.logs().contains("SIGHUP: reloading policies"));
 
     let resp = server.client.post(format!("{}/v1/reload", server.admin)).send().await.unwrap();
