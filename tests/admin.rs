@@ -186,7 +186,7 @@ async fn records_are_copied_to_a_redis_stream_and_redis_faults_show_in_metrics()
 #[tokio::test]
 async fn every_admin_answer_is_json_and_the_root_lists_the_endpoints() {
     let dir = PolicyDir::with("10.yaml", POLICY);
-    let server = Server::start(dir.path(), &[]);
+    let server = InProcess::start(dir.path(), Default::default()).await;
     for (method, path, status) in [
         (reqwest::Method::GET, "/v1/reload", 405),
         (reqwest::Method::POST, "/v1/status", 405),

@@ -38,10 +38,15 @@ fn too_large(limit: usize) -> String {
 }
 
 /// Sends any method; returns status, `content-type`, `allow` (empty when absent) and body.
-async fn send(server: &Server, method: reqwest::Method, path: &str, body: &str) -> (u16, String, String, String) {
+async fn send(
+    server: &impl Endpoint,
+    method: reqwest::Method,
+    path: &str,
+    body: &str,
+) -> (u16, String, String, String) {
     let resp = server
-        .client
-        .request(method, format!("{}{path}", server.base))
+        .client()
+        .request(method, format!("{}{path}", server.base()))
         .header("content-type", "application/json; charset=utf-8")
         .header("operationID", "op-test")
         .body(body.to_string())
@@ -55,8 +60,8 @@ async fn send(server: &Server, method: reqwest::Method, path: &str, body: &str) 
 
 /// Writes `request` as raw bytes on a new connection and reads until the server closes it.
 /// Returns the status code and the response body.
-async fn raw_http(server: &Server, request: &[u8]) -> (u16, String) {
-    let addr = server.base.strip_prefix("http://").unwrap();
+async fn raw_http(server: &impl Endpoint, request: &[u8]) -> (u16, String) {
+    let addr = server.base().strip_prefix("http://").unwrap();
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     // The server may answer and close before it has read everything; that is its right.
     let _ = stream.write_all(request).await;
@@ -92,9 +97,9 @@ fn plain_logs(server: &Server) -> Vec<String> {
 }
 
 /// POSTs each `(path, body, expected answer)` and asserts HTTP 200 with exactly that answer.
-async fn expect_answers(server: &Server, cases: &[(&str, &str, String)]) {
+async fn expect_answers(server: &impl Endpoint, cases: &[(&str, &str, String)]) {
     for (path, body, want) in cases {
-        let (status, got) = server.post(path, body).await;
+        let (status, got) = post(server, path, body).await;
         assert_eq!((status, got.as_str()), (200, want.as_str()), "POST {path} {body}");
     }
 }
@@ -114,7 +119,7 @@ rules:
 #[tokio::test]
 async fn every_url_form_takes_the_command_from_path_query_or_body() {
     let dir = PolicyDir::with("policy.yaml", URL_FORMS_POLICY);
-    let server = Server::start(dir.path(), &[]);
+    let server = InProcess::start(dir.path(), Default::default()).await;
     const ADD: &str = "callbackBeforeAddBlackCommand";
     const REMOVE: &str = "callbackAfterRemoveBlackCommand";
     let add = || denied(10001, ADD);
@@ -232,7 +237,7 @@ rules:
 #[tokio::test]
 async fn answers_are_exact_bytes_with_json_content_type() {
     let dir = PolicyDir::with("answers.yaml", ANSWERS_POLICY);
-    let server = Server::start(dir.path(), &[]);
+    let server = InProcess::start(dir.path(), Default::default()).await;
     let cases = [
         ("cmdAllowed", ALLOW),
         (
@@ -424,7 +429,7 @@ const VIP_LIST: &str = "# VIP accounts, one a line\n\nvip_1\n  vip_2  \n# vip_3\
 async fn every_condition_operator_decides_over_http() {
     let dir = PolicyDir::with("operators.yaml", OPERATORS_POLICY);
     dir.write("lists/vip.txt", VIP_LIST);
-    let server = Server::start(dir.path(), &[]);
+    let server = InProcess::start(dir.path(), Default::default()).await;
     // (command, body, refusal code or 0 for allow); each rule's message is its command.
     let cases: &[(&str, &str, i32)] = &[
         // equals: strings by text; arrays, objects and other types never equal.
@@ -624,7 +629,7 @@ async fn on_globs_file_order_and_default_deny() {
     for junk in ["notes.txt", ".hidden.yaml", "40-d.yaml.bak", "sub/50-e.yaml"] {
         dir.write(junk, "rules: [this is: not a policy\n");
     }
-    let server = Server::start(dir.path(), &[]);
+    let server = InProcess::start(dir.path(), Default::default()).await;
     let default = || refusal(30099, "no rule allows this", "default");
     let cases: &[(&str, &str, String)] = &[
         // Exact names.
@@ -834,7 +839,7 @@ async fn bad_input_gets_400_in_openim_shape_and_the_server_goes_on() {
 #[tokio::test]
 async fn wrong_methods_and_unknown_paths_answer_in_openim_shape() {
     let dir = PolicyDir::with("policy.yaml", BAD_INPUT_POLICY);
-    let server = Server::start(dir.path(), &[]);
+    let server = InProcess::start(dir.path(), Default::default()).await;
     let not_post = bad("method_not_allowed", "callbacks must be POSTed");
     let not_found = bad("not_found", "no such endpoint: OpenIM callbacks go to /openim/{command}");
     use reqwest::Method;
@@ -906,8 +911,8 @@ rules:
     error: { code: 60002, message: "matched", detail: "every sample" }
 "#,
     );
-    let none = Server::start(none.path(), &[]);
-    let all = Server::start(all.path(), &[]);
+    let none = InProcess::start(none.path(), Default::default()).await;
+    let all = InProcess::start(all.path(), Default::default()).await;
     let refused = refusal(60002, "matched", "every sample");
     for (command, body) in &bodies {
         let path = format!("/openim/{command}");
@@ -924,7 +929,7 @@ rules:
 #[tokio::test]
 async fn trailing_slash_in_the_webhook_url_is_still_decided() {
     let dir = PolicyDir::with("policy.yaml", BAD_INPUT_POLICY);
-    let server = Server::start(dir.path(), &[]);
+    let server = InProcess::start(dir.path(), Default::default()).await;
     for path in ["/openim//cmdX", "/openim/cmdX/"] {
         let (status, got) = server.post(path, r#"{"callbackCommand":"cmdX"}"#).await;
         assert_eq!((status, got), (200, denied(50001, "cmdX")), "{path}");

@@ -253,16 +253,7 @@ impl Server {
 
     /// POSTs `body` to `path` on the callback listener; returns status and body text.
     pub async fn post(&self, path: &str, body: &str) -> (u16, String) {
-        let resp = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json; charset=utf-8")
-            .header("operationID", "op-test")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
+        post(self, path, body).await
     }
 
     /// GETs `path` on the admin listener as JSON.
@@ -320,6 +311,105 @@ impl Drop for Server {
 
 /// The exact allow answer.
 pub const ALLOW: &str = r#"{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}"#;
+
+/// What a test talks HTTP to: a [`Server`] process or an [`InProcess`] server.
+pub trait Endpoint {
+    /// `http://IP:PORT` of the callback listener.
+    fn base(&self) -> &str;
+    /// `http://IP:PORT` of the admin listener.
+    fn admin(&self) -> &str;
+    fn client(&self) -> &reqwest::Client;
+}
+
+impl Endpoint for Server {
+    fn base(&self) -> &str {
+        &self.base
+    }
+    fn admin(&self) -> &str {
+        &self.admin
+    }
+    fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
+impl Endpoint for InProcess {
+    fn base(&self) -> &str {
+        &self.base
+    }
+    fn admin(&self) -> &str {
+        &self.admin
+    }
+    fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
+/// POSTs `body` to `path` on the callback listener as OpenIM does; returns status and body.
+pub async fn post(server: &impl Endpoint, path: &str, body: &str) -> (u16, String) {
+    let resp = server
+        .client()
+        .post(format!("{}{path}", server.base()))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("operationID", "op-test")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// A server started in this test's process, as mini-redis's tests do: no binary, no stdout
+/// to parse, stopped when dropped. For what needs a process — signals, SIGKILL, logs, CLI
+/// output — use [`Server`].
+pub struct InProcess {
+    /// `http://IP:PORT` of the callback listener.
+    pub base: String,
+    /// `http://IP:PORT` of the admin listener.
+    pub admin: String,
+    pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<callgate::server::Stop>>,
+    _data: tempfile::TempDir,
+}
+
+impl InProcess {
+    /// Serves `policies` on random loopback ports with `settings` (records in a temporary
+    /// directory), in the current runtime.
+    pub async fn start(policies: &Path, settings: callgate::config::Settings) -> InProcess {
+        let data = tempfile::tempdir().unwrap();
+        let config = callgate::config::Settings {
+            listen: Some("127.0.0.1:0".into()),
+            admin_listen: Some("127.0.0.1:0".into()),
+            policies: Some(policies.to_path_buf()),
+            data_dir: Some(data.path().to_path_buf()),
+            ..settings
+        }
+        .resolve()
+        .unwrap();
+        let store = callgate::policy::PolicyStore::open(&config.policies).unwrap();
+        let state = std::sync::Arc::new(callgate::server::State::from_config(&config, store, None).unwrap());
+        let bound = callgate::server::bind(&config).await.unwrap();
+        let (base, admin) = (format!("http://{}", bound.callbacks_addr), format!("http://{}", bound.admin_addr));
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let shutdown = async { stopped.await.unwrap_or(callgate::server::Stop::Now) };
+        tokio::spawn(callgate::server::serve(bound, state, shutdown));
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        InProcess { base, admin, client, stop: Some(stop), _data: data }
+    }
+
+    /// POSTs `body` to `path` on the callback listener; returns status and body text.
+    pub async fn post(&self, path: &str, body: &str) -> (u16, String) {
+        post(self, path, body).await
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(callgate::server::Stop::Now);
+        }
+    }
+}
 
 /// Polls `condition` (every 10 ms) until it holds; fails the test with `what()` after `limit`.
 /// The one wait loop of the tests: readiness is checked, never slept for.
