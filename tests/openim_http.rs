@@ -44,15 +44,7 @@ async fn send(
     path: &str,
     body: &str,
 ) -> (u16, String, String, String) {
-    let resp = server
-        .client()
-        .request(method, format!("{}{path}", server.base()))
-        .header("content-type", "application/json; charset=utf-8")
-        .header("operationID", "op-test")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = request(server, method, path, body).await;
     let header = |name: &str| resp.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     let (content_type, allow) = (header("content-type"), header("allow"));
     (resp.status().as_u16(), content_type, allow, resp.text().await.unwrap())

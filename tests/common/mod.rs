@@ -345,17 +345,22 @@ impl Endpoint for InProcess {
     }
 }
 
-/// POSTs `body` to `path` on the callback listener as OpenIM does; returns status and body.
-pub async fn post(server: &impl Endpoint, path: &str, body: &str) -> (u16, String) {
-    let resp = server
+/// Sends `body` to `path` on the callback listener with OpenIM's headers.
+pub async fn request(server: &impl Endpoint, method: reqwest::Method, path: &str, body: &str) -> reqwest::Response {
+    server
         .client()
-        .post(format!("{}{path}", server.base()))
+        .request(method, format!("{}{path}", server.base()))
         .header("content-type", "application/json; charset=utf-8")
         .header("operationID", "op-test")
         .body(body.to_string())
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// POSTs `body` to `path` on the callback listener as OpenIM does; returns status and body.
+pub async fn post(server: &impl Endpoint, path: &str, body: &str) -> (u16, String) {
+    let resp = request(server, reqwest::Method::POST, path, body).await;
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
