@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use regex::Regex;
 
-use super::error::{LoadError, LoadErrors};
+use super::error::{ListError, LoadError, LoadErrors, RuleError};
 use super::lines::RuleLines;
 use super::model::{
     Cond, FieldPath, Group, List, OnCommands, Place, RateCap, Rule, Scalar, ScalarSet, SourceFile, Test,
@@ -136,27 +136,22 @@ fn compile_default(
             Ok(outcome) => *default = Some((at, outcome)),
             // The `error:` it needs is there, but broken; that is reported already.
             Err(_) if raw.unparsed.is_error => *default = Some((at, Outcome::Allow)),
-            Err(message) => errors.push(LoadError::Default { at, message: format!("default: {message}") }),
+            Err(kind) => errors.push(LoadError::Default { at, kind }),
         }
     } else if raw.error.is_some() && !raw.unparsed.is_default {
         let at = Place { file: src.path.clone(), line: lines.top_level("error:") };
-        errors
-            .push(LoadError::Default { at, message: "a top-level `error:` is only used with `default: deny`".into() });
+        errors.push(LoadError::ErrorWithoutDefault { at });
     }
 }
 
-fn compile_outcome(decision: RawDecision, error: Option<&RawError>) -> Result<Outcome, String> {
+fn compile_outcome(decision: RawDecision, error: Option<&RawError>) -> Result<Outcome, RuleError> {
     match (decision, error) {
         (RawDecision::Allow, None) => Ok(Outcome::Allow),
-        (RawDecision::Allow, Some(_)) => {
-            Err("`error:` is only used with a deny; remove it or make the decision deny".into())
-        }
+        (RawDecision::Allow, Some(_)) => Err(RuleError::ErrorWithAllow),
         (RawDecision::Deny, Some(e)) => {
             Ok(Outcome::Deny(Arc::new(Refusal { code: e.code, message: e.message.clone(), detail: e.detail.clone() })))
         }
-        (RawDecision::Deny, None) => {
-            Err("a deny needs `error: { code: N, message: \"...\" }` (code 100 or more)".into())
-        }
+        (RawDecision::Deny, None) => Err(RuleError::DenyWithoutError),
     }
 }
 
@@ -178,7 +173,7 @@ fn compile_lists(
                 continue;
             }
             first_place.insert(name, at.clone());
-            let list_err = |message: String| LoadError::List { at: at.clone(), list: name.clone(), message };
+            let list_err = |kind: ListError| LoadError::List { at: at.clone(), list: name.clone(), kind };
             let ids = match raw_list {
                 RawList::Inline(values) => {
                     let mut ids = HashSet::with_capacity(values.len());
@@ -188,8 +183,7 @@ fn compile_lists(
                                 ids.insert(t.as_str().into());
                             }
                             Scalar::Bool(b) => {
-                                errors
-                                    .push(list_err(format!("`{b}` is not an ID; list entries are strings or numbers")));
+                                errors.push(list_err(ListError::NotAnId { value: *b }));
                             }
                         }
                     }
@@ -200,14 +194,14 @@ fn compile_lists(
                     if rel_path.is_absolute()
                         || rel_path.components().any(|c| matches!(c, std::path::Component::ParentDir))
                     {
-                        errors.push(list_err(format!("file `{rel}` must be a relative path inside the policy directory, so that edits to it are seen")));
+                        errors.push(list_err(ListError::FileOutside { file: rel.clone() }));
                         continue;
                     }
                     let path = dir.join(rel_path);
                     match read_list(&path) {
                         Ok(text) => parse_list_file(&text),
                         Err(e) => {
-                            errors.push(list_err(format!("cannot read `{}`: {e}", path.display())));
+                            errors.push(list_err(ListError::Read { path, source: e }));
                             continue;
                         }
                     }
@@ -235,23 +229,20 @@ struct RuleCtx<'a, 'b> {
 }
 
 impl RuleCtx<'_, '_> {
-    fn fail(&mut self, needle: &str, message: String) {
+    fn fail(&mut self, needle: &str, kind: RuleError) {
         let at = Place { file: self.at.file.clone(), line: self.lines.within_rule(self.index, needle) };
-        self.errors.push(LoadError::Rule { at, rule: self.rule.to_string(), message });
+        self.errors.push(LoadError::Rule { at, rule: self.rule.to_string(), kind });
     }
 
     fn compile_rule(&mut self, raw: &parse::RawRule) -> Option<Rule> {
         let errors_before = self.errors.len();
         if !is_valid_id(&raw.id) {
-            self.fail(
-                "id:",
-                format!("id `{}` may hold only letters, digits and `_ - . :`, and must not be empty", raw.id),
-            );
+            self.fail("id:", RuleError::BadId { id: raw.id.clone() });
         }
         let on = match &raw.on {
             None => OnCommands::Every,
             Some(names) if names.is_empty() => {
-                self.fail("on:", "`on` is empty, so the rule would never apply; list commands or remove `on`".into());
+                self.fail("on:", RuleError::EmptyOn);
                 OnCommands::Every
             }
             Some(names) => {
@@ -260,10 +251,7 @@ impl RuleCtx<'_, '_> {
                     if name.is_empty()
                         || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '*'))
                     {
-                        self.fail(
-                            name,
-                            format!("command `{name}` may hold only letters, digits, `_`, `.` and the glob `*`"),
-                        );
+                        self.fail(name, RuleError::BadCommand { command: name.clone() });
                     } else if name.contains('*') {
                         globs.push(name.as_str().into());
                     } else {
@@ -280,12 +268,12 @@ impl RuleCtx<'_, '_> {
         let rate_cap = raw.rate_cap.as_ref().and_then(|cap| self.compile_rate_cap(cap));
         let outcome = match compile_outcome(raw.decision, raw.error.as_ref()) {
             Ok(o) => o,
-            Err(_) if raw.decision == RawDecision::Deny => {
+            Err(RuleError::DenyWithoutError) => {
                 self.errors.push(LoadError::DenyWithoutError { at: self.at.clone(), rule: self.rule.to_string() });
                 Outcome::Allow
             }
-            Err(message) => {
-                self.fail("error:", message);
+            Err(kind) => {
+                self.fail("error:", kind);
                 Outcome::Allow
             }
         };
@@ -306,16 +294,16 @@ impl RuleCtx<'_, '_> {
     fn compile_rate_cap(&mut self, cap: &parse::RawRateCap) -> Option<RateCap> {
         let errors_before = self.errors.len();
         if cap.max < 1 {
-            self.fail("max:", format!("rate_cap max is {}; it must be at least 1", cap.max));
+            self.fail("max:", RuleError::CapMaxTooLow { max: cap.max });
         }
         let per = match crate::duration::parse(&cap.per) {
             Ok(per) if per > MAX_CAP_WINDOW => {
-                self.fail("per:", format!("rate_cap per is `{}`; windows up to 30d are supported", cap.per));
+                self.fail("per:", RuleError::CapWindowTooLong { per: cap.per.clone() });
                 None
             }
             Ok(per) => Some(per),
-            Err(message) => {
-                self.fail("per:", format!("rate_cap per: {message}"));
+            Err(reason) => {
+                self.fail("per:", RuleError::BadCapWindow { reason });
                 None
             }
         };
@@ -324,7 +312,7 @@ impl RuleCtx<'_, '_> {
         for name in &names {
             match FieldPath::parse(name) {
                 Ok(f) => fields.push(f),
-                Err(message) => self.fail(name, format!("rate_cap key: {message}")),
+                Err(e) => self.fail(name, RuleError::BadCapKey(e)),
             }
         }
         match per {
@@ -351,7 +339,7 @@ impl RuleCtx<'_, '_> {
     fn compile_ops(&mut self, field: &str, ops: &RawOps, conds: &mut Vec<Cond>) {
         let path = match FieldPath::parse(field) {
             Ok(p) => p,
-            Err(message) => return self.fail(field, message),
+            Err(e) => return self.fail(field, RuleError::BadField(e)),
         };
         let mut push = |test: Test, is_negated: bool| conds.push(Cond::Field { field: path.clone(), test, is_negated });
         if let Some(v) = &ops.equals {
@@ -401,7 +389,10 @@ impl RuleCtx<'_, '_> {
                 Ok(re) => conds.push(Cond::Field { field: path.clone(), test: Test::Regex(re), is_negated }),
                 Err(e) => self.fail(
                     &pattern.0,
-                    format!("regex `{}`: {}", pattern.0, e.to_string().lines().last().unwrap_or("invalid")),
+                    RuleError::BadRegex {
+                        pattern: pattern.0.clone(),
+                        reason: e.to_string().lines().last().unwrap_or("invalid").to_string(),
+                    },
                 ),
             }
         }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::model::Place;
+use super::model::{FieldPathError, Place};
 
 /// Why a policy set could not be loaded. Each message starts with `file:line:`.
 #[derive(Debug, thiserror::Error)]
@@ -31,17 +31,74 @@ pub enum LoadError {
     #[error("{at}: rule `{rule}`: a deny needs `error: {{ code: N, message: \"...\" }}` (code 100 or more)")]
     DenyWithoutError { at: Place, rule: String },
     /// Any other problem with one rule.
-    #[error("{at}: rule `{rule}`: {message}")]
-    Rule { at: Place, rule: String, message: String },
+    #[error("{at}: rule `{rule}`: {kind}")]
+    Rule { at: Place, rule: String, kind: RuleError },
     /// A problem with one list.
-    #[error("{at}: list `{list}`: {message}")]
-    List { at: Place, list: String, message: String },
+    #[error("{at}: list `{list}`: {kind}")]
+    List { at: Place, list: String, kind: ListError },
     /// More than one file sets `default`.
     #[error("{at}: `default` is already set at {first}; at most one file of a set may set it")]
     DefaultTwice { at: Place, first: Place },
-    /// A problem with the top-level `default`/`error` pair.
-    #[error("{at}: {message}")]
-    Default { at: Place, message: String },
+    /// The top-level `default` and its `error` do not fit together.
+    #[error("{at}: default: {kind}")]
+    Default { at: Place, kind: RuleError },
+    /// A top-level `error:` without `default: deny`.
+    #[error("{at}: a top-level `error:` is only used with `default: deny`")]
+    ErrorWithoutDefault { at: Place },
+}
+
+/// What is wrong with one rule (or the default) beyond its shape: the part of a
+/// [`LoadError::Rule`] message after the rule's name.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    /// An id with characters other than letters, digits and `_ - . :`.
+    #[error("id `{id}` may hold only letters, digits and `_ - . :`, and must not be empty")]
+    BadId { id: String },
+    /// `on: []`.
+    #[error("`on` is empty, so the rule would never apply; list commands or remove `on`")]
+    EmptyOn,
+    /// A command name in `on` with characters no command has.
+    #[error("command `{command}` may hold only letters, digits, `_`, `.` and the glob `*`")]
+    BadCommand { command: String },
+    /// `error:` with an allow.
+    #[error("`error:` is only used with a deny; remove it or make the decision deny")]
+    ErrorWithAllow,
+    /// A deny with no `error:`.
+    #[error("a deny needs `error: {{ code: N, message: \"...\" }}` (code 100 or more)")]
+    DenyWithoutError,
+    /// `rate_cap: { max: 0 }`.
+    #[error("rate_cap max is {max}; it must be at least 1")]
+    CapMaxTooLow { max: u64 },
+    /// A rate-cap window longer than the longest supported.
+    #[error("rate_cap per is `{per}`; windows up to 30d are supported")]
+    CapWindowTooLong { per: String },
+    /// A rate-cap window that is no duration.
+    #[error("rate_cap per: {reason}")]
+    BadCapWindow { reason: String },
+    /// A rate-cap key field that names no place in a body.
+    #[error("rate_cap key: {0}")]
+    BadCapKey(FieldPathError),
+    /// A condition's field that names no place in a body.
+    #[error("{0}")]
+    BadField(FieldPathError),
+    /// A regex the regex engine refuses (its syntax was checked while parsing; this is
+    /// what is left, such as a compiled size over the limit).
+    #[error("regex `{pattern}`: {reason}")]
+    BadRegex { pattern: String, reason: String },
+}
+
+/// What is wrong with one list.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// `true` or `false` among the IDs.
+    #[error("`{value}` is not an ID; list entries are strings or numbers")]
+    NotAnId { value: bool },
+    /// A list file outside the policy directory.
+    #[error("file `{file}` must be a relative path inside the policy directory, so that edits to it are seen")]
+    FileOutside { file: String },
+    /// A list file that could not be read.
+    #[error("cannot read `{}`: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
 }
 
 impl LoadError {
@@ -58,7 +115,8 @@ impl LoadError {
             | LoadError::Rule { at, .. }
             | LoadError::List { at, .. }
             | LoadError::DefaultTwice { at, .. }
-            | LoadError::Default { at, .. } => Some((&at.file, at.line)),
+            | LoadError::Default { at, .. }
+            | LoadError::ErrorWithoutDefault { at } => Some((&at.file, at.line)),
         }
     }
 }

@@ -196,15 +196,15 @@ impl FieldPath {
     }
 
     /// Reads a field as a policy writes it: a key, a dotted path, or a JSON pointer.
-    pub fn parse(text: &str) -> Result<FieldPath, String> {
+    pub fn parse(text: &str) -> Result<FieldPath, FieldPathError> {
         if text.is_empty() {
-            return Err("a field name is empty".into());
+            return Err(FieldPathError::Empty);
         }
         if text.starts_with('/') {
             let mut chars = text.chars().peekable();
             while let Some(c) = chars.next() {
                 if c == '~' && !matches!(chars.peek(), Some('0' | '1')) {
-                    return Err(format!("field `{text}`: in a JSON pointer `~` must be followed by 0 or 1"));
+                    return Err(FieldPathError::PointerEscape { field: text.into() });
                 }
             }
             return Ok(FieldPath::Pointer(text.into()));
@@ -212,12 +212,26 @@ impl FieldPath {
         if text.contains('.') {
             let parts: Vec<Box<str>> = text.split('.').map(Into::into).collect();
             if parts.iter().any(|p| p.is_empty()) {
-                return Err(format!("field `{text}`: a dotted path has an empty part"));
+                return Err(FieldPathError::EmptyPart { field: text.into() });
             }
             return Ok(FieldPath::Dotted(parts.into()));
         }
         Ok(FieldPath::Key(text.into()))
     }
+}
+
+/// Why a field, as written, names no place in a body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldPathError {
+    /// ``.
+    #[error("a field name is empty")]
+    Empty,
+    /// `/a~2b`.
+    #[error("field `{field}`: in a JSON pointer `~` must be followed by 0 or 1")]
+    PointerEscape { field: String },
+    /// `a..b`.
+    #[error("field `{field}`: a dotted path has an empty part")]
+    EmptyPart { field: String },
 }
 
 /// A value a condition compares with: strings and numbers by their text, or a boolean.
