@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::compile::{Place, PolicySet};
-use super::eval::TraceStep;
-use super::load::is_policy_file_name;
+use super::lines::sequence_item_lines;
+use super::model::{Place, TraceStep, is_policy_file_name};
 use super::parse::{self, RawDecision};
+use super::set::PolicySet;
 use crate::decision::{Decision, Outcome};
 use crate::event::Event;
 
@@ -405,7 +405,7 @@ struct CaseLines<'a> {
 impl<'a> CaseLines<'a> {
     fn new(text: &'a str, case_count: usize) -> CaseLines<'a> {
         let lines: Vec<&str> = text.lines().collect();
-        let mut starts = super::parse::sequence_item_lines(&lines, 0);
+        let mut starts = sequence_item_lines(&lines, 0);
         if starts.len() != case_count {
             starts.clear();
         }

@@ -3,59 +3,14 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::compile::{Cond, FieldPath, Group, PolicySet, RateCap, Rule, Test};
-use super::parse::Scalar;
+use super::model::{Cond, Group, RateCap, Rule, Scalar, Step, Test, TraceStep, lookup, value_text};
+use super::set::PolicySet;
 use crate::decision::{CapHit, Decision, DryRunHit, Outcome};
 use crate::event::Event;
 use crate::ratecap::{CapCheck, CapOutcome, CapStore, OnError, cap_key};
-
-/// What happened to one rule during an explained evaluation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// `on` does not name the command.
-    Skipped,
-    /// The conditions did not hold.
-    NotHeld,
-    /// The conditions held but the rate cap was not exceeded.
-    UnderCap,
-    /// A dry-run rule held; evaluation went on.
-    HeldDryRun,
-    /// The rule held and decided.
-    Decided,
-    /// A rule after the deciding one.
-    NotReached,
-}
-
-impl Step {
-    /// A short word for the trace.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Skipped => "skipped",
-            Step::NotHeld => "not held",
-            Step::UnderCap => "under cap",
-            Step::HeldDryRun => "dry run",
-            Step::Decided => "decided",
-            Step::NotReached => "not reached",
-        }
-    }
-}
-
-/// One line of a trace: a rule and what happened to it.
-#[derive(Debug, Clone)]
-pub struct TraceStep {
-    /// The rule's id.
-    pub rule: Arc<str>,
-    /// Where it is written, as `file:line`.
-    pub at: String,
-    /// What happened.
-    pub step: Step,
-    /// For a rate-capped rule whose conditions held: (count in the window, max).
-    pub cap: Option<(u64, u64)>,
-}
 
 /// A rule reached while planning, in rule order.
 #[derive(Debug, Clone, Copy)]
@@ -297,42 +252,5 @@ impl Test {
             Test::Regex(re) => value_text(value).is_some_and(|v| re.is_match(&v)),
             Test::Exists(should_exist) => *should_exist,
         }
-    }
-}
-
-/// Finds a field in a callback body.
-pub(crate) fn lookup<'v>(body: &'v Map<String, Value>, field: &FieldPath) -> Option<&'v Value> {
-    match field {
-        FieldPath::Key(k) => body.get(&**k),
-        FieldPath::Dotted(parts) => {
-            let (first, rest) = parts.split_first()?;
-            let mut value = body.get(&**first)?;
-            for part in rest {
-                value = match value {
-                    Value::Object(m) => m.get(&**part)?,
-                    Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
-                    _ => return None,
-                };
-            }
-            Some(value)
-        }
-        FieldPath::Pointer(p) => {
-            // The body is a map, not a Value: resolve the first token here, the rest with
-            // serde_json's pointer.
-            let value = body.get(&*field.top_key())?;
-            let rest = p.strip_prefix('/')?;
-            let tail = rest.find('/').map_or("", |at| &rest[at..]);
-            if tail.is_empty() { Some(value) } else { value.pointer(tail) }
-        }
-    }
-}
-
-/// The text conditions compare: strings as they are, numbers as JSON writes them.
-/// Other types have no text and never match a list or a regex.
-pub(crate) fn value_text(value: &Value) -> Option<Cow<'_, str>> {
-    match value {
-        Value::String(s) => Some(Cow::Borrowed(s)),
-        Value::Number(n) => Some(Cow::Owned(n.to_string())),
-        _ => None,
     }
 }

@@ -20,9 +20,7 @@ use aho_corasick::AhoCorasick;
 use regex::RegexSet;
 use serde_json::{Map, Value};
 
-use super::compile::{Cond, FieldPath, Group, List, OnCommands, Rule, Test};
-use super::eval::{lookup, value_text};
-use super::parse::Scalar;
+use super::model::{Cond, FieldPath, Group, List, OnCommands, Rule, Scalar, Test, lookup, value_text};
 
 /// Rule positions (indexes into `PolicySet::rules`).
 type RuleIds = Vec<u32>;
@@ -105,81 +103,85 @@ fn group_anchor(group: &Group) -> Option<Anchor<'_>> {
         })
 }
 
-impl Index {
-    /// Builds the index of `rules`. Infallible: every regex was already compiled alone.
-    pub(crate) fn build(rules: &[Rule]) -> Index {
-        let mut index = Index::default();
-        let mut equals: HashMap<&FieldPath, HashMap<Box<str>, RuleIds>> = HashMap::new();
-        let mut lists: HashMap<(&FieldPath, &str), (Arc<List>, RuleIds)> = HashMap::new();
-        let mut regexes: HashMap<&FieldPath, (Vec<&str>, RuleIds)> = HashMap::new();
-        let mut prefixes: HashMap<&FieldPath, Prefixes> = HashMap::new();
-        let mut substrings: HashMap<&FieldPath, HashMap<Vec<u8>, RuleIds>> = HashMap::new();
-        for (i, rule) in rules.iter().enumerate() {
-            let i = u32::try_from(i).unwrap_or(u32::MAX);
-            let Some(anchors) = anchors(rule) else {
-                match &rule.on {
-                    OnCommands::Some { exact, globs } if globs.is_empty() => {
-                        for c in exact {
-                            index.by_command.entry(c.clone()).or_default().push(i);
-                        }
-                    }
-                    _ => index.always.push(i),
-                }
-                continue;
-            };
-            for anchor in anchors {
-                match anchor {
-                    Anchor::Texts(field, texts) => {
-                        let by_text = equals.entry(field).or_default();
-                        for t in texts {
-                            let ids = by_text.entry(t.into()).or_default();
-                            if ids.last() != Some(&i) {
-                                ids.push(i);
-                            }
-                        }
-                    }
-                    Anchor::List(field, list) => {
-                        let ids = &mut lists
-                            .entry((field, list.name.as_str()))
-                            .or_insert_with(|| (list.clone(), Vec::new()))
-                            .1;
-                        if ids.last() != Some(&i) {
-                            ids.push(i);
-                        }
-                    }
-                    Anchor::Regex(field, pattern) => match literal_prefixes(pattern) {
-                        Some((false, literals)) => {
-                            let by_literal = substrings.entry(field).or_default();
-                            for literal in literals {
-                                let ids = by_literal.entry(literal).or_default();
-                                if ids.last() != Some(&i) {
-                                    ids.push(i);
-                                }
-                            }
-                        }
-                        Some((true, literals)) => {
-                            let index = prefixes.entry(field).or_default();
-                            for literal in literals {
-                                index.longest = index.longest.max(literal.len());
-                                let ids = index.by_prefix.entry(literal.into()).or_default();
-                                if ids.last() != Some(&i) {
-                                    ids.push(i);
-                                }
-                            }
-                        }
-                        None => {
-                            let (patterns, ids) = regexes.entry(field).or_default();
-                            patterns.push(pattern);
-                            ids.push(i);
-                        }
-                    },
+/// The index while it is built: keyed by the rules' own fields, made owned by `finish`.
+#[derive(Default)]
+struct Builder<'r> {
+    equals: HashMap<&'r FieldPath, HashMap<Box<str>, RuleIds>>,
+    lists: HashMap<(&'r FieldPath, &'r str), (Arc<List>, RuleIds)>,
+    regexes: HashMap<&'r FieldPath, (Vec<&'r str>, RuleIds)>,
+    prefixes: HashMap<&'r FieldPath, Prefixes>,
+    substrings: HashMap<&'r FieldPath, HashMap<Vec<u8>, RuleIds>>,
+    by_command: HashMap<Box<str>, RuleIds>,
+    always: RuleIds,
+}
+
+/// Adds rule `i` to `ids` unless it is there already (rules are filed in order).
+fn push_once(ids: &mut RuleIds, i: u32) {
+    if ids.last() != Some(&i) {
+        ids.push(i);
+    }
+}
+
+impl<'r> Builder<'r> {
+    /// Files rule `i`, which has no anchor, under its exact commands, or else for every callback.
+    fn file_by_command(&mut self, i: u32, on: &OnCommands) {
+        match on {
+            OnCommands::Some { exact, globs } if globs.is_empty() => {
+                for c in exact {
+                    self.by_command.entry(c.clone()).or_default().push(i);
                 }
             }
+            _ => self.always.push(i),
         }
-        index.equals = equals.into_iter().map(|(f, m)| (f.clone(), m)).collect();
-        index.lists = lists.into_iter().map(|((f, _), (l, ids))| (f.clone(), l, ids)).collect();
-        index.prefixes = prefixes.into_iter().map(|(f, p)| (f.clone(), p)).collect();
-        for (field, by_literal) in substrings {
+    }
+
+    /// Files rule `i` under one of its anchors.
+    fn file(&mut self, i: u32, anchor: Anchor<'r>) {
+        match anchor {
+            Anchor::Texts(field, texts) => {
+                let by_text = self.equals.entry(field).or_default();
+                for t in texts {
+                    push_once(by_text.entry(t.into()).or_default(), i);
+                }
+            }
+            Anchor::List(field, list) => {
+                let entry = self.lists.entry((field, list.name.as_str())).or_insert_with(|| (list.clone(), Vec::new()));
+                push_once(&mut entry.1, i);
+            }
+            Anchor::Regex(field, pattern) => match literal_prefixes(pattern) {
+                Some((false, literals)) => {
+                    let by_literal = self.substrings.entry(field).or_default();
+                    for literal in literals {
+                        push_once(by_literal.entry(literal).or_default(), i);
+                    }
+                }
+                Some((true, literals)) => {
+                    let index = self.prefixes.entry(field).or_default();
+                    for literal in literals {
+                        index.longest = index.longest.max(literal.len());
+                        push_once(index.by_prefix.entry(literal.into()).or_default(), i);
+                    }
+                }
+                None => {
+                    let (patterns, ids) = self.regexes.entry(field).or_default();
+                    patterns.push(pattern);
+                    ids.push(i);
+                }
+            },
+        }
+    }
+
+    /// The finished index: automatons and regex sets built, every rule list owned.
+    fn finish(self) -> Index {
+        let mut index = Index {
+            equals: self.equals.into_iter().map(|(f, m)| (f.clone(), m)).collect(),
+            lists: self.lists.into_iter().map(|((f, _), (l, ids))| (f.clone(), l, ids)).collect(),
+            prefixes: self.prefixes.into_iter().map(|(f, p)| (f.clone(), p)).collect(),
+            by_command: self.by_command,
+            always: self.always,
+            ..Index::default()
+        };
+        for (field, by_literal) in self.substrings {
             let (literals, rules): (Vec<Vec<u8>>, Vec<RuleIds>) = by_literal.into_iter().unzip();
             match AhoCorasick::new(&literals) {
                 Ok(automaton) => index.substrings.push((field.clone(), Substrings { automaton, rules })),
@@ -187,7 +189,7 @@ impl Index {
                 Err(_) => index.always.extend(rules.into_iter().flatten()),
             }
         }
-        for (field, (patterns, ids)) in regexes {
+        for (field, (patterns, ids)) in self.regexes {
             for (patterns, ids) in patterns.chunks(REGEX_SET_CHUNK).zip(ids.chunks(REGEX_SET_CHUNK)) {
                 match RegexSet::new(patterns) {
                     Ok(set) => index.regexes.push((field.clone(), set, ids.to_vec())),
@@ -199,6 +201,21 @@ impl Index {
         }
         index.always.sort_unstable();
         index
+    }
+}
+
+impl Index {
+    /// Builds the index of `rules`. Infallible: every regex was already compiled alone.
+    pub(crate) fn build(rules: &[Rule]) -> Index {
+        let mut builder = Builder::default();
+        for (i, rule) in rules.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            match anchors(rule) {
+                Some(anchors) => anchors.into_iter().for_each(|anchor| builder.file(i, anchor)),
+                None => builder.file_by_command(i, &rule.on),
+            }
+        }
+        builder.finish()
     }
 
     /// The rules that could hold for this callback, in rule order, without duplicates.

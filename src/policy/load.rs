@@ -1,17 +1,17 @@
 //! Reads a policy directory into a [`PolicySet`]: which files belong to the set, in which
-//! order, and the set's version (a sha256 over every file it was built from).
+//! order, and the set's version (a sha256 over every file it was built from). It runs the
+//! passes in order: `compile` (which runs `parse`), then `warn`; `PolicySet::new` builds
+//! the index.
 
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::compile::{self, LoadError, LoadErrors, PolicySet, SourceFile};
-
-/// Whether `name` is a policy file: `*.yaml` or `*.yml`, not hidden. Hidden names are
-/// skipped so editor lock files (`.#x.yaml`) and Kubernetes' `..data` never count.
-pub fn is_policy_file_name(name: &str) -> bool {
-    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
-}
+use super::compile;
+use super::error::{LoadError, LoadErrors};
+use super::model::{SourceFile, is_policy_file_name};
+use super::set::PolicySet;
+use super::warn;
 
 /// Loads every policy file directly in `dir`, in file-name order, with the list files they
 /// name. Fails whole: any error and no set is returned.
@@ -61,9 +61,11 @@ pub fn load_dir_after(dir: &Path, previous: Option<&PolicySet>) -> Result<Policy
         files.push(path.to_path_buf());
         Ok(text)
     };
-    let set = compile::compile(dir, &sources, &mut read_list, previous)?;
+    let compiled = compile::compile(dir, &sources, &mut read_list, previous)?;
+    // Only a set that compiled is checked for what is probably a mistake.
+    let warnings = warn::set_warnings(&compiled.rules, &sources);
     let version = hex::encode(hasher.finalize());
-    Ok(set.with_identity(version, files))
+    Ok(PolicySet::new(compiled.rules, compiled.default, warnings, version, files))
 }
 
 /// Hashes one file so that no two different sets of (kind, name, content) collide by

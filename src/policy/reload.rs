@@ -14,8 +14,9 @@ use arc_swap::ArcSwap;
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::compile::{LoadErrors, PolicySet};
+use super::error::LoadErrors;
 use super::load::{load_dir, load_dir_after};
+use super::set::PolicySet;
 
 /// The result of the last reload attempt, for status pages and logs.
 #[derive(Debug, Clone)]

@@ -81,11 +81,22 @@ impl<'t> Report<'t> {
     }
 }
 
+/// One kind of problem recognised: its line and explanation, or `None`.
+type Explainer = fn(&Report<'_>) -> Option<(usize, String)>;
+
 /// The explanation of a problem this module recognises, most specific first: a second
 /// document, an unknown anchor, a tab, an unclosed quote, a bad escape, an unclosed or
 /// interrupted `[`/`{`, a stray `]`/`}`, a value with `: `, indentation, text after a value,
 /// a character that cannot start one. `None` for anything else.
 fn explain_report(r: &Report<'_>) -> Option<(usize, String)> {
+    // Each explains problems no earlier one does; the order is the order of precedence.
+    let explainers: [Explainer; 6] =
+        [document_anchor_or_tab, quote_or_escape, bracket, colon_in_value, indentation, key_or_token];
+    explainers.iter().find_map(|explain| explain(r))
+}
+
+/// A second document, an alias to no anchor, a tab.
+fn document_anchor_or_tab(r: &Report<'_>) -> Option<(usize, String)> {
     let problem = r.problem.as_str();
     let here = r.char_at(r.line, r.column);
 
@@ -109,6 +120,13 @@ fn explain_report(r: &Report<'_>) -> Option<(usize, String)> {
             format!("tab character at column {column}: YAML indents with spaces only; replace the tab with spaces"),
         ));
     }
+    None
+}
+
+/// An unclosed quote, an escape double quotes do not know.
+fn quote_or_escape(r: &Report<'_>) -> Option<(usize, String)> {
+    let problem = r.problem.as_str();
+
     if problem == "found unexpected end of stream"
         && let Some((line, column)) = r.context_is("quoted scalar")
     {
@@ -140,6 +158,14 @@ fn explain_report(r: &Report<'_>) -> Option<(usize, String)> {
             ),
         ));
     }
+    None
+}
+
+/// An unclosed or interrupted `[`/`{`, a stray `]`/`}`.
+fn bracket(r: &Report<'_>) -> Option<(usize, String)> {
+    let problem = r.problem.as_str();
+    let here = r.char_at(r.line, r.column);
+
     for (expected, kind, open, close, noun, parts) in [
         ("did not find expected ',' or ']'", "flow sequence", '[', ']', "list", "items"),
         ("did not find expected ',' or '}'", "flow mapping", '{', '}', "map", "entries"),
@@ -173,6 +199,13 @@ fn explain_report(r: &Report<'_>) -> Option<(usize, String)> {
             format!("stray `{closer}` at column {}: no `{open}` is open for it to close; remove it", r.column),
         ));
     }
+    None
+}
+
+/// A value holding `: `, a line indented into the value above it, a list item after a key.
+fn colon_in_value(r: &Report<'_>) -> Option<(usize, String)> {
+    let problem = r.problem.as_str();
+
     if problem == "mapping values are not allowed in this context" {
         let text = r.text(r.line);
         let before: String = text.chars().take(r.column.saturating_sub(1)).collect();
@@ -194,6 +227,13 @@ fn explain_report(r: &Report<'_>) -> Option<(usize, String)> {
     if problem == "block sequence entries are not allowed in this context" {
         return Some((r.line, "a list item (`- `) cannot follow a key on the same line; start the list on the next line, or write it as `[a, b]`".into()));
     }
+    None
+}
+
+/// A line or `- ` item indented to no level above it, a `-` without its space, text after a value.
+fn indentation(r: &Report<'_>) -> Option<(usize, String)> {
+    let problem = r.problem.as_str();
+
     if problem == "did not find expected key" || problem == "did not find expected '-' indicator" {
         let trimmed = r.text(r.line).trim_start();
         if !r.is_at_line_start() {
@@ -235,6 +275,14 @@ fn explain_report(r: &Report<'_>) -> Option<(usize, String)> {
             ),
         ));
     }
+    None
+}
+
+/// A key without `: `, an anchor sign or other character that cannot start a value.
+fn key_or_token(r: &Report<'_>) -> Option<(usize, String)> {
+    let problem = r.problem.as_str();
+    let here = r.char_at(r.line, r.column);
+
     if problem == "could not find expected ':'"
         && let Some((line, column)) = r.context_is("simple key")
     {

@@ -5,118 +5,15 @@
 //! counts every callback under one value), which is why these are worth saying.
 //!
 //! A warning never refuses a set or a reload; `callgate validate --strict` makes them
-//! errors. Rules that failed to compile get no warnings: their errors come first.
+//! errors. A set that does not compile gets no warnings: its errors come first.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
-use std::fmt;
 use std::sync::LazyLock;
 
-use super::compile::{Cond, FieldPath, Group, OnCommands, Place, Rule, glob_matches};
+use super::lines::RuleLines;
+use super::model::{Commands, Cond, FieldPath, Group, OnCommands, Place, Rule, SourceFile, Warning, glob_matches};
 use crate::catalog::{self, Command};
-
-/// Something in a loaded policy set that is probably not what was meant, with where it is
-/// written and, when something close exists, what was probably meant. Rendered once, by
-/// `Display`, as `file:line: warning: rule `id`: …`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Warning {
-    /// `on` names a command that no IM server sends.
-    UnknownCommand { at: Place, rule: String, command: String, suggestion: Option<String> },
-    /// A glob in `on` matches no command that an IM server sends.
-    GlobMatchesNothing { at: Place, rule: String, glob: String, suggestion: Option<String> },
-    /// A `when` field whose top-level key none of the rule's commands carries.
-    UnknownField { at: Place, rule: String, field: String, key: String, commands: Commands, suggestion: Option<String> },
-    /// A rate-cap key field whose top-level key none of the rule's commands carries.
-    UnknownCapKey {
-        at: Place,
-        rule: String,
-        field: String,
-        key: String,
-        commands: Commands,
-        suggestion: Option<String>,
-    },
-}
-
-/// The commands a rule's fields were checked against, as a message names them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Commands {
-    /// `on` omitted: every OpenIM command.
-    EveryOpenIm,
-    /// The one known command `on` names or matches.
-    One(&'static str),
-    /// This many known commands.
-    Several(usize),
-}
-
-impl fmt::Display for Commands {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Commands::EveryOpenIm => f.write_str("any OpenIM command (the rule has no `on`)"),
-            Commands::One(name) => write!(f, "`{name}`"),
-            Commands::Several(n) => write!(f, "any of the rule's {n} commands"),
-        }
-    }
-}
-
-impl Warning {
-    /// Where the warning points.
-    pub fn at(&self) -> &Place {
-        match self {
-            Warning::UnknownCommand { at, .. }
-            | Warning::GlobMatchesNothing { at, .. }
-            | Warning::UnknownField { at, .. }
-            | Warning::UnknownCapKey { at, .. } => at,
-        }
-    }
-
-    fn rule(&self) -> &str {
-        match self {
-            Warning::UnknownCommand { rule, .. }
-            | Warning::GlobMatchesNothing { rule, .. }
-            | Warning::UnknownField { rule, .. }
-            | Warning::UnknownCapKey { rule, .. } => rule,
-        }
-    }
-
-    fn suggestion(&self) -> Option<&str> {
-        match self {
-            Warning::UnknownCommand { suggestion, .. }
-            | Warning::GlobMatchesNothing { suggestion, .. }
-            | Warning::UnknownField { suggestion, .. }
-            | Warning::UnknownCapKey { suggestion, .. } => suggestion.as_deref(),
-        }
-    }
-}
-
-impl fmt::Display for Warning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: warning: rule `{}`: ", self.at(), self.rule())?;
-        // A dotted path or pointer is checked by its first key; say which key is missing.
-        let field = |f: &mut fmt::Formatter<'_>, what: &str, field: &str, key: &str| {
-            if field == key { write!(f, "{what} `{field}` is") } else { write!(f, "{what} `{field}`: `{key}` is") }
-        };
-        match self {
-            Warning::UnknownCommand { command, .. } => {
-                write!(f, "no IM server sends command `{command}`, so the rule never applies to it")?
-            }
-            Warning::GlobMatchesNothing { glob, .. } => {
-                write!(f, "glob `{glob}` matches no command an IM server sends, so the rule never applies through it")?
-            }
-            Warning::UnknownField { field: name, key, commands, .. } => {
-                field(f, "field", name, key)?;
-                write!(f, " not in the body of {commands}, so the condition always finds it missing")?
-            }
-            Warning::UnknownCapKey { field: name, key, commands, .. } => {
-                field(f, "rate_cap key", name, key)?;
-                write!(f, " not in the body of {commands}, so every callback counts under one empty value")?
-            }
-        }
-        if let Some(suggestion) = self.suggestion() {
-            write!(f, "; did you mean `{suggestion}`?")?;
-        }
-        Ok(())
-    }
-}
 
 /// Every field any OpenIM command carries: what a rule without `on` is checked against.
 /// Made once: a set of ten thousand such rules would otherwise make it ten thousand times.
@@ -126,52 +23,94 @@ static OPENIM_FIELDS: LazyLock<BTreeSet<&'static str>> =
 /// Finds the first line of the rule that holds every needle; `None` when none does.
 pub(super) type Locate<'a> = dyn Fn(&[&str]) -> Option<Place> + 'a;
 
+/// The warnings of a compiled set, in file and rule order. `sources` are the files the
+/// rules were compiled from, in the same order; each rule's lines are looked for in its file.
+pub(super) fn set_warnings(rules: &[Rule], sources: &[SourceFile]) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    let mut rest = rules;
+    for src in sources {
+        // INVARIANT: the set compiled, so every rule of the file did, in the order written.
+        let count = rest.iter().take_while(|rule| rule.at.file == src.path).count();
+        let (mine, after) = rest.split_at(count);
+        rest = after;
+        let lines = RuleLines::new(&src.text, mine.len());
+        for (i, rule) in mine.iter().enumerate() {
+            let locate =
+                |needles: &[&str]| lines.find_in_rule(i, needles).map(|line| Place { file: src.path.clone(), line });
+            warnings.extend(rule_warnings(rule, &locate));
+        }
+    }
+    warnings
+}
+
 /// The warnings of one compiled rule, in the order its parts are written. `locate` finds
 /// lines within the rule; what it cannot find is placed at the rule's start.
 pub(super) fn rule_warnings(rule: &Rule, locate: &Locate<'_>) -> Vec<Warning> {
     let mut warnings = Vec::new();
     let place = |needles: &[&str]| locate(needles).unwrap_or_else(|| rule.at.clone());
-    let id = || rule.id.to_string();
-
-    let (scope, carried) = match &rule.on {
-        OnCommands::Every => (Commands::EveryOpenIm, Cow::Borrowed(&*OPENIM_FIELDS)),
-        OnCommands::Some { exact, globs } => {
-            let mut commands: Vec<&'static Command> = Vec::new();
-            for name in exact {
-                match catalog::find(name) {
-                    Some((_, command)) => commands.push(command),
-                    None => warnings.push(Warning::UnknownCommand {
-                        at: place(&[name]),
-                        rule: id(),
-                        command: name.to_string(),
-                        suggestion: suggest(name, catalog::all().map(|(_, c)| c.name)).map(str::to_string),
-                    }),
-                }
-            }
-            for glob in globs {
-                let before = commands.len();
-                commands.extend(catalog::all().map(|(_, c)| c).filter(|c| glob_matches(glob, c.name)));
-                if commands.len() == before {
-                    warnings.push(Warning::GlobMatchesNothing {
-                        at: place(&[glob]),
-                        rule: id(),
-                        glob: glob.to_string(),
-                        suggestion: suggest_glob(glob),
-                    });
-                }
-            }
-            commands.sort_unstable_by_key(|c| c.name);
-            commands.dedup_by_key(|c| c.name);
-            let scope = match commands.as_slice() {
-                // Nothing known to check the fields against: the warnings above say why.
-                [] => return warnings,
-                [one] => Commands::One(one.name),
-                several => Commands::Several(several.len()),
-            };
-            (scope, Cow::Owned(commands.iter().flat_map(|c| c.fields.iter().copied()).collect()))
-        }
+    // Nothing known to check the fields against: the warnings so far say why.
+    let Some((scope, carried)) = commands_checked(rule, &place, &mut warnings) else {
+        return warnings;
     };
+    field_warnings(rule, locate, &scope, &carried, &mut warnings);
+    cap_key_warnings(rule, &place, &scope, &carried, &mut warnings);
+    warnings
+}
 
+/// The commands `rule` applies to that an IM server sends, and every field they carry;
+/// warns of each name and glob in `on` that matches none. `None` when no command is known.
+fn commands_checked(
+    rule: &Rule,
+    place: &dyn Fn(&[&str]) -> Place,
+    warnings: &mut Vec<Warning>,
+) -> Option<(Commands, Cow<'static, BTreeSet<&'static str>>)> {
+    let (exact, globs) = match &rule.on {
+        OnCommands::Every => return Some((Commands::EveryOpenIm, Cow::Borrowed(&*OPENIM_FIELDS))),
+        OnCommands::Some { exact, globs } => (exact, globs),
+    };
+    let id = || rule.id.to_string();
+    let mut commands: Vec<&'static Command> = Vec::new();
+    for name in exact {
+        match catalog::find(name) {
+            Some((_, command)) => commands.push(command),
+            None => warnings.push(Warning::UnknownCommand {
+                at: place(&[name]),
+                rule: id(),
+                command: name.to_string(),
+                suggestion: suggest(name, catalog::all().map(|(_, c)| c.name)).map(str::to_string),
+            }),
+        }
+    }
+    for glob in globs {
+        let before = commands.len();
+        commands.extend(catalog::all().map(|(_, c)| c).filter(|c| glob_matches(glob, c.name)));
+        if commands.len() == before {
+            warnings.push(Warning::GlobMatchesNothing {
+                at: place(&[glob]),
+                rule: id(),
+                glob: glob.to_string(),
+                suggestion: suggest_glob(glob),
+            });
+        }
+    }
+    commands.sort_unstable_by_key(|c| c.name);
+    commands.dedup_by_key(|c| c.name);
+    let scope = match commands.as_slice() {
+        [] => return None,
+        [one] => Commands::One(one.name),
+        several => Commands::Several(several.len()),
+    };
+    Some((scope, Cow::Owned(commands.iter().flat_map(|c| c.fields.iter().copied()).collect())))
+}
+
+/// Warns of each field in `when` whose top-level key none of the commands carries.
+fn field_warnings(
+    rule: &Rule,
+    locate: &Locate<'_>,
+    scope: &Commands,
+    carried: &BTreeSet<&'static str>,
+    warnings: &mut Vec<Warning>,
+) {
     let mut seen = BTreeSet::new();
     let mut fields = Vec::new();
     walk_fields(&rule.when, &mut fields);
@@ -187,35 +126,43 @@ pub(super) fn rule_warnings(rule: &Rule, locate: &Locate<'_>) -> Vec<Warning> {
         let at = locate(&[&format!("{text}:")]).or_else(|| locate(&[&text])).unwrap_or_else(|| rule.at.clone());
         warnings.push(Warning::UnknownField {
             at,
-            rule: id(),
+            rule: rule.id.to_string(),
             suggestion: suggest(&key, carried.iter().copied()).map(str::to_string),
             key: key.into_owned(),
             field: text,
             commands: scope.clone(),
         });
     }
-    if let Some(cap) = &rule.rate_cap {
-        let mut seen = BTreeSet::new();
-        for path in &cap.fields {
-            let key = path.top_key();
-            if carried.contains(&*key) {
-                continue;
-            }
-            let text = path.to_string();
-            if !seen.insert(text.clone()) {
-                continue;
-            }
-            warnings.push(Warning::UnknownCapKey {
-                at: place(&["key", &text]),
-                rule: id(),
-                suggestion: suggest(&key, carried.iter().copied()).map(str::to_string),
-                key: key.into_owned(),
-                field: text,
-                commands: scope.clone(),
-            });
+}
+
+/// Warns of each rate-cap key field whose top-level key none of the commands carries.
+fn cap_key_warnings(
+    rule: &Rule,
+    place: &dyn Fn(&[&str]) -> Place,
+    scope: &Commands,
+    carried: &BTreeSet<&'static str>,
+    warnings: &mut Vec<Warning>,
+) {
+    let Some(cap) = &rule.rate_cap else { return };
+    let mut seen = BTreeSet::new();
+    for path in &cap.fields {
+        let key = path.top_key();
+        if carried.contains(&*key) {
+            continue;
         }
+        let text = path.to_string();
+        if !seen.insert(text.clone()) {
+            continue;
+        }
+        warnings.push(Warning::UnknownCapKey {
+            at: place(&["key", &text]),
+            rule: rule.id.to_string(),
+            suggestion: suggest(&key, carried.iter().copied()).map(str::to_string),
+            key: key.into_owned(),
+            field: text,
+            commands: scope.clone(),
+        });
     }
-    warnings
 }
 
 /// Every field path a group reads, in the order written, inside `any`/`all`/`not` too.

@@ -1,0 +1,126 @@
+//! [`PolicySet`]: the compiled rules of one set with their index, default and warnings,
+//! and the set's identity (version, files). Built by `load` from what `compile` and `warn`
+//! return; decided on by `eval`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use regex::Regex;
+
+use super::index::Index;
+use super::model::{Cond, Group, Rule, Test, Warning};
+use crate::decision::Outcome;
+
+/// A compiled, immutable policy set. Requests share it through an `Arc`; a reload builds a
+/// new one and swaps it in whole.
+#[derive(Debug)]
+pub struct PolicySet {
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) default: Outcome,
+    pub(crate) index: Index,
+    /// Every top-level body key a rule reads, sorted: decoders need keep no other.
+    body_keys: Box<[Box<str>]>,
+    warnings: Vec<Warning>,
+    version: String,
+    files: Vec<PathBuf>,
+}
+
+impl PolicySet {
+    /// The sha256 (hex) of the set's file names and contents.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The policy and list files the set was built from.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// How many rules the set has.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// What in the set is probably a mistake (a command no IM server sends, a field none of
+    /// a rule's commands carries), in file and rule order. Warnings never refuse a set.
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
+    /// Whether any rule of the set reads the top-level body key `key` (in a condition, a
+    /// rate-cap key, or below it by a dotted path or JSON pointer). A decoder may drop the
+    /// other keys: no answer can depend on them.
+    pub fn reads(&self, key: &str) -> bool {
+        self.body_keys.binary_search_by(|k| (**k).cmp(key)).is_ok()
+    }
+
+    /// Every compiled regex of the set, by pattern.
+    pub(super) fn regexes(&self) -> HashMap<String, Regex> {
+        fn walk(group: &Group, out: &mut HashMap<String, Regex>) {
+            for cond in &group.0 {
+                match cond {
+                    Cond::Field { test: Test::Regex(re), .. } => {
+                        out.insert(re.as_str().to_string(), re.clone());
+                    }
+                    Cond::Field { .. } => {}
+                    Cond::Any(groups) | Cond::All(groups) => groups.iter().for_each(|g| walk(g, out)),
+                    Cond::Not(g) => walk(g, out),
+                }
+            }
+        }
+        let mut out = HashMap::new();
+        for rule in &self.rules {
+            walk(&rule.when, &mut out);
+        }
+        out
+    }
+
+    /// The empty set: no rules, default allow. Used only where no directory is involved.
+    pub fn empty() -> PolicySet {
+        PolicySet {
+            rules: Vec::new(),
+            default: Outcome::Allow,
+            index: Index::default(),
+            body_keys: Box::default(),
+            warnings: Vec::new(),
+            version: String::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Assembles a set from compiled rules: builds their index and the body keys they read.
+    pub(super) fn new(
+        rules: Vec<Rule>,
+        default: Outcome,
+        warnings: Vec<Warning>,
+        version: String,
+        files: Vec<PathBuf>,
+    ) -> PolicySet {
+        let index = Index::build(&rules);
+        let body_keys = body_keys(&rules);
+        PolicySet { rules, default, index, body_keys, warnings, version, files }
+    }
+}
+
+/// The top-level body keys `rules` read, sorted and without repeats.
+fn body_keys(rules: &[Rule]) -> Box<[Box<str>]> {
+    fn walk(group: &Group, out: &mut Vec<Box<str>>) {
+        for cond in &group.0 {
+            match cond {
+                Cond::Field { field, .. } => out.push(field.top_key().into()),
+                Cond::Any(groups) | Cond::All(groups) => groups.iter().for_each(|g| walk(g, out)),
+                Cond::Not(g) => walk(g, out),
+            }
+        }
+    }
+    let mut keys = Vec::new();
+    for rule in rules {
+        walk(&rule.when, &mut keys);
+        if let Some(cap) = &rule.rate_cap {
+            keys.extend(cap.fields.iter().map(|f| f.top_key().into()));
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    keys.into()
+}
