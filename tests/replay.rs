@@ -269,3 +269,29 @@ async fn the_json_report_follows_its_schema() {
     wrong["changes"]["changed"] = Value::from(-1);
     assert!(!validator.is_valid(&wrong));
 }
+
+#[tokio::test]
+async fn under_server_dry_run_the_old_answer_is_what_enforcement_would_have_sent() {
+    let live = policies(&[NO_SYS]);
+    let mut server = Server::start(live.path(), &["--dry-run"]);
+    for (owner, black) in REGEX_CALLS {
+        assert_eq!(server.post(UNBLOCK, &unblock(owner, black)).await.1, ALLOW, "dry run answers allow");
+    }
+    assert_eq!(server.terminate(), Some(0));
+    let data = server.data_dir();
+
+    // The same set: what it would have refused it still refuses.
+    let (code, text, err) = replay(data, live.path(), &["--fail-on", "any-change"]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(text.contains("unchanged 6, changed 0"), "{text}");
+
+    // Another error code for the same refusals: the decision holds, the answer changes.
+    let recoded = policies(&[&NO_SYS.replace("code: 150", "code: 151")]);
+    let changed = changes(data, recoded.path());
+    assert_eq!(changed.iter().map(line_of).collect::<Vec<_>>(), [1, 6]);
+    for c in &changed {
+        assert_eq!(c["direction"], "other_rule");
+        assert_eq!(c["old"], serde_json::json!({"decision": "deny", "rule": "no-sys", "error_code": 150}));
+        assert_eq!(c["new"], serde_json::json!({"decision": "deny", "rule": "no-sys", "error_code": 151}));
+    }
+}
