@@ -308,12 +308,19 @@ impl Report {
         writeln!(s, "  allow → deny   {}", c.allow_to_deny)?;
         writeln!(s, "  deny → allow   {}", c.deny_to_allow)?;
         writeln!(s, "  other rule     {}", c.other_rule)?;
-        writeln!(s, "\nper rule          before allow/deny   after allow/deny   would-deny before/after")?;
+        writeln!(
+            s,
+            "\nper rule {:<23} {:>18} {:>18} {:>24}",
+            "", "before allow/deny", "after allow/deny", "would-deny before/after"
+        )?;
         for (rule, n) in &self.rules {
+            let pair = |a: u64, b: u64| format!("{a}/{b}");
             writeln!(
                 s,
-                "  {rule:<30} {:>7}/{:<7}  {:>7}/{:<7}  {:>7}/{}",
-                n.before.allow, n.before.deny, n.after.allow, n.after.deny, n.would_deny_before, n.would_deny_after
+                "  {rule:<30} {:>18} {:>18} {:>24}",
+                pair(n.before.allow, n.before.deny),
+                pair(n.after.allow, n.after.deny),
+                pair(n.would_deny_before, n.would_deny_after)
             )?;
         }
         if !self.users.top.is_empty() {
