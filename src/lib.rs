@@ -13,6 +13,7 @@
 //! - [`server`]: the warp listeners; the only module that knows HTTP
 //! - [`ratecap`]: rolling-window counts for rate caps, in memory or in Redis
 //! - [`redis_client`]: how caps and the record stream reach Redis (one server or a cluster, TLS)
+//! - [`replay`]: recorded OpenIM callbacks decided again with a candidate policy set
 //! - [`duration`]: the `30s`/`1m` syntax shared by policies and config
 //! - [`throttle`]: log lines an attacker cannot flood (a few a second per kind, then a count)
 
@@ -26,5 +27,6 @@ pub mod protocol;
 pub mod ratecap;
 pub mod record;
 pub mod redis_client;
+pub mod replay;
 pub mod server;
 pub mod throttle;

@@ -15,6 +15,7 @@ use callgate::event::Event;
 use callgate::policy::{self, PolicyStore};
 use callgate::protocol::{CommandNaming, resolve_command};
 use callgate::record::{self, EventFilter};
+use callgate::replay::FailOn;
 use callgate::server;
 
 /// A policy-gated callback decision engine for OpenIM and Tencent Cloud Chat.
@@ -65,18 +66,8 @@ enum Command {
     Schema,
     /// Print records (one JSON object a line, oldest first) matching every filter given
     Events {
-        /// Record directory [default: ./data]
-        #[arg(long, env = "CALLGATE_DATA_DIR", value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-        /// Only records newer than this, as in 30s, 15m, 1h, 7d
-        #[arg(long, value_name = "DURATION")]
-        since: Option<String>,
-        /// Only callbacks where an ID field (ownerUserID, From_Account, userIDList, …) is this
-        #[arg(long, value_name = "ID")]
-        user: Option<String>,
-        /// Only this callback command
-        #[arg(long, value_name = "COMMAND")]
-        command: Option<String>,
+        #[command(flatten)]
+        records: RecordsArgs,
         /// Only this answer: allow, deny, ack, or would_deny (a dry run that would refuse)
         #[arg(long, value_name = "DECISION")]
         decision: Option<String>,
@@ -90,6 +81,96 @@ enum Command {
         #[arg(long, short = 'f')]
         follow: bool,
     },
+    /// Decide the recorded OpenIM callbacks again with a candidate policy set and report what
+    /// would have changed; exit 1 when --fail-on or --max-changes trips, 2 when it cannot run
+    Replay {
+        /// The candidate policy directory
+        #[arg(long, value_name = "DIR")]
+        policies: PathBuf,
+        #[command(flatten)]
+        records: RecordsArgs,
+        /// text (a report), json (the report as one document), or jsonl (each changed record)
+        #[arg(long, value_enum, default_value_t = ReplayFormat::Text)]
+        format: ReplayFormat,
+        /// Exit 1 when any change of this kind is found (may be repeated)
+        #[arg(long, value_enum, value_name = "CHANGE")]
+        fail_on: Vec<FailOn>,
+        /// Exit 1 when more than N callbacks change
+        #[arg(long, value_name = "N")]
+        max_changes: Option<u64>,
+    },
+}
+
+/// The output of `callgate replay`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReplayFormat {
+    Text,
+    Json,
+    Jsonl,
+}
+
+/// Which records to read: the filters `events` and `replay` share.
+#[derive(clap::Args)]
+struct RecordsArgs {
+    /// Record directory [default: ./data]
+    #[arg(long, env = "CALLGATE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Only records newer than this, as in 30s, 15m, 1h, 7d
+    #[arg(long, value_name = "DURATION")]
+    since: Option<String>,
+    /// Only records older than this: a duration ago (1h) or an RFC 3339 time
+    #[arg(long, value_name = "WHEN")]
+    until: Option<String>,
+    /// Only callbacks where an ID field (ownerUserID, From_Account, userIDList, …) is this
+    #[arg(long, value_name = "ID")]
+    user: Option<String>,
+    /// Only this callback command
+    #[arg(long, value_name = "COMMAND")]
+    command: Option<String>,
+}
+
+impl RecordsArgs {
+    /// The record directory, which must exist.
+    fn data_dir(&self) -> Result<PathBuf> {
+        let dir = self.data_dir.clone().unwrap_or_else(|| callgate::config::DEFAULT_DATA_DIR.into());
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "no record directory `{}`: `callgate serve` writes records there; pass --data-dir DIR",
+                dir.display()
+            );
+        }
+        Ok(dir)
+    }
+
+    /// The filter of these flags (decision, source and limit: none).
+    fn filter(&self) -> Result<EventFilter> {
+        let since = self
+            .since
+            .as_deref()
+            .map(callgate::duration::parse)
+            .transpose()
+            .map_err(|m| anyhow::anyhow!("--since: {m}"))?;
+        let until = self
+            .until
+            .as_deref()
+            .map(|text| match humantime::parse_rfc3339_weak(text) {
+                Ok(time) => Ok(time),
+                Err(_) => callgate::duration::parse(text)
+                    .ok()
+                    .and_then(|d| std::time::SystemTime::now().checked_sub(d))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--until: `{text}` is neither a duration (1h) nor an RFC 3339 time")
+                    }),
+            })
+            .transpose()?;
+        Ok(EventFilter {
+            since,
+            until,
+            user: self.user.clone(),
+            command: self.command.clone(),
+            ..EventFilter::default()
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -113,14 +194,15 @@ fn main() -> ExitCode {
         Command::Validate { policies, strict } => validate(&policies.dir(), strict),
         Command::Test { policies } => test(&policies.dir()),
         Command::Schema => schema(),
-        Command::Events { data_dir, since, user, command, decision, source, limit, follow } => {
-            let data_dir = data_dir.unwrap_or_else(|| callgate::config::DEFAULT_DATA_DIR.into());
-            events(
-                &data_dir,
-                since.as_deref(),
-                EventFilter { since: None, user, command, decision, source, limit: limit.unwrap_or(0) },
-                follow,
-            )
+        Command::Events { records, decision, source, limit, follow } => {
+            events(&records, decision, source, limit.unwrap_or(0), follow)
+        }
+        Command::Replay { policies, records, format, fail_on, max_changes } => {
+            // Exit 1 is the gate's; a replay that cannot run at all is 2.
+            return replay(&policies, &records, format, &fail_on, max_changes).unwrap_or_else(|err| {
+                eprintln!("callgate: {err:#}");
+                ExitCode::from(2)
+            });
         }
     };
     match result {
@@ -364,17 +446,18 @@ fn schema() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn events(data_dir: &Path, since: Option<&str>, mut filter: EventFilter, follow: bool) -> Result<ExitCode> {
+fn events(
+    records: &RecordsArgs,
+    decision: Option<String>,
+    source: Option<String>,
+    limit: usize,
+    follow: bool,
+) -> Result<ExitCode> {
     /// How often `--follow` looks for new records.
     const POLL: Duration = Duration::from_millis(200);
-    filter.since = since.map(callgate::duration::parse).transpose().map_err(|m| anyhow::anyhow!("--since: {m}"))?;
-    if !data_dir.is_dir() {
-        anyhow::bail!(
-            "no record directory `{}`: `callgate serve` writes records there; pass --data-dir DIR",
-            data_dir.display()
-        );
-    }
-    let (mut lines, mut cursor) = record::query_after(data_dir, &filter, &record::Cursor::default())?;
+    let mut filter = EventFilter { decision, source, limit, ..records.filter()? };
+    let data_dir = records.data_dir()?;
+    let (mut lines, mut cursor) = record::query_after(&data_dir, &filter, &record::Cursor::default())?;
     // What is written from now on is printed whole: --limit bounds only the records before.
     filter.limit = 0;
     loop {
@@ -387,6 +470,39 @@ fn events(data_dir: &Path, since: Option<&str>, mut filter: EventFilter, follow:
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(POLL);
-        (lines, cursor) = record::query_after(data_dir, &filter, &cursor)?;
+        (lines, cursor) = record::query_after(&data_dir, &filter, &cursor)?;
     }
+}
+
+fn replay(
+    dir: &Path,
+    records: &RecordsArgs,
+    format: ReplayFormat,
+    fail_on: &[FailOn],
+    max_changes: Option<u64>,
+) -> Result<ExitCode> {
+    let set = load(dir)?;
+    let filter = records.filter()?;
+    let data_dir = records.data_dir()?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut written = Ok(());
+    let report = callgate::replay::replay(&data_dir, &set, &filter, |change| {
+        if matches!(format, ReplayFormat::Jsonl) && written.is_ok() {
+            written = serde_json::to_writer(&mut out, change)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| writeln!(out).map_err(anyhow::Error::from));
+        }
+    })?;
+    written?;
+    match format {
+        ReplayFormat::Text => write!(out, "{}", report.to_text())?,
+        ReplayFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
+        ReplayFormat::Jsonl => {}
+    }
+    out.flush()?;
+    let reasons = report.trips(fail_on, max_changes);
+    for reason in &reasons {
+        eprintln!("callgate replay: {reason}");
+    }
+    Ok(if reasons.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -10,7 +10,7 @@ mod query;
 mod stream;
 mod writer;
 
-pub use query::{Cursor, EventFilter, FilterError, query, query_after};
+pub use query::{Cursor, EventFilter, FilterError, RawLine, epoch_ms, query, query_after, visit};
 pub use stream::{STREAM_KEY, STREAM_MAX_LEN, StreamSink};
 pub use writer::{RecordError, Recorder, Retention, SEGMENT_PREFIX, SEGMENT_SUFFIX};
 

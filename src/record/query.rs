@@ -14,6 +14,8 @@ use super::writer::{segment_files, segment_ms};
 pub struct EventFilter {
     /// Only records newer than this long ago.
     pub since: Option<Duration>,
+    /// Only records written before this time.
+    pub until: Option<SystemTime>,
     /// Only callbacks where some ID field (a key containing `id`, `account` or `user`, in
     /// any case, at any depth, or a list under such a key) equals this.
     pub user: Option<String>,
@@ -57,10 +59,17 @@ impl EventFilter {
         Ok(())
     }
 
-    fn matches(&self, record: &Value, cutoff: Option<SystemTime>) -> bool {
-        if let Some(cutoff) = cutoff {
+    /// The oldest time `since` lets through, from now.
+    pub fn cutoff(&self) -> Option<SystemTime> {
+        self.since.and_then(|d| SystemTime::now().checked_sub(d))
+    }
+
+    /// Whether `record` passes every filter but `limit`; `cutoff` is [`EventFilter::cutoff`],
+    /// taken once for a whole reading.
+    pub fn matches(&self, record: &Value, cutoff: Option<SystemTime>) -> bool {
+        if cutoff.is_some() || self.until.is_some() {
             let time = record["time"].as_str().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
-            if time.is_none_or(|t| t < cutoff) {
+            if time.is_none_or(|t| cutoff.is_some_and(|c| t < c) || self.until.is_some_and(|u| t >= u)) {
                 return false;
             }
         }
@@ -120,21 +129,41 @@ pub struct Cursor {
     offset: u64,
 }
 
-/// Like [`query`], but only the lines written after `after`; also returns where reading
-/// stopped, so that calling again with it yields only the records written since
-/// (`callgate events --follow`). A line still being written is left for the next call; a
-/// file deleted meanwhile (retention) is passed over.
-pub fn query_after(dir: &Path, filter: &EventFilter, after: &Cursor) -> Result<(Vec<String>, Cursor), FilterError> {
-    filter.validate()?;
+/// One line met by [`visit`]: where it is, and its text.
+#[derive(Debug)]
+pub struct RawLine<'a> {
+    /// The record file.
+    pub file: &'a Path,
+    /// Its 1-based line number; `None` when reading began after the file's start (a cursor),
+    /// where earlier lines were not counted.
+    pub line: Option<usize>,
+    /// The line without its newline; `Err` when it is not UTF-8.
+    pub text: Result<&'a str, std::str::Utf8Error>,
+    /// Whether the line has no newline yet: the file's end, written in part. Still being
+    /// written in the newest file; torn by a crash in an older one.
+    pub is_unfinished: bool,
+}
+
+/// Reads the record files of `dir` in order, oldest first, from `after`, handing every line
+/// to `each`: one pass, one line in memory at a time, whatever the files' size. Files
+/// holding only records older than `since_ms` (ms since the epoch; judged by the next
+/// file's creation) are passed over. Returns where reading stopped, just past the last whole
+/// line: an unfinished line is handed over but not passed. A file deleted meanwhile
+/// (retention) is passed over.
+///
+/// The one reader of records: [`query_after`] and `callgate replay` both read through it.
+pub fn visit(
+    dir: &Path,
+    after: &Cursor,
+    since_ms: Option<u64>,
+    mut each: impl FnMut(RawLine<'_>),
+) -> Result<Cursor, FilterError> {
     let read_err = |e: std::io::Error| FilterError::Read { dir: dir.display().to_string(), message: e.to_string() };
     let files = match segment_files(dir) {
         Ok(files) => files,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(read_err(e)),
     };
-    let cutoff = filter.since.and_then(|d| SystemTime::now().checked_sub(d));
-    let cutoff_ms = cutoff.and_then(|c| c.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
-    let mut out = VecDeque::new();
     let mut cursor = after.clone();
     for (i, file) in files.iter().enumerate() {
         let start = match &after.file {
@@ -144,8 +173,8 @@ pub fn query_after(dir: &Path, filter: &EventFilter, after: &Cursor) -> Result<(
         };
         // A file whose successor was created before the cutoff holds only older records.
         let next_created = files.get(i + 1).and_then(|f| segment_ms(f));
-        if let (Some(cutoff_ms), Some(next)) = (cutoff_ms, next_created)
-            && next < cutoff_ms
+        if let (Some(since_ms), Some(next)) = (since_ms, next_created)
+            && next < since_ms
         {
             continue;
         }
@@ -157,26 +186,51 @@ pub fn query_after(dir: &Path, filter: &EventFilter, after: &Cursor) -> Result<(
         };
         reader.seek(SeekFrom::Start(start)).map_err(read_err)?;
         let mut offset = start;
+        let mut number = (start == 0).then_some(0);
         let mut line = Vec::new();
         loop {
             line.clear();
             let n = reader.read_until(b'\n', &mut line).map_err(read_err)?;
-            if line.pop() != Some(b'\n') {
-                break; // the end, or a line still being written
+            if n == 0 {
+                break;
+            }
+            number = number.map(|k| k + 1);
+            let is_unfinished = line.pop() != Some(b'\n');
+            each(RawLine { file, line: number, text: std::str::from_utf8(&line), is_unfinished });
+            if is_unfinished {
+                break;
             }
             offset += n as u64;
-            let Ok(text) = std::str::from_utf8(&line) else { continue };
-            let Ok(record) = serde_json::from_str::<Value>(text) else { continue };
-            if filter.matches(&record, cutoff) {
-                out.push_back(text.to_string());
-                if filter.limit > 0 && out.len() > filter.limit {
-                    out.pop_front();
-                }
-            }
         }
         cursor = Cursor { file: Some(file.clone()), offset };
     }
+    Ok(cursor)
+}
+
+/// Like [`query`], but only the lines written after `after`; also returns where reading
+/// stopped, so that calling again with it yields only the records written since
+/// (`callgate events --follow`). A line still being written is left for the next call.
+/// Lines that are not JSON are skipped.
+pub fn query_after(dir: &Path, filter: &EventFilter, after: &Cursor) -> Result<(Vec<String>, Cursor), FilterError> {
+    filter.validate()?;
+    let cutoff = filter.cutoff();
+    let mut out = VecDeque::new();
+    let cursor = visit(dir, after, cutoff.map(epoch_ms), |raw| {
+        let (Ok(text), false) = (raw.text, raw.is_unfinished) else { return };
+        let Ok(record) = serde_json::from_str::<Value>(text) else { return };
+        if filter.matches(&record, cutoff) {
+            out.push_back(text.to_string());
+            if filter.limit > 0 && out.len() > filter.limit {
+                out.pop_front();
+            }
+        }
+    })?;
     Ok((out.into(), cursor))
+}
+
+/// Milliseconds since the epoch (0 before it).
+pub fn epoch_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

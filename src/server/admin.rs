@@ -221,6 +221,7 @@ async fn events(q: EventsQuery, state: &State) -> warp::reply::Response {
     };
     let filter = EventFilter {
         since,
+        until: None,
         user: q.user,
         command: q.command,
         decision: q.decision,

@@ -1,0 +1,625 @@
+//! `callgate replay`: what a candidate policy set would have answered to the recorded
+//! OpenIM callbacks, compared with what was answered then.
+//!
+//! Records are read once, oldest first, through [`crate::record::visit`] (the one reader of
+//! records), so memory stays flat whatever their size. Rate caps are replayed on a virtual
+//! clock: one fresh [`MemoryCaps`], each callback checked at its record's time, counting
+//! only what the candidate allows, as the server does. Caps start empty at the first
+//! replayed record: counts from before it are not known.
+//!
+//! This module decides and counts; `main.rs` prints. It knows no HTTP.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::decision::{Decision, Outcome};
+use crate::event::Event;
+use crate::policy::PolicySet;
+use crate::ratecap::{MemoryCaps, OnError};
+use crate::record::{self, Cursor, EventFilter, FilterError, RawLine};
+
+/// Keys the replay's cap store tracks at most: generous, as a week of traffic may hold
+/// millions of keys; keys whose window emptied are swept as the virtual clock goes on.
+const MAX_CAP_KEYS: usize = 50_000_000;
+/// How far the virtual clock goes between sweeps of emptied cap keys, in ms.
+const SWEEP_EVERY_MS: u64 = 60_000;
+/// Examples kept per direction of change.
+const EXAMPLES: usize = 3;
+/// Malformed lines whose place is kept (all are counted).
+const MALFORMED_KEPT: usize = 20;
+/// Users listed as the most affected.
+const TOP_USERS: usize = 10;
+/// Distinct users counted at most, so memory stays bounded; later ones are not counted.
+const MAX_USERS: usize = 100_000;
+/// The rule name of the default answer in the report.
+pub const DEFAULT_RULE: &str = "(default)";
+/// Which body fields name the users of a callback, as the report says.
+pub const USER_FIELDS: &str = "top-level body fields whose name contains `user` or `account` (any case), and `sendID`/`recvID`: \
+     strings or lists of strings";
+
+/// Why a replay could not run. A bad record line is not one: it is counted and reported.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The records could not be read.
+    #[error(transparent)]
+    Read(#[from] FilterError),
+}
+
+/// How an answer changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Allowed then, refused now.
+    AllowToDeny,
+    /// Refused then, allowed now.
+    DenyToAllow,
+    /// The same decision, by another rule or with another error code.
+    OtherRule,
+}
+
+impl Direction {
+    /// Every direction, in report order.
+    pub const ALL: [Direction; 3] = [Direction::AllowToDeny, Direction::DenyToAllow, Direction::OtherRule];
+
+    /// The report's words.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::AllowToDeny => "allow → deny",
+            Direction::DenyToAllow => "deny → allow",
+            Direction::OtherRule => "same decision, other rule or error code",
+        }
+    }
+}
+
+/// What `callgate replay --fail-on` refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailOn {
+    /// Any callback allowed then and refused now.
+    AllowToDeny,
+    /// Any callback refused then and allowed now.
+    DenyToAllow,
+    /// Any change at all, other rules and error codes included.
+    AnyChange,
+}
+
+/// One answer: then (from the record) or now (from the candidate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Answer {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The deciding rule; `None` for the default.
+    pub rule: Option<String>,
+    /// The errCode of a refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i64>,
+}
+
+impl Answer {
+    fn rule_name(&self) -> &str {
+        self.rule.as_deref().unwrap_or(DEFAULT_RULE)
+    }
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} by {}", self.decision, self.rule_name())?;
+        match self.error_code {
+            Some(code) => write!(f, " ({code})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A record whose answer the candidate changes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    /// The record's time, as written.
+    pub time: String,
+    /// OpenIM's operationID.
+    pub operation_id: String,
+    /// The callback command.
+    pub command: String,
+    /// How it changed.
+    pub direction: Direction,
+    /// What was answered then (under `serve --dry-run`, what enforcement would have answered).
+    pub old: Answer,
+    /// What the candidate answers.
+    pub new: Answer,
+    /// Where the record is, as `file:line`.
+    pub at: String,
+}
+
+/// Decisions of one rule (or the default), before and after.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RuleCounts {
+    /// Callbacks it decided then, by decision.
+    pub before: DecisionCounts,
+    /// Callbacks it decides with the candidate, by decision.
+    pub after: DecisionCounts,
+    /// Callbacks it would have refused as a dry-run rule, then.
+    pub would_deny_before: u64,
+    /// Callbacks it would refuse as a dry-run rule, with the candidate.
+    pub would_deny_after: u64,
+}
+
+/// Allows and denies.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DecisionCounts {
+    /// Allowed.
+    pub allow: u64,
+    /// Refused.
+    pub deny: u64,
+}
+
+impl DecisionCounts {
+    fn add(&mut self, decision: &str) {
+        if decision == "allow" {
+            self.allow += 1;
+        } else {
+            self.deny += 1;
+        }
+    }
+}
+
+/// How many records were read, and what became of them.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RecordCounts {
+    /// Lines read (whole or torn), before the filters.
+    pub read: u64,
+    /// OpenIM callbacks decided again.
+    pub replayed: u64,
+    /// Tencent records (acknowledged, never decided), passing the filters: skipped.
+    pub tencent_skipped: u64,
+    /// Records the filters left out.
+    pub filtered_out: u64,
+    /// Lines that are not a record callgate can replay, torn ones included.
+    pub malformed: u64,
+}
+
+/// A line that could not be replayed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Malformed {
+    /// `file:line`.
+    pub at: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// A user and how many of their callbacks changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct AffectedUser {
+    /// The ID.
+    pub user: String,
+    /// Changed callbacks naming them.
+    pub changed: u64,
+}
+
+/// The users most affected, and how they were found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Users {
+    /// Which body fields were read for user IDs.
+    pub fields: &'static str,
+    /// The most affected first.
+    pub top: Vec<AffectedUser>,
+}
+
+/// Counts of changes.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Changes {
+    /// Records answered as then.
+    pub unchanged: u64,
+    /// Records answered otherwise.
+    pub changed: u64,
+    /// Allowed then, refused now.
+    pub allow_to_deny: u64,
+    /// Refused then, allowed now.
+    pub deny_to_allow: u64,
+    /// Same decision, other rule or error code.
+    pub other_rule: u64,
+}
+
+/// What a replay found: `callgate replay`'s report, text or JSON
+/// (`schema/replay-report.schema.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The candidate set's version.
+    pub policy_version: String,
+    /// Records read and what became of them.
+    pub records: RecordCounts,
+    /// The first malformed lines (all are counted in `records.malformed`).
+    pub malformed: Vec<Malformed>,
+    /// The time of the first replayed record: rate caps start empty there.
+    pub first_time: Option<String>,
+    /// The time of the last replayed record.
+    pub last_time: Option<String>,
+    /// Callbacks a store error (the cap store full) answered as if no cap were exceeded.
+    pub cap_store_errors: u64,
+    /// What changed.
+    pub changes: Changes,
+    /// Per rule (and `(default)`): decisions before and after.
+    pub rules: BTreeMap<String, RuleCounts>,
+    /// The users most affected.
+    pub users: Users,
+    /// A few changes of each direction, the first ones.
+    pub examples: BTreeMap<Direction, Vec<Change>>,
+}
+
+impl Report {
+    /// Why `--fail-on` and `--max-changes` refuse this replay; empty when they do not.
+    pub fn trips(&self, fail_on: &[FailOn], max_changes: Option<u64>) -> Vec<String> {
+        let c = &self.changes;
+        let mut reasons = Vec::new();
+        for f in fail_on {
+            match f {
+                FailOn::AllowToDeny if c.allow_to_deny > 0 => {
+                    reasons.push(format!("{} callback(s) allowed then are refused now", c.allow_to_deny))
+                }
+                FailOn::DenyToAllow if c.deny_to_allow > 0 => {
+                    reasons.push(format!("{} callback(s) refused then are allowed now", c.deny_to_allow))
+                }
+                FailOn::AnyChange if c.changed > 0 => reasons.push(format!("{} callback(s) changed", c.changed)),
+                _ => {}
+            }
+        }
+        if let Some(max) = max_changes
+            && c.changed > max
+        {
+            reasons.push(format!("{} callback(s) changed, more than --max-changes {max}", c.changed));
+        }
+        reasons
+    }
+
+    /// The report as text, for a person.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_text(&mut s);
+        s
+    }
+
+    fn write_text(&self, s: &mut String) -> std::fmt::Result {
+        let r = &self.records;
+        let c = &self.changes;
+        writeln!(s, "replayed {} OpenIM callback(s) with policy version {}", r.replayed, self.policy_version)?;
+        if let (Some(first), Some(last)) = (&self.first_time, &self.last_time) {
+            writeln!(s, "  from {first} to {last}")?;
+            writeln!(s, "  rate caps start empty at {first}: counts from before it are not known")?;
+        }
+        writeln!(
+            s,
+            "  lines read {}; Tencent acks skipped {}; filtered out {}; malformed {}",
+            r.read, r.tencent_skipped, r.filtered_out, r.malformed
+        )?;
+        for m in &self.malformed {
+            writeln!(s, "  {}: {}", m.at, m.reason)?;
+        }
+        if self.cap_store_errors > 0 {
+            writeln!(
+                s,
+                "  {} callback(s) met a full cap store and were decided as if under their caps",
+                self.cap_store_errors
+            )?;
+        }
+        writeln!(s, "\nunchanged {}, changed {}", c.unchanged, c.changed)?;
+        writeln!(s, "  allow → deny   {}", c.allow_to_deny)?;
+        writeln!(s, "  deny → allow   {}", c.deny_to_allow)?;
+        writeln!(s, "  other rule     {}", c.other_rule)?;
+        writeln!(
+            s,
+            "\nper rule {:<23} {:>18} {:>18} {:>24}",
+            "", "before allow/deny", "after allow/deny", "would-deny before/after"
+        )?;
+        for (rule, n) in &self.rules {
+            let pair = |a: u64, b: u64| format!("{a}/{b}");
+            writeln!(
+                s,
+                "  {rule:<30} {:>18} {:>18} {:>24}",
+                pair(n.before.allow, n.before.deny),
+                pair(n.after.allow, n.after.deny),
+                pair(n.would_deny_before, n.would_deny_after)
+            )?;
+        }
+        if !self.users.top.is_empty() {
+            writeln!(s, "\nusers most affected (from {})", self.users.fields)?;
+            for u in &self.users.top {
+                writeln!(s, "  {:<30} {} changed", u.user, u.changed)?;
+            }
+        }
+        for (direction, examples) in &self.examples {
+            writeln!(s, "\nexamples, {}:", direction.as_str())?;
+            for e in examples {
+                writeln!(s, "  {} {} {} ({}): {} → {}", e.time, e.operation_id, e.command, e.at, e.old, e.new)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Replays the records of `dir` that pass `filter` (its `decision`, `source` and `limit`
+/// are not used) with `set`, oldest first; calls `on_change` for every changed record as it
+/// is met.
+pub fn replay(
+    dir: &Path,
+    set: &PolicySet,
+    filter: &EventFilter,
+    mut on_change: impl FnMut(&Change),
+) -> Result<Report, ReplayError> {
+    let mut run = Run::new(set);
+    let cutoff = filter.cutoff();
+    record::visit(dir, &Cursor::default(), cutoff.map(record::epoch_ms), |raw| {
+        run.records.read += 1;
+        match run.line(&raw, filter, cutoff) {
+            Ok(Some(change)) => on_change(&change),
+            Ok(None) => {}
+            Err(reason) => {
+                run.records.malformed += 1;
+                if run.malformed.len() < MALFORMED_KEPT {
+                    let line = raw.line.map_or_else(|| "?".to_string(), |n| n.to_string());
+                    run.malformed.push(Malformed { at: format!("{}:{line}", raw.file.display()), reason });
+                }
+            }
+        }
+    })?;
+    Ok(run.report())
+}
+
+/// The state of one replay.
+struct Run<'s> {
+    set: &'s PolicySet,
+    caps: MemoryCaps,
+    /// The virtual clock, ms since the epoch; it never goes back, though record times may
+    /// by a millisecond or so (several requests decided at once, written in turn).
+    now: u64,
+    last_sweep: u64,
+    records: RecordCounts,
+    malformed: Vec<Malformed>,
+    first_time: Option<String>,
+    last_time: Option<String>,
+    cap_store_errors: u64,
+    changes: Changes,
+    rules: BTreeMap<String, RuleCounts>,
+    users: HashMap<String, u64>,
+    examples: BTreeMap<Direction, Vec<Change>>,
+}
+
+impl<'s> Run<'s> {
+    fn new(set: &'s PolicySet) -> Run<'s> {
+        Run {
+            set,
+            caps: MemoryCaps::new(MAX_CAP_KEYS),
+            now: 0,
+            last_sweep: 0,
+            records: RecordCounts::default(),
+            malformed: Vec::new(),
+            first_time: None,
+            last_time: None,
+            cap_store_errors: 0,
+            changes: Changes::default(),
+            rules: BTreeMap::new(),
+            users: HashMap::new(),
+            examples: BTreeMap::new(),
+        }
+    }
+
+    /// Replays one line: `Ok(Some)` when its answer changed, `Err` with a reason when it is
+    /// not a replayable record.
+    fn line(
+        &mut self,
+        raw: &RawLine<'_>,
+        filter: &EventFilter,
+        cutoff: Option<std::time::SystemTime>,
+    ) -> Result<Option<Change>, String> {
+        if raw.is_unfinished {
+            return Err("torn: the line has no end (a crash while writing, or still being written)".into());
+        }
+        let text = raw.text.map_err(|e| format!("not UTF-8: {e}"))?;
+        let mut record: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        if !filter.matches(&record, cutoff) {
+            self.records.filtered_out += 1;
+            return Ok(None);
+        }
+        match record["source"].as_str() {
+            Some("openim") => {}
+            Some("tencent") => {
+                self.records.tencent_skipped += 1;
+                return Ok(None);
+            }
+            _ => return Err("no `source` openim or tencent".into()),
+        }
+        let time = record["time"].as_str().ok_or("no `time`")?.to_string();
+        let at = humantime::parse_rfc3339_weak(&time).map_err(|e| format!("`time` {time:?}: {e}"))?;
+        let command = record["command"].as_str().ok_or("no `command`")?.to_string();
+        let operation_id = record["operation_id"].as_str().unwrap_or_default().to_string();
+        let old = old_answer(&record)?;
+        let Value::Object(body) = record["body"].take() else { return Err("`body` is not a JSON object".into()) };
+
+        self.now = self.now.max(record::epoch_ms(at));
+        if self.now >= self.last_sweep + SWEEP_EVERY_MS {
+            self.caps.sweep_at(self.now);
+            self.last_sweep = self.now;
+        }
+        let mut event = Event::openim(command.clone(), body);
+        event.operation_id.clone_from(&operation_id);
+        let decision = self.decide(&event);
+        let new = Answer {
+            decision: decision.outcome.as_str(),
+            rule: decision.rule.as_deref().map(str::to_string),
+            error_code: decision.outcome.error_code().map(i64::from),
+        };
+
+        self.records.replayed += 1;
+        if self.first_time.is_none() {
+            self.first_time = Some(time.clone());
+        }
+        self.last_time = Some(time.clone());
+        self.rules.entry(old.rule_name().to_string()).or_default().before.add(old.decision);
+        self.rules.entry(new.rule_name().to_string()).or_default().after.add(new.decision);
+        for rule in would_denies_before(&record) {
+            self.rules.entry(rule).or_default().would_deny_before += 1;
+        }
+        for hit in decision.dry_run.iter().filter(|h| matches!(h.outcome, Outcome::Deny(_))) {
+            self.rules.entry(hit.rule.to_string()).or_default().would_deny_after += 1;
+        }
+
+        let direction = match (old.decision, new.decision) {
+            ("allow", "deny") => Direction::AllowToDeny,
+            ("deny", "allow") => Direction::DenyToAllow,
+            _ if old != new => Direction::OtherRule,
+            _ => {
+                self.changes.unchanged += 1;
+                return Ok(None);
+            }
+        };
+        self.changes.changed += 1;
+        match direction {
+            Direction::AllowToDeny => self.changes.allow_to_deny += 1,
+            Direction::DenyToAllow => self.changes.deny_to_allow += 1,
+            Direction::OtherRule => self.changes.other_rule += 1,
+        }
+        for user in users_of(&event.body) {
+            if let Some(n) = self.users.get_mut(user) {
+                *n += 1;
+            } else if self.users.len() < MAX_USERS {
+                self.users.insert(user.to_string(), 1);
+            }
+        }
+        let line = raw.line.map_or_else(|| "?".to_string(), |n| n.to_string());
+        let change =
+            Change { time, operation_id, command, direction, old, new, at: format!("{}:{line}", raw.file.display()) };
+        let examples = self.examples.entry(direction).or_default();
+        if examples.len() < EXAMPLES {
+            examples.push(change.clone());
+        }
+        Ok(Some(change))
+    }
+
+    /// Decides as the server does, with the cap store at the record's time.
+    fn decide(&mut self, event: &Event) -> Decision {
+        let plan = self.set.plan(event);
+        if plan.cap_checks().is_empty() {
+            return plan.finish(None);
+        }
+        let outcome = match self.caps.check_at(plan.cap_checks(), plan.is_allow_if_no_cap_decides(), self.now) {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.cap_store_errors += 1;
+                OnError::Allow.outcome(plan.cap_checks())
+            }
+        };
+        plan.finish(Some(&outcome))
+    }
+
+    fn report(self) -> Report {
+        let mut top: Vec<AffectedUser> =
+            self.users.into_iter().map(|(user, changed)| AffectedUser { user, changed }).collect();
+        top.sort_by(|a, b| b.changed.cmp(&a.changed).then_with(|| a.user.cmp(&b.user)));
+        top.truncate(TOP_USERS);
+        Report {
+            policy_version: self.set.version().to_string(),
+            records: self.records,
+            malformed: self.malformed,
+            first_time: self.first_time,
+            last_time: self.last_time,
+            cap_store_errors: self.cap_store_errors,
+            changes: self.changes,
+            rules: self.rules,
+            users: Users { fields: USER_FIELDS, top },
+            examples: self.examples,
+        }
+    }
+}
+
+/// What was answered then: the record's `would` under `serve --dry-run`, else its decision.
+fn old_answer(record: &Value) -> Result<Answer, String> {
+    let from = if record["would"].is_object() { &record["would"] } else { record };
+    let decision = match from["decision"].as_str() {
+        Some("allow") => "allow",
+        Some("deny") => "deny",
+        other => return Err(format!("decision {other:?} is neither allow nor deny")),
+    };
+    Ok(Answer { decision, rule: from["rule"].as_str().map(str::to_string), error_code: from["error_code"].as_i64() })
+}
+
+/// The dry-run rules that would have refused the record's callback then.
+fn would_denies_before(record: &Value) -> Vec<String> {
+    let Some(hits) = record["dry_run"].as_array() else { return Vec::new() };
+    hits.iter().filter(|h| h["would"] == "deny").filter_map(|h| h["rule"].as_str().map(str::to_string)).collect()
+}
+
+/// The user IDs of a body, per [`USER_FIELDS`].
+fn users_of(body: &Map<String, Value>) -> Vec<&str> {
+    let mut ids = Vec::new();
+    for (key, value) in body {
+        let lower = key.to_ascii_lowercase();
+        if !(lower.contains("user") || lower.contains("account") || lower == "sendid" || lower == "recvid") {
+            continue;
+        }
+        match value {
+            Value::String(s) if !s.is_empty() => ids.push(s.as_str()),
+            Value::Array(items) => ids.extend(items.iter().filter_map(Value::as_str).filter(|s| !s.is_empty())),
+            _ => {}
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_old_answer_is_the_would_under_server_dry_run() {
+        let live = json!({"decision": "deny", "rule": "r", "error_code": 150});
+        assert_eq!(
+            old_answer(&live).unwrap(),
+            Answer { decision: "deny", rule: Some("r".into()), error_code: Some(150) }
+        );
+        let dry = json!({"decision": "allow", "would": {"decision": "deny", "rule": "w", "error_code": 151}});
+        assert_eq!(
+            old_answer(&dry).unwrap(),
+            Answer { decision: "deny", rule: Some("w".into()), error_code: Some(151) }
+        );
+        assert!(old_answer(&json!({"decision": "ack"})).is_err());
+    }
+
+    #[test]
+    fn caps_count_on_the_records_clock() {
+        let policies = tempfile::tempdir().unwrap();
+        std::fs::write(
+            policies.path().join("10.yaml"),
+            "rules:\n  - id: cap\n    rate_cap: { key: [ownerUserID], max: 1, per: 1s }\n    decision: deny\n    error: { code: 150, message: no }\n",
+        )
+        .unwrap();
+        let set = crate::policy::load_dir(policies.path()).unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let record = |ms: &str| {
+            format!(
+                "{{\"time\":\"2026-01-01T00:00:{ms}Z\",\"source\":\"openim\",\"command\":\"c\",\"decision\":\"allow\",\"body\":{{\"ownerUserID\":\"u\"}}}}\n"
+            )
+        };
+        // At 0, 0.5 s, 1 s (the first left the window), 1.999 s and 2.5 s.
+        let text: String = ["00.000", "00.500", "01.000", "01.999", "02.500"].map(record).concat();
+        std::fs::write(data.path().join("records-0000000000001.jsonl"), text).unwrap();
+        let mut lines = Vec::new();
+        let report = replay(data.path(), &set, &EventFilter::default(), |c| lines.push(c.at.clone())).unwrap();
+        let lines: Vec<&str> = lines.iter().map(|at| at.rsplit(':').next().unwrap()).collect();
+        assert_eq!(lines, ["2", "4"]);
+        assert_eq!(report.changes.allow_to_deny, 2);
+        assert_eq!(report.first_time.as_deref(), Some("2026-01-01T00:00:00.000Z"));
+    }
+
+    #[test]
+    fn users_come_from_user_and_account_fields_only() {
+        let body = json!({"ownerUserID": "u1", "userIDList": ["u2", "u1"], "From_Account": "u3",
+            "sendID": "u4", "groupID": "g", "operationID": "o", "content": "u5"});
+        let Value::Object(body) = body else { unreachable!() };
+        assert_eq!(users_of(&body), ["u1", "u2", "u3", "u4"]);
+    }
+}
