@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -61,11 +61,12 @@ async fn metrics_cover_decisions_reloads_records_and_bad_requests_without_user_l
     assert!(new_version_after < Duration::from_secs(10));
     let before_failure = server.admin_get("/v1/status").await["policy_version"].clone();
     dir.write("10.yaml", "rules: [");
-    let started = Instant::now();
-    while server.admin_get("/v1/status").await["last_reload"]["ok"] != false {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::wait_until(
+        Duration::from_secs(10),
+        async || server.admin_get("/v1/status").await["last_reload"]["ok"] == false,
+        || "no failed reload in status".into(),
+    )
+    .await;
 
     let text = metrics(&server).await;
     let c = "callgate_decisions_total{command=\"callbackBeforeAddBlackCommand\",";
@@ -150,15 +151,12 @@ async fn records_are_copied_to_a_redis_stream_and_redis_faults_show_in_metrics()
     for i in 0..5 {
         server.post("/openim/callbackBeforeAddBlackCommand", &add_black(&format!("s_{i}"), "x")).await;
     }
-    let started = Instant::now();
-    while redis.command(&["XLEN", "callgate:records"]) != ":5" {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "stream has {}",
-            redis.command(&["XLEN", "callgate:records"])
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until(
+        Duration::from_secs(10),
+        async || redis.command(&["XLEN", "callgate:records"]) == ":5",
+        || format!("stream has {}", redis.command(&["XLEN", "callgate:records"])),
+    )
+    .await;
 
     redis.kill();
     for i in 0..5 {

@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde::Deserialize;
@@ -68,15 +68,12 @@ fn setting_of(line: &str) -> Option<&str> {
 
 /// Waits until `/readyz` (open even with an admin token) shows a version other than `old`.
 async fn wait_for_ready_version(server: &Server, old: &str) {
-    let started = Instant::now();
-    loop {
-        let ready = server.admin_get("/readyz").await;
-        if ready["policy_version"].as_str().unwrap() != old {
-            return;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "still {old}; logs:\n{}", server.logs());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::wait_until(
+        Duration::from_secs(5),
+        async || server.admin_get("/readyz").await["policy_version"].as_str().unwrap() != old,
+        || format!("still {old}; logs:\n{}", server.logs()),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -494,18 +491,7 @@ fn run_healthcheck(stage: &[(String, String)], admin: &str) -> bool {
         .env("CALLGATE_ADMIN_LISTEN", admin)
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.success();
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_child(&mut child, timeout).is_some_and(|status| status.success())
 }
 
 /// Every path, port and variable the Dockerfile names is callgate's and the manifest's.
@@ -626,17 +612,8 @@ async fn the_images_environment_needs_a_token_and_its_healthcheck_follows_readin
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("the image's environment without a token started a server");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = common::wait_child(&mut child, Duration::from_secs(10))
+        .expect("the image's environment without a token started a server");
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(1));
@@ -650,11 +627,12 @@ async fn the_images_environment_needs_a_token_and_its_healthcheck_follows_readin
     let admin = server.admin.trim_start_matches("http://").to_string();
     assert!(run_healthcheck(&runtime, &admin), "the HEALTHCHECK fails on a ready server");
     server.signal("TERM");
-    let started = Instant::now();
-    while server.admin_get("/readyz").await["status"] != "draining" {
-        assert!(started.elapsed() < Duration::from_secs(2), "no drain after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::wait_until(
+        Duration::from_secs(2),
+        async || server.admin_get("/readyz").await["status"] == "draining",
+        || "no drain after SIGTERM".into(),
+    )
+    .await;
     assert!(!run_healthcheck(&runtime, &admin), "the HEALTHCHECK passes on a draining server");
     assert_eq!(server.wait(), Some(0));
 }

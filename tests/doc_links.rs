@@ -16,9 +16,9 @@ const README_MAX_BYTES: usize = 16_000;
 /// Top-level folders that exist in a working tree but not in the repository.
 const NOT_IN_REPOSITORY: [&str; 2] = ["target", "data"];
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::repo_root as root;
 
 /// README.md and every docs/*.md, as paths relative to the repository root.
 fn doc_files() -> Vec<PathBuf> {

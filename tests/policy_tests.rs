@@ -7,8 +7,7 @@ mod common;
 use common::PolicyDir;
 
 fn callgate_test(policies: &str) -> (i32, String) {
-    let out = common::run_callgate(&["test", "--policies", policies]);
-    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap())
+    common::callgate_stdout(&["test", "--policies", policies])
 }
 
 /// Runs `callgate test` on `dir`, with the directory shown as `{dir}`.

@@ -210,16 +210,13 @@ async fn redis_killed_and_restarted() {
     assert_eq!(open.post(UNBLOCK, &unblock("u_1", "sys_1")).await.1, refusal(150, "no", ""));
 
     redis.restart();
-    let started = Instant::now();
-    loop {
-        // The restarted Redis is empty: u_9 is allowed twice, then capped.
-        let (_, body) = closed.post(UNBLOCK, &unblock("u_9", "x")).await;
-        if body == ALLOW {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "callgate did not go back to redis: {}", closed.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The restarted Redis is empty: u_9 is allowed twice, then capped.
+    common::wait_until(
+        Duration::from_secs(20),
+        async || closed.post(UNBLOCK, &unblock("u_9", "x")).await.1 == ALLOW,
+        || format!("callgate did not go back to redis: {}", closed.logs()),
+    )
+    .await;
     assert_eq!(closed.post(UNBLOCK, &unblock("u_9", "y")).await.1, ALLOW);
     assert_eq!(closed.post(UNBLOCK, &unblock("u_9", "z")).await.1, capped());
     assert!(closed.logs().contains("redis answers again after"), "{}", closed.logs());
@@ -243,11 +240,12 @@ async fn redis_over_tls_with_its_certificate_verified() {
     assert_eq!(verified.post(UNBLOCK, &unblock("u_1", "b")).await.1, ALLOW);
     assert_eq!(verified.post(UNBLOCK, &unblock("u_1", "c")).await.1, capped());
     // Counted in that Redis (seen through its plain port), and the records reached its stream.
-    let started = Instant::now();
-    while redis.command(&["XLEN", "callgate:records"]) != ":3" {
-        assert!(started.elapsed() < Duration::from_secs(10), "records did not reach the stream over TLS");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until(
+        Duration::from_secs(10),
+        async || redis.command(&["XLEN", "callgate:records"]) == ":3",
+        || "records did not reach the stream over TLS".into(),
+    )
+    .await;
     assert_eq!(redis.command(&["DBSIZE"]), ":2", "one cap key and the record stream");
     assert_eq!(verified.metric_sum("callgate_redis_errors_total").await, 0.0, "{}", verified.logs());
 
@@ -373,19 +371,13 @@ async fn a_redis_cluster_killed_and_restarted() {
     }
 
     cluster.restart();
-    let started = Instant::now();
-    loop {
-        // The restarted nodes are empty: u_9 is allowed twice, then capped.
-        if server.post(UNBLOCK, &unblock("u_9", "x")).await.1 == ALLOW {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "callgate did not go back to the cluster: {}",
-            server.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The restarted nodes are empty: u_9 is allowed twice, then capped.
+    common::wait_until(
+        Duration::from_secs(30),
+        async || server.post(UNBLOCK, &unblock("u_9", "x")).await.1 == ALLOW,
+        || format!("callgate did not go back to the cluster: {}", server.logs()),
+    )
+    .await;
     assert_eq!(server.post(UNBLOCK, &unblock("u_9", "y")).await.1, ALLOW);
     assert_eq!(server.post(UNBLOCK, &unblock("u_9", "z")).await.1, capped());
 }

@@ -109,15 +109,17 @@ async fn a_broken_set_leaves_the_old_one_in_force_until_fixed() {
 
 /// Waits until status shows the last reload's result as `ok`; returns the status.
 async fn wait_for_reload_result(server: &Server, ok: bool) -> serde_json::Value {
-    let started = std::time::Instant::now();
-    loop {
-        let status = server.admin_get("/v1/status").await;
-        if status["last_reload"]["ok"] == ok {
-            return status;
-        }
-        assert!(started.elapsed() < LIVE_WITHIN, "no reload with ok = {ok} seen; logs:\n{}", server.logs());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut status = serde_json::Value::Null;
+    common::wait_until(
+        LIVE_WITHIN,
+        async || {
+            status = server.admin_get("/v1/status").await;
+            status["last_reload"]["ok"] == ok
+        },
+        || format!("no reload with ok = {ok} seen; logs:\n{}", server.logs()),
+    )
+    .await;
+    status
 }
 
 #[tokio::test]

@@ -180,23 +180,27 @@ backend callgate
     /// returns how long that took. Panics after `limit`.
     async fn wait_for(&self, server: &str, up: bool, limit: Duration) -> Duration {
         let started = Instant::now();
-        loop {
-            let servers = self.servers().await;
-            if let Some(row) = servers.get(server) {
-                let is_up = row["status"] == "UP" && row["check_status"] == "L7OK";
-                let is_down = row["status"].starts_with("DOWN");
-                if (up && is_up) || (!up && is_down) {
-                    return started.elapsed();
-                }
-            }
-            assert!(
-                started.elapsed() < limit,
-                "HAProxy does not see {server} {} after {limit:?}: {servers:?}\n{}",
-                if up { "up" } else { "down" },
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // The last table seen, for the failure message.
+        let servers = std::cell::RefCell::new(HashMap::new());
+        common::wait_until(
+            limit,
+            async || {
+                let seen = self.servers().await;
+                let is_there = seen.get(server).is_some_and(|row| {
+                    let is_up = row["status"] == "UP" && row["check_status"] == "L7OK";
+                    let is_down = row["status"].starts_with("DOWN");
+                    (up && is_up) || (!up && is_down)
+                });
+                *servers.borrow_mut() = seen;
+                is_there
+            },
+            || {
+                let state = if up { "up" } else { "down" };
+                format!("HAProxy does not see {server} {state}: {:?}\n{}", servers.borrow(), self.logs())
+            },
+        )
+        .await;
+        started.elapsed()
     }
 }
 

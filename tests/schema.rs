@@ -5,16 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
-}
-
 fn schema() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(root().join("schema/policy.schema.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(common::repo_root().join("schema/policy.schema.json")).unwrap())
+        .unwrap()
 }
 
 fn validator() -> jsonschema::Validator {
@@ -32,20 +27,14 @@ fn schema_errors(validator: &jsonschema::Validator, yaml: &str) -> String {
     validator.iter_errors(&instance).map(|e| format!("{}: {e}\n", e.instance_path())).collect()
 }
 
-/// Exit code and stdout of `callgate ARGS…`.
-fn run(args: &[&str]) -> (i32, Vec<u8>) {
-    let out = common::run_callgate(args);
-    (out.status.code().unwrap_or(-1), out.stdout)
-}
-
 /// Whether `callgate validate` accepts a set made of this one file.
 fn loader_accepts(yaml: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("policy.yaml"), yaml).unwrap();
     std::fs::create_dir(dir.path().join("lists")).unwrap();
     std::fs::write(dir.path().join("lists/vip.txt"), "vip_1\n").unwrap();
-    let (code, stdout) = run(&["validate", "--policies", dir.path().to_str().unwrap()]);
-    (code == 0, String::from_utf8(stdout).unwrap())
+    let (code, stdout) = common::callgate_stdout(&["validate", "--policies", dir.path().to_str().unwrap()]);
+    (code == 0, stdout)
 }
 
 #[test]
@@ -59,7 +48,7 @@ fn schema_is_a_valid_draft_07_schema() {
 fn every_shipped_policy_file_matches_the_schema() {
     let validator = validator();
     let mut files = 0;
-    for entry in std::fs::read_dir(root().join("policies")).unwrap() {
+    for entry in std::fs::read_dir(common::repo_root().join("policies")).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap();
         if !(name.ends_with(".yaml") || name.ends_with(".yml")) || !path.is_file() {
@@ -79,7 +68,7 @@ fn every_shipped_policy_file_matches_the_schema() {
 
 #[test]
 fn the_modeline_path_reaches_the_schema_from_the_policy_directory() {
-    assert!(root().join("policies").join("../schema/policy.schema.json").is_file());
+    assert!(common::repo_root().join("policies").join("../schema/policy.schema.json").is_file());
 }
 
 /// Every construct of the language in one file, which both the loader and the schema accept.
@@ -259,7 +248,7 @@ const GOLDEN_BEYOND_THE_SCHEMA: &[&str] = &[
 fn the_schema_catches_the_golden_bad_policies_it_can_see() {
     let validator = validator();
     let mut failures = Vec::new();
-    for entry in std::fs::read_dir(root().join("tests/bad_policies")).unwrap() {
+    for entry in std::fs::read_dir(common::repo_root().join("tests/bad_policies")).unwrap() {
         let dir = entry.unwrap().path();
         let name = dir.file_name().unwrap().to_str().unwrap().to_string();
         let mut errors = String::new();
@@ -299,7 +288,7 @@ fn the_schema_catches_the_golden_bad_policies_it_can_see() {
 
 #[test]
 fn schema_command_prints_the_schema_file_byte_for_byte() {
-    let (code, stdout) = run(&["schema"]);
+    let (code, stdout) = common::callgate_stdout(&["schema"]);
     assert_eq!(code, 0);
-    assert_eq!(stdout, std::fs::read(root().join("schema/policy.schema.json")).unwrap());
+    assert_eq!(stdout, std::fs::read_to_string(common::repo_root().join("schema/policy.schema.json")).unwrap());
 }

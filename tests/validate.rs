@@ -9,12 +9,6 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-/// Exit code and stdout of `callgate ARGS…`.
-fn run(args: &[&str]) -> (i32, String) {
-    let out = common::run_callgate(args);
-    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap())
-}
-
 #[test]
 fn every_bad_policy_is_refused_with_its_exact_message() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad_policies");
@@ -24,7 +18,7 @@ fn every_bad_policy_is_refused_with_its_exact_message() {
         let dir = entry.unwrap().path();
         let expected = std::fs::read_to_string(dir.join("expected.txt")).unwrap();
         let dir_text = dir.to_str().unwrap();
-        let (code, stdout) = run(&["validate", "--policies", dir_text]);
+        let (code, stdout) = common::callgate_stdout(&["validate", "--policies", dir_text]);
         let expected_lines = expected.lines().count();
         let want = format!("{expected}{expected_lines} error(s); the policy set would be refused\n");
         let got = stdout.replace(dir_text, "{dir}");
@@ -39,7 +33,7 @@ fn every_bad_policy_is_refused_with_its_exact_message() {
 
 #[test]
 fn shipped_policies_validate() {
-    let (code, stdout) = run(&["validate", "--policies", "policies"]);
+    let (code, stdout) = common::callgate_stdout(&["validate", "--policies", "policies"]);
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.starts_with("ok: 5 rules in 2 files; version "), "{stdout}");
 }
@@ -59,7 +53,8 @@ fn check_prints_decision_and_trace() {
         r#"{"callbackCommand":"callbackAfterRemoveBlackCommand","ownerUserID":"u_1","blackUserID":"guest_9"}"#,
     )
     .unwrap();
-    let (code, stdout) = run(&["check", "--policies", "policies", event.to_str().unwrap(), guest.to_str().unwrap()]);
+    let (code, stdout) =
+        common::callgate_stdout(&["check", "--policies", "policies", event.to_str().unwrap(), guest.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}");
     let stdout = stdout.replace(dir.path().to_str().unwrap(), "{tmp}");
     let want = "\
@@ -88,7 +83,7 @@ fn check_decides_every_shared_sample() {
         args.push(entry.unwrap().path().to_str().unwrap().to_string());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, stdout) = run(&args);
+    let (code, stdout) = common::callgate_stdout(&args);
     assert_eq!(code, 0);
     assert_eq!(stdout.lines().filter(|l| l.contains(": allow, by the default")).count(), 52, "{stdout}");
 }

@@ -426,6 +426,22 @@ pub async fn wait_until(limit: Duration, mut condition: impl AsyncFnMut() -> boo
     }
 }
 
+/// Waits for `child` to exit, at most `limit`; past it, kills it and returns `None`.
+pub fn wait_child(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// An OpenIM removal from a blocklist: `owner` removes `black`.
 pub fn unblock(owner: &str, black: &str) -> String {
     format!(
@@ -442,6 +458,17 @@ pub fn body_of_len(len: usize) -> String {
 /// Runs `callgate ARGS…` to its end.
 pub fn run_callgate(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_callgate")).args(args).output().unwrap()
+}
+
+/// Exit code (-1 when killed by a signal) and stdout of `callgate ARGS…`.
+pub fn callgate_stdout(args: &[&str]) -> (i32, String) {
+    let out = run_callgate(args);
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap())
+}
+
+/// The repository's root, where Cargo.toml is.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The exact refusal answer for `code`, `msg`, `detail`.
