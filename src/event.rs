@@ -60,3 +60,83 @@ pub struct TencentMeta {
     /// `OptPlatform`, kept as the string Tencent sent.
     pub opt_platform: String,
 }
+
+/// The longest command name accepted.
+pub const MAX_COMMAND_LEN: usize = 128;
+
+/// How a sender names a callback's command: the body's key for it, and how to name it
+/// otherwise (for the message when it names none).
+#[derive(Debug, Clone, Copy)]
+pub struct CommandNaming {
+    /// The body's key: `callbackCommand` (OpenIM), `CallbackCommand` (Tencent).
+    pub body_key: &'static str,
+    /// Where the command may stand outside the body, as a message says it: "the URL".
+    pub outside: &'static str,
+    /// What to do when it is nowhere, as a message says it.
+    pub how: &'static str,
+}
+
+/// Why a callback's command could not be told. One error for every place a command is
+/// named from: the IM servers' requests, a policy test case, `callgate check`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// Named nowhere.
+    #[error("no callback command: {how}")]
+    Missing { how: &'static str },
+    /// Named twice, differently.
+    #[error("callback command in {outside} is `{named}` but the body's `{body_key}` is `{body}`")]
+    Mismatch { outside: &'static str, body_key: &'static str, named: String, body: String },
+    /// The body's command is not a string.
+    #[error("`{body_key}` must be a string")]
+    NotString { body_key: &'static str },
+    /// Not a plausible command name.
+    #[error("callback command `{0}` is not valid: use letters, digits, `_` and `.`, at most 128")]
+    Invalid(String),
+}
+
+impl CommandError {
+    /// A short stable name, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CommandError::Missing { .. } => "no_command",
+            CommandError::Mismatch { .. } => "command_mismatch",
+            CommandError::NotString { .. } => "command_not_string",
+            CommandError::Invalid(_) => "bad_command",
+        }
+    }
+}
+
+/// The command of a callback: named `outside` the body (URL, query, a test case's
+/// `command:`), in the body under `naming.body_key`, or both — then they must agree — and a
+/// plausible name (letters, digits, `_` and `.`, at most [`MAX_COMMAND_LEN`] bytes; both
+/// servers' commands fit).
+pub fn resolve_command(
+    naming: &CommandNaming,
+    outside: Option<&str>,
+    body: &Map<String, Value>,
+) -> Result<String, CommandError> {
+    let in_body = match body.get(naming.body_key) {
+        None => None,
+        Some(Value::String(c)) => Some(c.as_str()),
+        Some(_) => return Err(CommandError::NotString { body_key: naming.body_key }),
+    };
+    let command = match (outside, in_body) {
+        (Some(named), Some(body)) if named != body => {
+            return Err(CommandError::Mismatch {
+                outside: naming.outside,
+                body_key: naming.body_key,
+                named: named.to_string(),
+                body: body.to_string(),
+            });
+        }
+        (Some(c), _) | (None, Some(c)) => c,
+        (None, None) => return Err(CommandError::Missing { how: naming.how }),
+    };
+    let is_valid = !command.is_empty()
+        && command.len() <= MAX_COMMAND_LEN
+        && command.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    if !is_valid {
+        return Err(CommandError::Invalid(command.chars().take(MAX_COMMAND_LEN).collect()));
+    }
+    Ok(command.to_string())
+}

@@ -17,7 +17,7 @@ use super::model::{Place, TraceStep, is_policy_file_name};
 use super::parse::{self, RawDecision};
 use super::set::PolicySet;
 use crate::decision::{Decision, Outcome};
-use crate::event::Event;
+use crate::event::{CommandError, CommandNaming, Event, resolve_command};
 
 /// The directory, inside the policy directory, that holds the test files. The server loads
 /// only files directly in the policy directory, so cases are never taken for policies.
@@ -196,23 +196,27 @@ fn read_cases(set: &PolicySet, file: &Path, text: &str, cases: &mut Vec<Case>, e
     }
 }
 
-/// The command a case is decided as, or where and why it has none.
+/// How a case names its command: `command:` beside the callback, or its `callbackCommand`.
+const CASE_NAMING: CommandNaming = CommandNaming {
+    body_key: "callbackCommand",
+    outside: "the case's `command:`",
+    how: "the callback has no `callbackCommand`; add it, or give the case a `command:`",
+};
+
+/// The command a case is decided as (the one resolver the servers use too), or the word
+/// of the case to point at and why it has none.
 fn case_command(case: &RawCase) -> Result<String, (&'static str, String)> {
-    match (&case.command, case.callback.get("callbackCommand")) {
-        (Some(command), None) => Ok(command.clone()),
-        (None, Some(Value::String(body_command))) => Ok(body_command.clone()),
-        (Some(command), Some(Value::String(body_command))) if command == body_command => Ok(command.clone()),
-        (Some(command), Some(Value::String(body_command))) => Err((
+    resolve_command(&CASE_NAMING, case.command.as_deref(), &case.callback).map_err(|e| match e {
+        CommandError::Missing { how } => ("callback:", how.to_string()),
+        CommandError::Mismatch { named, body, .. } => (
             "command:",
             format!(
-                "`command: {command}` disagrees with the callback's callbackCommand `{body_command}`; callgate refuses such a request"
+                "`command: {named}` disagrees with the callback's callbackCommand `{body}`; callgate refuses such a request"
             ),
-        )),
-        (_, Some(_)) => Err(("callbackCommand", "the callback's `callbackCommand` is not a string".into())),
-        (None, None) => {
-            Err(("callback:", "the callback has no `callbackCommand`; add it, or give the case a `command:`".into()))
-        }
-    }
+        ),
+        CommandError::NotString { .. } => ("callbackCommand", "the callback's `callbackCommand` is not a string".into()),
+        CommandError::Invalid(_) => ("command", format!("{e}; callgate refuses such a request")),
+    })
 }
 
 /// Checks the rule ids a case names against the set, reporting each problem through

@@ -111,25 +111,17 @@ fn field_warnings(
     carried: &BTreeSet<&'static str>,
     warnings: &mut Vec<Warning>,
 ) {
-    let mut seen = BTreeSet::new();
     let mut fields = Vec::new();
     walk_fields(&rule.when, &mut fields);
-    for path in fields {
-        let key = path.top_key();
-        if carried.contains(&*key) {
-            continue;
-        }
-        let text = path.to_string();
-        if !seen.insert(text.clone()) {
-            continue;
-        }
-        let at = locate(&[&format!("{text}:")]).or_else(|| locate(&[&text])).unwrap_or_else(|| rule.at.clone());
+    for (key, field) in uncarried(fields, carried) {
+        let at = locate(&[&format!("{field}:")]).or_else(|| locate(&[&field])).unwrap_or_else(|| rule.at.clone());
+        let suggestion = suggest(&key, carried.iter().copied()).map(str::to_string);
         warnings.push(Warning::UnknownField {
             at,
             rule: rule.id.to_string(),
-            suggestion: suggest(&key, carried.iter().copied()).map(str::to_string),
-            key: key.into_owned(),
-            field: text,
+            suggestion,
+            key,
+            field,
             commands: scope.clone(),
         });
     }
@@ -144,25 +136,37 @@ fn cap_key_warnings(
     warnings: &mut Vec<Warning>,
 ) {
     let Some(cap) = &rule.rate_cap else { return };
-    let mut seen = BTreeSet::new();
-    for path in &cap.fields {
-        let key = path.top_key();
-        if carried.contains(&*key) {
-            continue;
-        }
-        let text = path.to_string();
-        if !seen.insert(text.clone()) {
-            continue;
-        }
+    for (key, field) in uncarried(&cap.fields, carried) {
+        let suggestion = suggest(&key, carried.iter().copied()).map(str::to_string);
         warnings.push(Warning::UnknownCapKey {
-            at: place(&["key", &text]),
+            at: place(&["key", &field]),
             rule: rule.id.to_string(),
-            suggestion: suggest(&key, carried.iter().copied()).map(str::to_string),
-            key: key.into_owned(),
-            field: text,
+            suggestion,
+            key,
+            field,
             commands: scope.clone(),
         });
     }
+}
+
+/// The fields among `paths` whose top-level key none of the commands carries, each once, in
+/// order, as (top-level key, the field as written).
+fn uncarried<'a>(
+    paths: impl IntoIterator<Item = &'a FieldPath>,
+    carried: &BTreeSet<&'static str>,
+) -> Vec<(String, String)> {
+    let mut seen = BTreeSet::new();
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let key = path.top_key();
+            if carried.contains(&*key) {
+                return None;
+            }
+            let field = path.to_string();
+            seen.insert(field.clone()).then(|| (key.into_owned(), field))
+        })
+        .collect()
 }
 
 /// Every field path a group reads, in the order written, inside `any`/`all`/`not` too.

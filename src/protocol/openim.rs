@@ -25,7 +25,7 @@ use crate::decision::Outcome;
 use crate::event::{Event, Source};
 
 /// How OpenIM names a command.
-pub const NAMING: super::CommandNaming = super::CommandNaming {
+pub const NAMING: crate::event::CommandNaming = crate::event::CommandNaming {
     body_key: "callbackCommand",
     outside: "the URL",
     how: "POST to /openim/{command} or send `callbackCommand` in the body",
@@ -111,7 +111,7 @@ pub enum DecodeError {
     Body(#[from] BodyError),
     /// The command cannot be told from the URL and the body.
     #[error(transparent)]
-    Command(#[from] super::CommandError),
+    Command(#[from] crate::event::CommandError),
 }
 
 impl DecodeError {
@@ -152,7 +152,7 @@ pub fn decode(
     keep: &dyn Fn(&str) -> bool,
 ) -> Result<Event, DecodeError> {
     let body = super::parse_object(&raw, &|key| key == "callbackCommand" || keep(key))?;
-    let command = super::resolve_command(&NAMING, url_command, &body)?;
+    let command = crate::event::resolve_command(&NAMING, url_command, &body)?;
     Ok(Event { source: Source::OpenIm, command, operation_id: operation_id.to_string(), body, raw })
 }
 
@@ -213,7 +213,7 @@ pub fn encode_bad_request(err: &DecodeError) -> Bytes {
 mod tests {
     use super::*;
     use crate::decision::Refusal;
-    use crate::protocol::CommandError;
+    use crate::event::CommandError;
     use serde_json::Value;
     use std::sync::Arc;
 

@@ -21,7 +21,7 @@ use crate::event::{Event, Source, TencentMeta};
 pub const OK: &[u8] = br#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#;
 
 /// How Tencent names a command.
-const NAMING: super::CommandNaming = super::CommandNaming {
+const NAMING: crate::event::CommandNaming = crate::event::CommandNaming {
     body_key: "CallbackCommand",
     outside: "the query",
     how: "send `CallbackCommand` in the query or the body",
@@ -67,7 +67,7 @@ pub enum TencentError {
     Body(#[from] BodyError),
     /// The command cannot be told from the query and the body.
     #[error(transparent)]
-    Command(#[from] super::CommandError),
+    Command(#[from] crate::event::CommandError),
     /// A blocklist callback whose `PairList` is not a list of account pairs.
     #[error("{command}: PairList must be a list of {{\"From_Account\":…,\"To_Account\":…}}: {message}")]
     BadPairList { command: String, message: String },
@@ -188,7 +188,7 @@ pub fn decode(
     let q = Query::parse(query);
     check_auth(auth, &q, now)?;
     let body = super::parse_object(&raw, &|_| true)?;
-    let command = super::resolve_command(&NAMING, q.command.as_deref(), &body)?;
+    let command = crate::event::resolve_command(&NAMING, q.command.as_deref(), &body)?;
     if matches!(command.as_str(), "Sns.CallbackBlackListAdd" | "Sns.CallbackBlackListDelete") {
         let pairs = body.get("PairList").unwrap_or(&Value::Null);
         if let Err(e) = Vec::<Pair>::deserialize(pairs) {
