@@ -5,7 +5,7 @@
 //! [`decision::Decision`] → [`protocol`] encode → reply, and [`record`].
 //!
 //! - [`config`]: flags, env and config file merged into one `Config`
-//! - [`event`]: the one shape every callback decodes into
+//! - [`event`]: the one shape every callback decodes into, and how its command is named
 //! - [`decision`]: what was decided for a callback, and why; no layer owns it
 //! - [`catalog`]: what each IM server sends: its commands and their body fields (data only)
 //! - [`protocol`]: OpenIM and Tencent wire formats; no rules
