@@ -69,7 +69,8 @@ pub struct RateCap {
 /// The commands a rule applies to.
 #[derive(Debug)]
 pub enum OnCommands {
-    /// `on` omitted: every command.
+    /// `on` omitted: every OpenIM command. Tencent's before-callbacks are decided only by
+    /// rules that name them, so a set written for OpenIM decides nothing of Tencent's.
     Every,
     /// Exact names and `*` globs.
     Some { exact: Vec<Box<str>>, globs: Vec<Box<str>> },
@@ -79,7 +80,7 @@ impl OnCommands {
     /// Whether the rule applies to `command`.
     pub fn matches(&self, command: &str) -> bool {
         match self {
-            OnCommands::Every => true,
+            OnCommands::Every => !crate::catalog::is_tencent_name(command),
             OnCommands::Some { exact, globs } => {
                 exact.iter().any(|c| **c == *command) || globs.iter().any(|g| glob_matches(g, command))
             }
@@ -87,8 +88,14 @@ impl OnCommands {
     }
 }
 
-/// Matches `*` (any run of characters, possibly empty) against `text`; nothing else is special.
+/// Matches an `on` glob against a command name: `*` is any run of characters, possibly
+/// empty; nothing else is special. A glob reaches Tencent's commands (`System.Name`) only
+/// when it holds a dot itself (`C2C.*`, `*.CallbackBeforeSendMsg`), and OpenIM's only when it
+/// holds none, so `*` keeps meaning every OpenIM command, as omitting `on` does.
 pub(super) fn glob_matches(glob: &str, text: &str) -> bool {
+    if crate::catalog::is_tencent_name(glob) != crate::catalog::is_tencent_name(text) {
+        return false;
+    }
     let mut parts = glob.split('*');
     let first = parts.next().unwrap_or("");
     let Some(mut rest) = text.strip_prefix(first) else {
@@ -457,5 +464,8 @@ mod tests {
         assert!(!glob_matches("a*a", "a"));
         assert!(glob_matches("exact", "exact"));
         assert!(!glob_matches("exact", "exactly"));
+        assert!(!glob_matches("*", "C2C.CallbackBeforeSendMsg"), "`*` is every OpenIM command");
+        assert!(glob_matches("*.CallbackBeforeSendMsg", "C2C.CallbackBeforeSendMsg"));
+        assert!(glob_matches("C2C.CallbackBefore*", "C2C.CallbackBeforeSendMsg"));
     }
 }

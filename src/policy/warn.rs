@@ -100,7 +100,12 @@ fn commands_checked(
         [one] => Commands::One(one.name),
         several => Commands::Several(several.len()),
     };
-    Some((scope, Cow::Owned(commands.iter().flat_map(|c| c.fields.iter().copied()).collect())))
+    let mut carried: BTreeSet<&'static str> = commands.iter().flat_map(|c| c.fields.iter().copied()).collect();
+    // A command decided item by item shows the rules each item under `item`.
+    if commands.iter().any(|c| catalog::tencent_decided(c.name).is_some_and(|d| d.answer.is_per_item())) {
+        carried.insert(crate::event::ITEM_KEY);
+    }
+    Some((scope, Cow::Owned(carried)))
 }
 
 /// Warns of each field in `when` whose top-level key none of the commands carries.

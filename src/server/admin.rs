@@ -180,8 +180,10 @@ async fn explain(query: &str, body: bytes::Bytes, state: &State) -> warp::reply:
     };
     let (decision, trace) = set.explain(&event, &counts);
     let error = match &decision.outcome {
-        Outcome::Allow => None,
-        Outcome::Deny(r) => Some(json!({"code": r.code, "message": r.message, "detail": r.detail})),
+        Outcome::Allow | Outcome::Discard => None,
+        Outcome::Deny(r) => {
+            Some(json!({"code": r.code_for(event.code_family()), "message": r.message, "detail": r.detail}))
+        }
     };
     warp::reply::json(&json!({
         "command": event.command,
