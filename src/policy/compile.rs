@@ -14,12 +14,13 @@ use regex::Regex;
 use super::error::{ListError, LoadError, LoadErrors, RuleError};
 use super::lines::RuleLines;
 use super::model::{
-    Cond, FieldPath, Group, List, OnCommands, Place, RateCap, Rule, Scalar, ScalarSet, SourceFile, Test, glob_matches,
+    Cond, FieldPath, Group, List, OnCommands, Place, RateCap, Rule, Scalar, ScalarSet, SourceFile, Test, glob_reaches,
 };
 use super::parse::{self, RawDecision, RawEntry, RawError, RawFile, RawGroup, RawList, RawMode, RawOps};
 use super::set::PolicySet;
 use crate::catalog::{self, CodeFamily, Decided, TencentAnswer};
 use crate::decision::{Outcome, Refusal};
+use crate::event::Source;
 
 /// The longest rate-cap window.
 const MAX_CAP_WINDOW: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
@@ -177,12 +178,12 @@ fn reach(on: &OnCommands) -> Vec<(CodeFamily, Cow<'static, str>, Option<&'static
         }
     }
     for glob in globs {
-        if let Some(openim) = catalog::OPENIM.iter().find(|c| glob_matches(glob, c.name)) {
+        if let Some(openim) = catalog::OPENIM.iter().find(|c| glob_reaches(glob, Source::OpenIm, c.name)) {
             reached.push((CodeFamily::OpenIm, Cow::Borrowed(openim.name), None));
         } else if !catalog::is_tencent_name(glob) {
             reached.push((CodeFamily::OpenIm, Cow::Owned(glob.to_string()), None));
         }
-        for decided in catalog::TENCENT_DECIDED.iter().filter(|d| glob_matches(glob, d.name)) {
+        for decided in catalog::TENCENT_DECIDED.iter().filter(|d| glob_reaches(glob, Source::Tencent, d.name)) {
             reached.push((decided.family, Cow::Borrowed(decided.name), Some(decided)));
         }
     }
@@ -203,7 +204,11 @@ fn check_reach(on: &OnCommands, outcome: &Outcome) -> Option<RuleError> {
             let command = command.into_owned();
             if refusal.codes.is_empty() {
                 let code = refusal.code;
-                (!family.range().contains(&i64::from(code))).then_some(RuleError::CodeOutOfRange { code, family, command })
+                (!family.range().contains(&i64::from(code))).then_some(RuleError::CodeOutOfRange {
+                    code,
+                    family,
+                    command,
+                })
             } else {
                 (!refusal.codes.iter().any(|(f, _)| *f == family)).then_some(RuleError::NoCodeFor { family, command })
             }

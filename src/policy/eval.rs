@@ -104,7 +104,7 @@ impl PolicySet {
         for i in self.index.candidates(&event.command, &event.body) {
             let i = i as usize;
             let Some(rule) = self.rules.get(i) else { continue };
-            if !rule.on.matches(&event.command) || !rule.when.holds(&event.body) {
+            if !rule.on.matches(event) || !rule.when.holds(&event.body) {
                 continue;
             }
             if let Some(cap) = &rule.rate_cap {
@@ -164,7 +164,7 @@ impl PolicySet {
     pub fn cap_checks_for(&self, event: &Event) -> Vec<CapCheck> {
         self.rules
             .iter()
-            .filter(|r| r.on.matches(&event.command) && r.when.holds(&event.body))
+            .filter(|r| r.on.matches(event) && r.when.holds(&event.body))
             .filter_map(|r| r.rate_cap.as_ref().map(|cap| cap_check(r, cap, &event.body)))
             .collect()
     }
@@ -182,7 +182,7 @@ impl PolicySet {
             let mut cap = None;
             let step = if decided.is_some() {
                 Step::NotReached
-            } else if !rule.on.matches(&event.command) {
+            } else if !rule.on.matches(event) {
                 Step::Skipped
             } else if !rule.when.holds(&event.body) {
                 Step::NotHeld

@@ -16,6 +16,7 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use crate::decision::Outcome;
+use crate::event::{Event, Source};
 
 /// A place in a policy file, shown as `file:line`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,25 +78,28 @@ pub enum OnCommands {
 }
 
 impl OnCommands {
-    /// Whether the rule applies to `command`.
-    pub fn matches(&self, command: &str) -> bool {
+    /// Whether the rule applies to `event`'s command.
+    pub fn matches(&self, event: &Event) -> bool {
+        let command = event.command.as_str();
         match self {
-            OnCommands::Every => !crate::catalog::is_tencent_name(command),
+            OnCommands::Every => event.source == Source::OpenIm,
             OnCommands::Some { exact, globs } => {
-                exact.iter().any(|c| **c == *command) || globs.iter().any(|g| glob_matches(g, command))
+                exact.iter().any(|c| **c == *command) || globs.iter().any(|g| glob_reaches(g, event.source, command))
             }
         }
     }
 }
 
-/// Matches an `on` glob against a command name: `*` is any run of characters, possibly
-/// empty; nothing else is special. A glob reaches Tencent's commands (`System.Name`) only
-/// when it holds a dot itself (`C2C.*`, `*.CallbackBeforeSendMsg`), and OpenIM's only when it
-/// holds none, so `*` keeps meaning every OpenIM command, as omitting `on` does.
+/// Whether an `on` glob reaches a command that `source` sent. A glob reaches Tencent's
+/// commands (`System.Name`) only when it holds a dot itself (`C2C.*`,
+/// `*.CallbackBeforeSendMsg`), and OpenIM's only when it holds none, so `*` keeps meaning
+/// every OpenIM command, as omitting `on` does.
+pub(super) fn glob_reaches(glob: &str, source: Source, command: &str) -> bool {
+    crate::catalog::is_tencent_name(glob) == (source == Source::Tencent) && glob_matches(glob, command)
+}
+
+/// Matches `*` (any run of characters, possibly empty) against `text`; nothing else is special.
 pub(super) fn glob_matches(glob: &str, text: &str) -> bool {
-    if crate::catalog::is_tencent_name(glob) != crate::catalog::is_tencent_name(text) {
-        return false;
-    }
     let mut parts = glob.split('*');
     let first = parts.next().unwrap_or("");
     let Some(mut rest) = text.strip_prefix(first) else {
@@ -464,8 +468,10 @@ mod tests {
         assert!(!glob_matches("a*a", "a"));
         assert!(glob_matches("exact", "exact"));
         assert!(!glob_matches("exact", "exactly"));
-        assert!(!glob_matches("*", "C2C.CallbackBeforeSendMsg"), "`*` is every OpenIM command");
-        assert!(glob_matches("*.CallbackBeforeSendMsg", "C2C.CallbackBeforeSendMsg"));
-        assert!(glob_matches("C2C.CallbackBefore*", "C2C.CallbackBeforeSendMsg"));
+        let c2c = "C2C.CallbackBeforeSendMsg";
+        assert!(!glob_reaches("*", Source::Tencent, c2c), "`*` is every OpenIM command");
+        assert!(glob_reaches("*", Source::OpenIm, "odd.name"), "`*` is every OpenIM command");
+        assert!(glob_reaches("*.CallbackBeforeSendMsg", Source::Tencent, c2c));
+        assert!(glob_reaches("C2C.CallbackBefore*", Source::Tencent, c2c));
     }
 }

@@ -600,7 +600,9 @@ impl<'de> Deserialize<'de> for RawCode {
         impl<'de> Visitor<'de> for CodeVisitor {
             type Value = RawCode;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a number, or a code per family: `{ openim: N, c2c: N, group: N, sns: N, official_account: N }`")
+                f.write_str(
+                    "a number, or a code per family: `{ openim: N, c2c: N, group: N, sns: N, official_account: N }`",
+                )
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawCode, E> {
                 Ok(RawCode { code: err_code(v)?, per_family: Vec::new() })
@@ -724,7 +726,11 @@ fn word<'de, D: Deserializer<'de>>(d: D, words: &'static [&'static str]) -> Resu
         type Value = usize;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             let quoted: Vec<String> = self.0.iter().map(|w| format!("`{w}`")).collect();
-            f.write_str(&quoted.join(" or "))
+            match quoted.split_last() {
+                Some((last, [])) => f.write_str(last),
+                Some((last, rest)) => write!(f, "{} or {last}", rest.join(", ")),
+                None => f.write_str("a word"),
+            }
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
             self.0.iter().position(|w| *w == v).ok_or_else(|| E::unknown_variant(v, self.0))

@@ -12,8 +12,9 @@ use std::collections::BTreeSet;
 use std::sync::LazyLock;
 
 use super::lines::RuleLines;
-use super::model::{Commands, Cond, FieldPath, Group, OnCommands, Place, Rule, SourceFile, Warning, glob_matches};
-use crate::catalog::{self, Command};
+use super::model::{Commands, Cond, FieldPath, Group, OnCommands, Place, Rule, SourceFile, Warning, glob_reaches};
+use crate::catalog::{self, Command, Server};
+use crate::event::Source;
 
 /// Every field any OpenIM command carries: what a rule without `on` is checked against.
 /// Made once: a set of ten thousand such rules would otherwise make it ten thousand times.
@@ -83,7 +84,8 @@ fn commands_checked(
     }
     for glob in globs {
         let before = commands.len();
-        commands.extend(catalog::all().map(|(_, c)| c).filter(|c| glob_matches(glob, c.name)));
+        commands
+            .extend(catalog::all().filter(|&(server, c)| glob_reaches(glob, source(server), c.name)).map(|(_, c)| c));
         if commands.len() == before {
             warnings.push(Warning::GlobMatchesNothing {
                 at: place(&[glob]),
@@ -172,6 +174,14 @@ fn uncarried<'a>(
             seen.insert(field.clone()).then(|| (key.into_owned(), field))
         })
         .collect()
+}
+
+/// The source of events a catalog server sends.
+fn source(server: Server) -> Source {
+    match server {
+        Server::OpenIm => Source::OpenIm,
+        Server::Tencent => Source::Tencent,
+    }
 }
 
 /// Every field path a group reads, in the order written, inside `any`/`all`/`not` too.

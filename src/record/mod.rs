@@ -297,7 +297,8 @@ mod tests {
             caps: vec![CapHit { rule: "c".into(), count: 3, max: 10, is_exceeded: false }],
         };
         let line =
-            decided_line(&event("{\"a\": 1, \"b\":\"x\"}\n"), None, &decision, false, "v1", Duration::from_micros(7)).to_vec();
+            decided_line(&event("{\"a\": 1, \"b\":\"x\"}\n"), None, &decision, false, "v1", Duration::from_micros(7))
+                .to_vec();
         assert_eq!(line.last(), Some(&b'\n'));
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
         let text = std::str::from_utf8(&line).unwrap();
@@ -337,7 +338,8 @@ mod tests {
     #[test]
     fn a_multi_line_body_is_written_on_one_line() {
         let decision = Decision { outcome: Outcome::Allow, rule: None, dry_run: vec![], caps: vec![] };
-        let line = decided_line(&event("{\n  \"a\": [1,\n 2]\n}\n"), None, &decision, false, "v", Duration::ZERO).to_vec();
+        let line =
+            decided_line(&event("{\n  \"a\": [1,\n 2]\n}\n"), None, &decision, false, "v", Duration::ZERO).to_vec();
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
         let v: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["body"]["a"][1], 2);
