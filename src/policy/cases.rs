@@ -99,6 +99,7 @@ struct RawCase {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Expect {
+    #[serde(deserialize_with = "parse::rule_decision")]
     decision: RawDecision,
     /// The rule that decides, or `default`.
     rule: Option<String>,
@@ -197,25 +198,31 @@ fn read_cases(set: &PolicySet, file: &Path, text: &str, cases: &mut Vec<Case>, e
     }
 }
 
-/// How a case names its command: `command:` beside the callback, or its `callbackCommand`.
+/// How a case names its command: `command:` beside the callback, or its `callbackCommand`
+/// (OpenIM's key).
 const CASE_NAMING: CommandNaming = CommandNaming {
     body_key: "callbackCommand",
     outside: "the case's `command:`",
     how: "the callback has no `callbackCommand`; add it, or give the case a `command:`",
 };
 
+/// The same for a Tencent callback, whose body names its command `CallbackCommand`.
+const TENCENT_CASE_NAMING: CommandNaming = CommandNaming { body_key: "CallbackCommand", ..CASE_NAMING };
+
 /// The command a case is decided as (the one resolver the servers use too), or the word
 /// of the case to point at and why it has none.
 fn case_command(case: &RawCase) -> Result<String, (&'static str, String)> {
-    resolve_command(&CASE_NAMING, case.command.as_deref(), &case.callback).map_err(|e| match e {
+    let is_tencent = !case.callback.contains_key("callbackCommand") && case.callback.contains_key("CallbackCommand");
+    let naming = if is_tencent { &TENCENT_CASE_NAMING } else { &CASE_NAMING };
+    resolve_command(naming, case.command.as_deref(), &case.callback).map_err(|e| match e {
         CommandError::Missing { how } => ("callback:", how.to_string()),
-        CommandError::Mismatch { named, body, .. } => (
+        CommandError::Mismatch { named, body, body_key, .. } => (
             "command:",
             format!(
-                "`command: {named}` disagrees with the callback's callbackCommand `{body}`; callgate refuses such a request"
+                "`command: {named}` disagrees with the callback's {body_key} `{body}`; callgate refuses such a request"
             ),
         ),
-        CommandError::NotString { .. } => ("callbackCommand", "the callback's `callbackCommand` is not a string".into()),
+        CommandError::NotString { body_key } => (body_key, format!("the callback's `{body_key}` is not a string")),
         CommandError::Invalid(_) => ("command", format!("{e}; callgate refuses such a request")),
     })
 }

@@ -643,7 +643,7 @@ impl<'de> Deserialize<'de> for RawCode {
     }
 }
 
-fn rule_decision<'de, D: Deserializer<'de>>(d: D) -> Result<RawDecision, D::Error> {
+pub(super) fn rule_decision<'de, D: Deserializer<'de>>(d: D) -> Result<RawDecision, D::Error> {
     match word(d, &["allow", "deny", "discard"])? {
         0 => Ok(RawDecision::Allow),
         1 => Ok(RawDecision::Deny),
