@@ -21,7 +21,9 @@
 # 3. Scenarios (SCENARIOS=1, the default), in the same rotation: `cap`, callgate with a rate
 #    cap checked and counted on every request (in memory; target >= 0.8 of bare); `capredis`,
 #    the same cap in a real redis-server started here; `tencent`, durable Tencent
-#    acknowledgements (target >= 10,000/s). After the rounds Redis is killed and `capredis`
+#    acknowledgements (target >= 10,000/s); `tencentdec`, signed Tencent before-callbacks
+#    (C2C.CallbackBeforeSendMsg) decided by rules like the shipped ones (target >= 0.9 of
+#    the OpenIM decisions' req/s, round by round). After the rounds Redis is killed and `capredis`
 #    is measured again: p99 with Redis down (target < 10 ms).
 #
 # 4. Calibration (EXTRA="500 1000 2000 3000", in ns; EXTRA= turns it off), in the same rotation:
@@ -253,7 +255,36 @@ YAML
     ADDR[capredis]=$CG_ADDR PID[capredis]=$CG_PID LUA_OF[capredis]="$REPO/bench/cap.lua"
     start_callgate tencent "$REPO/policies" --tencent-app-id 1400000001
     ADDR[tencent]=$CG_ADDR PID[tencent]=$CG_PID LUA_OF[tencent]="$REPO/bench/tencent.lua"
-    NAMES+=(cap capredis tencent)
+    # Tencent before-callbacks decided: the shipped policies plus rules of the same kinds
+    # (a list, a regex) on C2C.CallbackBeforeSendMsg, signed as Tencent signs them.
+    mkdir -p "$WORK/tencent-policies"
+    cp -r "$REPO/policies/." "$WORK/tencent-policies/"
+    cat >"$WORK/tencent-policies/20-tencent.yaml" <<'YAML'
+rules:
+  - id: c2c-staff-may-always-send
+    on: C2C.CallbackBeforeSendMsg
+    when:
+      From_Account: { in_list: staff }
+    decision: allow
+  - id: c2c-no-messages-to-system-accounts
+    on: C2C.CallbackBeforeSendMsg
+    when:
+      To_Account: { regex: '^(sys|bot)_' }
+    decision: deny
+    error: { code: 120001, message: "system accounts take no messages" }
+YAML
+    TC_TOKEN=load-test-token TC_TIME=$(date +%s)
+    TC_SIGN=$(printf '%s%s' "$TC_TOKEN" "$TC_TIME" | sha256sum | cut -d' ' -f1)
+    sed -e "s/@TIME@/$TC_TIME/" -e "s/@SIGN@/$TC_SIGN/" "$REPO/bench/tencent_before.lua" >"$WORK/tencent_before.lua"
+    start_callgate tencentdec "$WORK/tencent-policies" --tencent-app-id 1400000001 \
+        --tencent-token "$TC_TOKEN" --tencent-max-skew 1h
+    ADDR[tencentdec]=$CG_ADDR PID[tencentdec]=$CG_PID LUA_OF[tencentdec]="$WORK/tencent_before.lua"
+    TC_ANSWER=$(curl -sS --max-time 2 -X POST -H 'Content-Type: application/json' \
+        --data-binary '{"CallbackCommand":"C2C.CallbackBeforeSendMsg","From_Account":"u_1001","To_Account":"u_1002"}' \
+        "http://${ADDR[tencentdec]}$(sed -n 's/^wrk.path = "\(.*\)"$/\1/p' "$WORK/tencent_before.lua")")
+    [[ "$TC_ANSWER" == '{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}' ]] ||
+        die "tencentdec does not allow the bench's C2C callback: $TC_ANSWER"
+    NAMES+=(cap capredis tencent tencentdec)
 fi
 NAMES+=("${CALIBRATION[@]}")
 for name in "${NAMES[@]}"; do
@@ -531,6 +562,12 @@ LOAD_TOOK=$(grep -o '"took_ms":[0-9]*' "$WORK/reload.log" | cut -d: -f2 | tr '\n
         printf 'durable Tencent acks: median %.0f /s (fsynced before each ack), %s records   target >= 10,000/s: %s\n' \
             "$(med "${RPS_OF[tencent]}")" "$TENCENT_RECORDS" \
             "$(awk -v r="$(med "${RPS_OF[tencent]}")" 'BEGIN { print (r >= 10000) ? "MET" : "NOT MET" }')"
+        TC_RATIOS=$(paste -d' ' <(tr ' ' '\n' <<<"${RPS_OF[tencentdec]}") <(tr ' ' '\n' <<<"${RPS_OF[callgate]}") |
+            awk 'NF == 2 && $2 > 0 { printf "%.3f ", $1 / $2 }')
+        printf 'Tencent before-callback decisions (C2C, signed): median %.0f req/s, p99 %.3f ms; per round vs OpenIM decisions (callgate): %s\n' \
+            "$(med "${RPS_OF[tencentdec]}")" "$(med "${P99_OF[tencentdec]}")" "$TC_RATIOS"
+        printf 'Tencent/OpenIM decisions: median ratio %s   target >= 0.9: %s\n' "$(med "$TC_RATIOS")" \
+            "$(awk -v r="$(med "$TC_RATIOS")" 'BEGIN { print (r >= 0.9) ? "MET" : "NOT MET" }')"
         printf 'recording cost on OpenIM decisions (norec vs callgate req/s): %s\n' \
             "$(awk -v a="$(med "${RPS_OF[callgate]}")" -v b="$(med "${RPS_OF[norec]:-0}")" 'BEGIN { if (b > 0) printf "%.1f%% (target <= 20%%)", (1 - a / b) * 100; else print "n/a (NOREC=0)" }')"
     fi
