@@ -340,3 +340,19 @@ fn tencent_cases_run_in_callgate_test() {
     let (code, stdout) = callgate_stdout(&["test", "--policies", dir.path().to_str().unwrap()]);
     assert_eq!((code, stdout.as_str()), (0, "3 passed, 0 failed\n"));
 }
+
+#[tokio::test]
+async fn explain_decides_a_tencent_callback_with_its_code() {
+    let dir = PolicyDir::with("policy.yaml", POLICY);
+    let server = start(&dir, &[]);
+    let explain = |body: String| {
+        let request = server.client.post(format!("{}/v1/explain", server.admin)).body(body);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let muted = explain(c2c("u_banned", "u_2")).await;
+    assert_eq!((&muted["decision"], &muted["rule"]), (&json!("deny"), &json!("c2c-muted")));
+    assert_eq!(muted["error"]["code"], 120001);
+    let item = json!({"CallbackCommand": "Sns.CallbackPrevFriendAdd", "From_Account": "u_both", "item": {"To_Account": "u_2"}});
+    let both = explain(item.to_string()).await;
+    assert_eq!((&both["rule"], &both["error"]["code"]), (&json!("both-systems"), &json!(38010)));
+}

@@ -211,6 +211,21 @@ pub fn decode(
     Ok((event, meta))
 }
 
+/// A Tencent callback posted to `explain`: no query to verify; the command from `command`
+/// (the `?command=` of the request) or the body's `CallbackCommand`, every key kept.
+pub fn decode_offline(command: Option<&str>, raw: Bytes) -> Result<Event, TencentError> {
+    let body = super::parse_object(&raw, &|_| true)?;
+    let command = crate::event::resolve_command(&NAMING, command, &body)?;
+    Ok(Event { source: Source::Tencent, command, operation_id: String::new(), body, raw })
+}
+
+/// Whether a body posted to `explain` is Tencent's: its command is named `System.Name`, or
+/// its body names it under Tencent's key.
+pub fn looks_like_tencent(command: Option<&str>, raw: &[u8]) -> bool {
+    command.is_some_and(catalog::is_tencent_name)
+        || super::parse_object(raw, &|key| key == NAMING.body_key).is_ok_and(|body| body.contains_key(NAMING.body_key))
+}
+
 /// The answer to a callback callgate refuses to take (bad Sign, bad body, busy, …), with
 /// `ErrorCode` 1 for an after-callback (not acknowledged). A before-callback gets
 /// `ErrorCode` 0 instead: there, 1 would refuse the user's action because of callgate;
