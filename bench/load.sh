@@ -51,8 +51,10 @@ EXTRA=${EXTRA-500 1000 2000 3000}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 LUA="$REPO/bench/openim.lua"
-CALLGATE="$REPO/target/release/callgate"
-BARE="$REPO/target/release/examples/bare_warp"
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+CALLGATE="$TARGET_DIR/release/callgate"
+BARE="$TARGET_DIR/release/examples/bare_warp"
+MIN_GATE="$TARGET_DIR/release/examples/min_gate"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/callgate-load.XXXXXX")
 PIDS=()
@@ -81,8 +83,8 @@ die() { say "error: $*"; exit 1; }
 
 # --- build and tools ---------------------------------------------------------------------
 
-say "building release: callgate and examples/bare_warp"
-timeout 900 cargo build --release --quiet --bin callgate --example bare_warp ||
+say "building release: callgate, examples/bare_warp and examples/min_gate"
+timeout 900 cargo build --release --quiet --bin callgate --example bare_warp --example min_gate ||
     die "release build failed"
 
 if ! command -v wrk >/dev/null 2>&1; then
@@ -222,6 +224,33 @@ for ns in $EXTRA; do
 done
 start_callgate callgate "$REPO/policies"
 ADDR[callgate]=$CG_ADDR PID[callgate]=$CG_PID
+# start_peer NAME COMMAND...: starts a minimal gate that prints "listening on http://ADDR".
+start_peer() {
+    local name=$1 line
+    shift
+    "${SERVER_CPU[@]}" "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
+    PIDS+=("$!")
+    PID[$name]=$!
+    line=$(wait_for_line "$WORK/$name.out" "listening on" "${PID[$name]}") || die "$name did not start"
+    ADDR[$name]=$(sed -E 's|.*listening on http://([0-9.:]+).*|\1|' <<<"$line")
+    say "$name: pid ${PID[$name]}, ${ADDR[$name]}"
+}
+# The least a hand-written gate must do (issue 19): parse, allowlist, regex, answer, and a
+# record line to a writer thread (min) or none (minnorec); a Node peer written the same way.
+start_peer min "$MIN_GATE" 127.0.0.1:0 "$WORK/min-records.jsonl"
+start_peer minnorec "$MIN_GATE" 127.0.0.1:0 -
+NAMES+=(min minnorec)
+if command -v node >/dev/null 2>&1; then
+    start_peer node node "$REPO/bench/peers/min_gate.js" 0 "$WORK/node-records.jsonl"
+    NAMES+=(node)
+else
+    say "node not installed: the Node peer is skipped"
+fi
+if command -v go >/dev/null 2>&1; then
+    say "go is installed, but no Go peer is written yet"
+else
+    say "go not installed: no Go peer"
+fi
 if [[ "$NOREC" == 1 ]]; then
     start_callgate norec "$REPO/policies" --records false
     ADDR[norec]=$CG_ADDR PID[norec]=$CG_PID
@@ -571,6 +600,21 @@ LOAD_TOOK=$(grep -o '"took_ms":[0-9]*' "$WORK/reload.log" | cut -d: -f2 | tr '\n
         printf 'recording cost on OpenIM decisions (norec vs callgate req/s): %s\n' \
             "$(awk -v a="$(med "${RPS_OF[callgate]}")" -v b="$(med "${RPS_OF[norec]:-0}")" 'BEGIN { if (b > 0) printf "%.1f%% (target <= 20%%)", (1 - a / b) * 100; else print "n/a (NOREC=0)" }')"
     fi
+    echo "---- against the minimal gate (examples/min_gate.rs), round by round ----"
+    # per_round A B: each round's req/s of A over B's, then their median.
+    per_round() {
+        paste -d' ' <(tr ' ' '\n' <<<"${RPS_OF[$1]:-}") <(tr ' ' '\n' <<<"${RPS_OF[$2]:-}") |
+            awk 'NF == 2 && $2 > 0 { printf "%.3f ", $1 / $2 }'
+    }
+    for pair in "callgate min 0.95" "norec minnorec 0.95" "cap min 0.93" "node min -" "min bare -"; do
+        read -r a b target <<<"$pair"
+        [[ -n "${RPS_OF[$a]:-}" && -n "${RPS_OF[$b]:-}" ]] || continue
+        ratios=$(per_round "$a" "$b")
+        verdict=""
+        [[ "$target" != "-" ]] && verdict="   target >= $target: $(awk -v r="$(med "$ratios")" -v t="$target" 'BEGIN { print (r >= t) ? "MET" : "NOT MET" }')"
+        printf '%-9s / %-9s median %s  (rounds: %s)%s\n' "$a" "$b" "$(med "$ratios")" "$ratios" "$verdict"
+    done
+    printf 'p99 at full load: callgate %.3f ms, min %.3f ms\n' "$(med "${P99_OF[callgate]}")" "$(med "${P99_OF[min]}")"
     echo "---- hot reload, 10,000 rules, write-and-rename ----"
     printf '%s\n' "${RELOAD_LINES[@]}"
     echo "load_dir inside callgate (took_ms, from its log): ${LOAD_TOOK:-n/a}"
