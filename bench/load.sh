@@ -32,7 +32,13 @@
 #    on this machine, and so how much work per request a server may do to reach a target;
 #    the summary places callgate on that scale.
 #
+# 5. Against the least a hand-written gate must do (issue 19), in the same rotation:
+#    examples/min_gate.rs with records (min) and without (minnorec), and a Node peer written
+#    the same way (bench/peers/min_gate.js) when node is installed. Then latency at a fixed
+#    FIXED_RATE callbacks/s (examples/fixed_rate.rs, open loop), callgate against min.
+#
 # Knobs (environment): ROUNDS=5 DURATION=6 WARMUP=3 THREADS=2 CONNS=32 RELOADS=5 NOREC=1 SCENARIOS=1 EXTRA
+# FIXED_RATE=5000 (0: off) FIXED_ROUNDS=3
 # PIN=0 (PIN=1: servers on CPU 0, wrk on CPU 1 with one thread; steadier on 2 cores)
 
 set -euo pipefail
@@ -47,6 +53,8 @@ PIN=${PIN:-0}
 NOREC=${NOREC:-1}
 SCENARIOS=${SCENARIOS:-1}
 EXTRA=${EXTRA-500 1000 2000 3000}
+FIXED_RATE=${FIXED_RATE:-5000}
+FIXED_ROUNDS=${FIXED_ROUNDS:-3}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -55,6 +63,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 CALLGATE="$TARGET_DIR/release/callgate"
 BARE="$TARGET_DIR/release/examples/bare_warp"
 MIN_GATE="$TARGET_DIR/release/examples/min_gate"
+FIXED_RATE_BIN="$TARGET_DIR/release/examples/fixed_rate"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/callgate-load.XXXXXX")
 PIDS=()
@@ -84,7 +93,7 @@ die() { say "error: $*"; exit 1; }
 # --- build and tools ---------------------------------------------------------------------
 
 say "building release: callgate, examples/bare_warp and examples/min_gate"
-timeout 900 cargo build --release --quiet --bin callgate --example bare_warp --example min_gate ||
+timeout 900 cargo build --release --quiet --bin callgate --example bare_warp --example min_gate --example fixed_rate ||
     die "release build failed"
 
 if ! command -v wrk >/dev/null 2>&1; then
@@ -349,6 +358,22 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 for name in "${NAMES[@]}"; do
     [[ "$(probe "${ADDR[$name]}")" == "$ALLOW" ]] || die "$name stopped answering during the run"
 done
+
+# Latency at a fixed moderate load (FIXED_RATE/s, open loop, latency from each request's due
+# time): callgate against the minimal gate, alternating, FIXED_ROUNDS rounds each.
+FIXED_LINES=()
+declare -A FIXED_P99=()
+if [[ "$FIXED_RATE" != 0 ]]; then
+    for round in $(seq "$FIXED_ROUNDS"); do
+        for name in callgate min; do
+            out=$(timeout $((DURATION + 30)) "${WRK_CPU[@]}" "$FIXED_RATE_BIN" "${ADDR[$name]}" "$FIXED_RATE" "$DURATION" 16 \
+                "$REPO/bench/openim-requests.tsv") || die "fixed_rate failed on $name: $out"
+            FIXED_LINES+=("$(printf 'round %d  %-9s %s' "$round" "$name" "$out")")
+            FIXED_P99[$name]+="$(sed -E 's/.* p99 ([0-9.]+) .*/\1/' <<<"$out") "
+            say "${FIXED_LINES[-1]}"
+        done
+    done
+fi
 
 # Redis down: kill it and measure the Redis-capped server again (the circuit breaker answers
 # per --on-error, allow by default, without calling Redis).
@@ -615,6 +640,14 @@ LOAD_TOOK=$(grep -o '"took_ms":[0-9]*' "$WORK/reload.log" | cut -d: -f2 | tr '\n
         printf '%-9s / %-9s median %s  (rounds: %s)%s\n' "$a" "$b" "$(med "$ratios")" "$ratios" "$verdict"
     done
     printf 'p99 at full load: callgate %.3f ms, min %.3f ms\n' "$(med "${P99_OF[callgate]}")" "$(med "${P99_OF[min]}")"
+    if [[ ${#FIXED_LINES[@]} -gt 0 ]]; then
+        echo "---- latency at a fixed $FIXED_RATE callbacks/s (examples/fixed_rate.rs, 16 connections) ----"
+        printf '%s\n' "${FIXED_LINES[@]}"
+        printf 'p99 callgate %s ms, min %s ms: ratio %s   target <= 1.2: %s\n' "$(med "${FIXED_P99[callgate]}")" \
+            "$(med "${FIXED_P99[min]}")" \
+            "$(awk -v a="$(med "${FIXED_P99[callgate]}")" -v b="$(med "${FIXED_P99[min]}")" 'BEGIN { printf "%.2f", a / b }')" \
+            "$(awk -v a="$(med "${FIXED_P99[callgate]}")" -v b="$(med "${FIXED_P99[min]}")" 'BEGIN { print (a / b <= 1.2) ? "MET" : "NOT MET" }')"
+    fi
     echo "---- hot reload, 10,000 rules, write-and-rename ----"
     printf '%s\n' "${RELOAD_LINES[@]}"
     echo "load_dir inside callgate (took_ms, from its log): ${LOAD_TOOK:-n/a}"
