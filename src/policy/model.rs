@@ -254,7 +254,9 @@ pub enum Scalar {
     Bool(bool),
 }
 
-/// Finds a field in a callback body.
+/// Finds a field in a callback body. `#[inline]`: it is on every condition's path, and
+/// lives in another codegen unit than its callers in eval and index.
+#[inline]
 pub(crate) fn lookup<'v>(body: &'v Map<String, Value>, field: &FieldPath) -> Option<&'v Value> {
     match field {
         FieldPath::Key(k) => body.get(&**k),
@@ -283,6 +285,7 @@ pub(crate) fn lookup<'v>(body: &'v Map<String, Value>, field: &FieldPath) -> Opt
 
 /// The text conditions compare: strings as they are, numbers as JSON writes them.
 /// Other types have no text and never match a list or a regex.
+#[inline]
 pub(crate) fn value_text(value: &Value) -> Option<Cow<'_, str>> {
     match value {
         Value::String(s) => Some(Cow::Borrowed(s)),
