@@ -61,8 +61,14 @@ impl Event {
 
     /// Where a refusal's code for this callback must lie.
     pub fn code_family(&self) -> CodeFamily {
-        catalog::tencent_decided(&self.command).map_or(CodeFamily::OpenIm, |d| d.family)
+        code_family_of(&self.command)
     }
+}
+
+/// Where a refusal's code for the callback named `command` must lie: a Tencent
+/// before-callback's family, else OpenIM's.
+pub fn code_family_of(command: &str) -> CodeFamily {
+    catalog::tencent_decided(command).map_or(CodeFamily::OpenIm, |d| d.family)
 }
 
 /// The key under which the rules see one item of a callback decided item by item
