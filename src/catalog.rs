@@ -468,46 +468,58 @@ pub struct Decided {
     pub family: CodeFamily,
     /// How its answer is shaped.
     pub answer: TencentAnswer,
+    /// The keys of one item, for a callback decided item by item (empty otherwise).
+    pub item_fields: &'static [&'static str],
 }
 
 /// The Tencent before-callbacks callgate decides (TENCENT-BEFORE.md, per command), sorted
 /// by name. Every other Tencent command is a report of what happened: acknowledged only.
 #[rustfmt::skip]
 pub const TENCENT_DECIDED: [Decided; 11] = [
-    Decided { name: "C2C.CallbackBeforeSendMsg", family: CodeFamily::C2c, answer: TencentAnswer::Message },
-    Decided { name: "Group.CallbackBeforeApplyJoinGroup", family: CodeFamily::Group, answer: TencentAnswer::Whole },
-    Decided { name: "Group.CallbackBeforeCreateGroup", family: CodeFamily::Group, answer: TencentAnswer::Whole },
-    Decided { name: "Group.CallbackBeforeCreateTopic", family: CodeFamily::Group, answer: TencentAnswer::Whole },
+    Decided { name: "C2C.CallbackBeforeSendMsg", family: CodeFamily::C2c, answer: TencentAnswer::Message, item_fields: &[] },
+    Decided { name: "Group.CallbackBeforeApplyJoinGroup", family: CodeFamily::Group, answer: TencentAnswer::Whole, item_fields: &[] },
+    Decided { name: "Group.CallbackBeforeCreateGroup", family: CodeFamily::Group, answer: TencentAnswer::Whole, item_fields: &[] },
+    Decided { name: "Group.CallbackBeforeCreateTopic", family: CodeFamily::Group, answer: TencentAnswer::Whole, item_fields: &[] },
     Decided {
         name: "Group.CallbackBeforeInviteJoinGroup",
         family: CodeFamily::Group,
         answer: TencentAnswer::RefusedAccounts {
             list: "DestinationMembers", account: "Member_Account", refused: "RefusedMembers_Account",
         },
+        item_fields: &["Member_Account"],
     },
-    Decided { name: "Group.CallbackBeforeSendMsg", family: CodeFamily::Group, answer: TencentAnswer::Message },
+    Decided { name: "Group.CallbackBeforeSendMsg", family: CodeFamily::Group, answer: TencentAnswer::Message, item_fields: &[] },
     Decided {
         name: "OfficialAccount.CallbackBeforeAddSubscriber",
         family: CodeFamily::OfficialAccount,
         answer: TencentAnswer::RefusedAccounts {
             list: "SubscribeAccountList", account: "Subscriber_Account", refused: "RefusedSubscribers_Account",
         },
+        item_fields: &["Subscriber_Account"],
     },
     Decided {
         name: "OfficialAccount.CallbackBeforeCreateOfficialAccount",
         family: CodeFamily::OfficialAccount,
         answer: TencentAnswer::Whole,
+        item_fields: &[],
     },
-    Decided { name: "OfficialAccount.CallbackBeforeSendMsg", family: CodeFamily::OfficialAccount, answer: TencentAnswer::Message },
+    Decided {
+        name: "OfficialAccount.CallbackBeforeSendMsg",
+        family: CodeFamily::OfficialAccount,
+        answer: TencentAnswer::Message,
+        item_fields: &[],
+    },
     Decided {
         name: "Sns.CallbackPrevFriendAdd",
         family: CodeFamily::Sns,
         answer: TencentAnswer::ResultItems { list: "FriendItem", account: "To_Account" },
+        item_fields: &["To_Account", "Remark", "GroupName", "AddSource", "AddWording"],
     },
     Decided {
         name: "Sns.CallbackPrevFriendResponse",
         family: CodeFamily::Sns,
         answer: TencentAnswer::ResultItems { list: "ResponseFriendItem", account: "To_Account" },
+        item_fields: &["To_Account", "Remark", "TagName", "ResponseAction"],
     },
 ];
 

@@ -126,6 +126,18 @@ fn start(dir: &PolicyDir, extra: &[&str]) -> Server {
     Server::start(dir.path(), &args)
 }
 
+/// The records of `server` passing `filter`, once there are `count`: decisions are answered
+/// before their records are written.
+async fn records_when(server: &Server, filter: &[&str], count: usize) -> Vec<Value> {
+    wait_until(
+        std::time::Duration::from_secs(10),
+        async || events(server.data_dir(), filter).len() >= count,
+        || format!("fewer than {count} records for {filter:?}"),
+    )
+    .await;
+    events(server.data_dir(), filter)
+}
+
 /// POSTs a signed `command` callback; returns status and answer.
 async fn send(server: &Server, command: &str, body: &str) -> (u16, String) {
     server.post_tencent(&signed_query(command, unix_now()), body).await
@@ -222,7 +234,7 @@ async fn items_are_decided_one_by_one() {
     );
 
     // The record of a per-item callback holds each item's decision.
-    let records = events(server.data_dir(), &["--command", add]);
+    let records = records_when(&server, &["--command", add], 2).await;
     let first = records.iter().find(|r| r["body"]["From_Account"] == "u_1").unwrap();
     assert_eq!(first["decision"], "partial");
     assert_eq!(first["SdkAppid"].as_str().or(first["sdk_app_id"].as_str()), Some(TENCENT_APP));
@@ -260,7 +272,7 @@ async fn dry_run_rules_and_a_dry_run_server_refuse_nothing_and_record_what_they_
     let server = start(&dir, &[]);
     let c2c_cmd = "C2C.CallbackBeforeSendMsg";
     assert_eq!(send(&server, c2c_cmd, &c2c("u_1", "u_watch")).await, (200, TENCENT_OK.to_string()));
-    let records = events(server.data_dir(), &["--command", c2c_cmd]);
+    let records = records_when(&server, &["--command", c2c_cmd], 1).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["decision"], "allow");
     assert_eq!(records[0]["dry_run"], json!([{"rule": "watch", "would": "deny", "error_code": 120002}]));
@@ -271,7 +283,7 @@ async fn dry_run_rules_and_a_dry_run_server_refuse_nothing_and_record_what_they_
     let add = "Sns.CallbackPrevFriendAdd";
     let (_, items) = send(&dry, add, &friend_add("u_1", &["vip_1"])).await;
     assert_eq!(serde_json::from_str::<Value>(&items).unwrap()["ResultItem"][0]["ResultCode"], 0);
-    let records = events(dry.data_dir(), &[]);
+    let records = records_when(&dry, &[], 3).await;
     let would: Vec<(Value, Value, Value)> = records
         .iter()
         .filter(|r| r["command"] == c2c_cmd)
@@ -355,4 +367,18 @@ async fn explain_decides_a_tencent_callback_with_its_code() {
     let item = json!({"CallbackCommand": "Sns.CallbackPrevFriendAdd", "From_Account": "u_both", "item": {"To_Account": "u_2"}});
     let both = explain(item.to_string()).await;
     assert_eq!((&both["rule"], &both["error"]["code"]), (&json!("both-systems"), &json!(38010)));
+}
+
+#[test]
+fn a_misspelt_item_field_is_warned_of() {
+    let dir = PolicyDir::with(
+        "policy.yaml",
+        "rules:\n  - id: vip\n    on: Sns.CallbackPrevFriendAdd\n    when:\n      item.To_Acount: { equals: x }\n    decision: deny\n    error: { code: 38001, message: m }\n",
+    );
+    let (code, stdout) = callgate_stdout(&["validate", "--policies", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("policy.yaml:5: warning: rule `vip`: field `item.To_Acount` is not in the body of `Sns.CallbackPrevFriendAdd`, so the condition always finds it missing; did you mean `item.To_Account`?"),
+        "{stdout}"
+    );
 }

@@ -206,6 +206,22 @@ impl FieldPath {
         }
     }
 
+    /// The key under the top-level one (`To_Account` in `item.To_Account`), when there is one.
+    pub fn second_key(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            FieldPath::Key(_) => None,
+            FieldPath::Dotted(parts) => parts.get(1).map(|p| (**p).into()),
+            FieldPath::Pointer(p) => {
+                let second = p.strip_prefix('/')?.split('/').nth(1)?;
+                Some(if second.contains('~') {
+                    second.replace("~1", "/").replace("~0", "~").into()
+                } else {
+                    second.into()
+                })
+            }
+        }
+    }
+
     /// Reads a field as a policy writes it: a key, a dotted path, or a JSON pointer.
     pub fn parse(text: &str) -> Result<FieldPath, FieldPathError> {
         if text.is_empty() {
