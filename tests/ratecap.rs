@@ -452,6 +452,7 @@ async fn caps_of_many_users_spread_over_every_master() {
         .iter()
         .map(|n| n.command(&["EVAL", count, "0"]).trim_start_matches(':').parse().unwrap())
         .collect();
+    eprintln!("cap keys per master: {per_node:?}");
     assert_eq!(per_node.iter().sum::<u64>(), 10_000, "{per_node:?}");
     for keys in &per_node {
         assert!((2_500..=4_200).contains(keys), "each master holds 25–42 % of the cap keys: {per_node:?}");

@@ -261,8 +261,10 @@ impl RedisCaps {
         matches!(self.conn, RedisConn::Cluster(_))
     }
 
+    /// A token as the decimal of a 63-bit number: Redis keeps such a member as an 8-byte
+    /// integer, which makes each counted callback 21 bytes instead of 29 as 16 hex digits.
     fn next_token(&self) -> String {
-        format!("{:x}", self.tokens.fetch_add(1, Ordering::Relaxed))
+        (self.tokens.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64)).to_string()
     }
 
     /// See [`super::CapStore::check`]. Caps are checked in rule order, one script per run of
