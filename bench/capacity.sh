@@ -16,6 +16,8 @@
 #    concurrent decisions reach Redis). One Redis node runs scripts on one core: its
 #    decisions/s is the figure for a cluster's node; a cluster of N masters carries about N
 #    times it, as keys spread evenly (tests/ratecap.rs: caps_of_many_users_spread_over_every_master).
+# 3. A list held in Redis: a set of LIST_IDS (1,000,000) IDs, its memory, and SMISMEMBER on
+#    random IDs (half members) as a decision asks it, measured the same way as the caps.
 #
 # Needs redis-server, redis-cli, redis-benchmark, python3. Prints one summary at the end.
 set -euo pipefail
@@ -30,6 +32,7 @@ fi
 USERS=${USERS:-10000}
 FULL=${FULL:-200}
 REQUESTS=${REQUESTS:-300000}
+LIST_IDS=${LIST_IDS:-1000000}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -123,6 +126,15 @@ bench() {
 rps1=$(bench 1)
 rps16=$(bench 16)
 
+# A list held in Redis: a set of LIST_IDS IDs (made in one script), its memory, and
+# SMISMEMBER (what a decision asks) on random IDs, half of them members.
+before=$(used_memory)
+rcli eval "for i = 1, tonumber(ARGV[1]) do redis.call('SADD', KEYS[1], 'u_' .. i) end return 1" 1 bench:banned "$LIST_IDS" >/dev/null
+set_used=$(( $(used_memory) - before ))
+set_encoding=$(rcli object encoding bench:banned)
+list_rps=$(redis-benchmark -p "$PORT" -c 50 -n "$REQUESTS" -r $((LIST_IDS * 2)) -P 1 -q \
+    SMISMEMBER bench:banned "u___rand_int__" | sed -nE 's/.*: ([0-9.]+) requests per second.*/\1/p' | tail -1)
+
 cat <<EOF
 redis $(redis-server --version | sed -E 's/.*v=([0-9.]+).*/\1/'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)
 memory, cap 60/1h keyed on ownerUserID (keys as callgate writes them):
@@ -132,4 +144,6 @@ memory, cap 60/1h keyed on ownerUserID (keys as callgate writes them):
 throughput of one redis node, the check script on random users' keys, 50 clients:
   one call per round trip: ${rps1} decisions/s
   16 pipelined:            ${rps16} decisions/s
+a list held in redis, ${LIST_IDS} IDs (${set_encoding}): $(( set_used / 1024 / 1024 )) MiB, $(( set_used / LIST_IDS )) B an ID
+  SMISMEMBER of one random ID, one per round trip, 50 clients: ${list_rps} decisions/s
 EOF
