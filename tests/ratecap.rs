@@ -471,6 +471,26 @@ async fn two_instances_on_a_cluster_allow_exactly_the_max_of_concurrent_calls() 
     assert!(answers.iter().all(|a| *a == ALLOW || *a == capped()), "{answers:?}");
     let key = cap_redis_key("per-owner", Duration::from_secs(3600), "ownerUserID", "hot");
     assert_eq!(cluster.cli(cluster.nodes[0].port, &["ZCARD", &key]), "50");
+    // One round trip a decision: 200 scripts run in all (a first EVALSHA on a node that does
+    // not know the script yet fails, then the script is loaded: not counted).
+    let scripts: u64 = cluster.nodes.iter().map(|n| scripts_run(&cluster.cli(n.port, &["INFO", "commandstats"]))).sum();
+    assert_eq!(scripts, 200);
+}
+
+/// Scripts a node ran successfully, from its `INFO commandstats`
+/// (`cmdstat_evalsha:calls=4,usec=…,failed_calls=1`).
+fn scripts_run(info: &str) -> u64 {
+    let mut total = 0;
+    for line in info.lines() {
+        let Some(stats) = line.strip_prefix("cmdstat_evalsha:").or_else(|| line.strip_prefix("cmdstat_eval:")) else {
+            continue;
+        };
+        let stat = |name: &str| -> u64 {
+            stats.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')).map_or(0, |v| v.parse().unwrap())
+        };
+        total += stat("calls") - stat("failed_calls");
+    }
+    total
 }
 
 const OWNER_THEN_TARGET: &str = "rules:\n  - id: per-owner\n    rate_cap: { key: [ownerUserID], max: 50, per: 1h }\n    decision: deny\n    error: { code: 20002, message: too many }\n  - id: per-target\n    rate_cap: { key: [blackUserID], max: 3, per: 1h }\n    decision: deny\n    error: { code: 20003, message: too popular }\n";
@@ -498,6 +518,9 @@ async fn a_call_refused_by_a_cap_on_another_slot_counts_in_no_cap() {
     }
     assert_eq!(cluster.cli(port, &["ZCARD", &owner]), "1", "refused calls were given back from per-owner");
     assert_eq!(cluster.cli(port, &["ZCARD", &target]), "3");
+    // An allowed call: two scripts (one per slot); a refused one: three (the give-back).
+    let scripts: u64 = cluster.nodes.iter().map(|n| scripts_run(&cluster.cli(n.port, &["INFO", "commandstats"]))).sum();
+    assert_eq!(scripts, 3 * 2 + 5 * 3);
     // And u_1 still has 49 of its 50.
     let calls = (0..60).map(|i| unblock("u_1", &format!("other_{i}"))).collect();
     let answers = post_all(&servers, calls).await;
