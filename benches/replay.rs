@@ -98,7 +98,7 @@ fn random_event(rng: &mut Rng) -> callgate::event::Event {
 }
 
 fn replay_all(dir: &Path, set: &PolicySet) -> Report {
-    replay(dir, set, &EventFilter::default(), |_| {}).unwrap()
+    replay(dir, set, &EventFilter::default(), None, |_| {}).unwrap()
 }
 
 /// The process's peak resident memory so far, in bytes (`VmHWM`).

@@ -639,6 +639,16 @@ impl<'de> Deserialize<'de> for RawDecision {
     }
 }
 
+/// As written: `allow` or `deny`.
+impl serde::Serialize for RawDecision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            RawDecision::Allow => "allow",
+            RawDecision::Deny => "deny",
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for RawMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match word(d, &["enforce", "dry_run"])? {

@@ -1,0 +1,176 @@
+//! What replay reads of one record line, without building the line as a `serde_json::Value`:
+//! each field is kept as raw JSON and read as `Value::as_str` or `Value::as_i64` would read
+//! it (anything else is absent), and the body is built only for the keys a policy set
+//! reads, as the server builds a request's. So a record costs one scan and a few small
+//! fields, however large its body.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::Answer;
+
+/// The fields of a record that replay reads, raw.
+#[derive(Deserialize)]
+pub(super) struct Fields<'a> {
+    #[serde(borrow, default)]
+    time: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    source: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    command: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    operation_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    decision: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    rule: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error_code: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    would: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    dry_run: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    body: Option<&'a RawValue>,
+}
+
+/// An answer as a record writes it (the record itself, or its `would`).
+#[derive(Deserialize)]
+struct Answered<'a> {
+    #[serde(borrow, default)]
+    decision: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    rule: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error_code: Option<&'a RawValue>,
+}
+
+/// A dry-run hit as a record writes it.
+#[derive(Deserialize)]
+struct Hit<'a> {
+    #[serde(borrow, default)]
+    rule: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    would: Option<&'a RawValue>,
+}
+
+/// A JSON object as `T`, or `None` for any other JSON. (Derived structs would also take an
+/// array, field by field; a parsed `Value` would not.)
+fn object<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Option<T> {
+    let json = raw.get();
+    if json.starts_with('{') { serde_json::from_str(json).ok() } else { None }
+}
+
+/// A JSON string, as `Value::as_str` reads it: `None` for any other JSON.
+fn text(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    let json = raw?.get();
+    match serde_json::from_str::<&str>(json) {
+        Ok(s) => Some(Cow::Borrowed(s)),
+        // Escapes need an owned string; anything but a string fails both.
+        Err(_) => serde_json::from_str::<String>(json).ok().map(Cow::Owned),
+    }
+}
+
+/// A JSON integer, as `Value::as_i64` reads it.
+fn integer(raw: Option<&RawValue>) -> Option<i64> {
+    serde_json::from_str(raw?.get()).ok()
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of one record line; `Err` when it is not a JSON object.
+    pub(super) fn parse(line: &'a str) -> Result<Fields<'a>, String> {
+        let fields = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+        if !line.trim_start().starts_with('{') {
+            return Err("not a JSON object".into());
+        }
+        Ok(fields)
+    }
+
+    pub(super) fn time(&self) -> Option<Cow<'a, str>> {
+        text(self.time)
+    }
+
+    pub(super) fn source(&self) -> Option<Cow<'a, str>> {
+        text(self.source)
+    }
+
+    pub(super) fn command(&self) -> Option<Cow<'a, str>> {
+        text(self.command)
+    }
+
+    pub(super) fn operation_id(&self) -> Option<Cow<'a, str>> {
+        text(self.operation_id)
+    }
+
+    /// What was answered then: the record's `would` under `serve --dry-run`, else its
+    /// decision.
+    pub(super) fn old_answer(&self) -> Result<Answer, String> {
+        let would = self.would.and_then(object::<Answered<'_>>);
+        let from = would.unwrap_or(Answered { decision: self.decision, rule: self.rule, error_code: self.error_code });
+        let decision = match text(from.decision).as_deref() {
+            Some("allow") => "allow",
+            Some("deny") => "deny",
+            other => return Err(format!("decision {other:?} is neither allow nor deny")),
+        };
+        Ok(Answer { decision, rule: text(from.rule).map(Cow::into_owned), error_code: integer(from.error_code) })
+    }
+
+    /// The dry-run rules that would have refused the record's callback then.
+    pub(super) fn would_denies(&self) -> Vec<Cow<'a, str>> {
+        let Some(hits) = self.dry_run.and_then(|d| serde_json::from_str::<Vec<&RawValue>>(d.get()).ok()) else {
+            return Vec::new();
+        };
+        hits.iter()
+            .filter_map(|h| object::<Hit<'_>>(h))
+            .filter(|h| text(h.would).as_deref() == Some("deny"))
+            .filter_map(|h| text(h.rule).map(|r| Cow::Owned(r.into_owned())))
+            .collect()
+    }
+
+    /// The body's top-level keys that `keep` accepts; `Err` when it is not a JSON object.
+    pub(super) fn body(&self, keep: &dyn Fn(&str) -> bool) -> Result<Map<String, Value>, String> {
+        let raw = self.body.map_or("null", RawValue::get);
+        crate::protocol::parse_object(raw.as_bytes(), keep).map_err(|_| "`body` is not a JSON object".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_read_as_a_parsed_value_reads_them() {
+        let line = r#"{"time":"t\u0031","source":"openim","command":5,"decision":"deny","rule":null,"error_code":150.0,
+            "dry_run":[{"rule":"a","would":"deny"},7,{"rule":"b","would":"allow"}],"body":{"x":1,"y":[2]}}"#;
+        let f = Fields::parse(line).unwrap();
+        assert_eq!(f.time().as_deref(), Some("t1"));
+        assert_eq!(f.command(), None, "not a string");
+        assert_eq!(f.operation_id(), None);
+        assert_eq!(f.old_answer().unwrap(), Answer { decision: "deny", rule: None, error_code: None });
+        assert_eq!(f.would_denies(), ["a"]);
+        assert_eq!(f.body(&|k| k == "y").unwrap(), serde_json::json!({"y": [2]}).as_object().unwrap().clone());
+        assert!(Fields::parse(r#"{"body":[1]}"#).unwrap().body(&|_| true).is_err());
+        assert!(Fields::parse(r#"{}"#).unwrap().body(&|_| true).is_err());
+        assert!(Fields::parse("[1]").is_err());
+    }
+
+    #[test]
+    fn the_old_answer_is_the_would_under_server_dry_run() {
+        let live = Fields::parse(r#"{"decision": "deny", "rule": "r", "error_code": 150}"#).unwrap();
+        assert_eq!(
+            live.old_answer().unwrap(),
+            Answer { decision: "deny", rule: Some("r".into()), error_code: Some(150) }
+        );
+        let dry =
+            Fields::parse(r#"{"decision": "allow", "would": {"decision": "deny", "rule": "w", "error_code": 151}}"#)
+                .unwrap();
+        assert_eq!(
+            dry.old_answer().unwrap(),
+            Answer { decision: "deny", rule: Some("w".into()), error_code: Some(151) }
+        );
+        assert!(Fields::parse(r#"{"decision": "ack"}"#).unwrap().old_answer().is_err());
+    }
+}
