@@ -1,40 +1,74 @@
-//! What replay reads of one record line, without building the line as a `serde_json::Value`:
-//! each field is kept as raw JSON and read as `Value::as_str` or `Value::as_i64` would read
-//! it (anything else is absent), and the body is built only for the keys a policy set
-//! reads, as the server builds a request's. So a record costs one scan and a few small
-//! fields, however large its body.
+//! What replay reads of one record line, in one pass and without building the line as a
+//! `serde_json::Value`: each field is kept as raw JSON and read as `Value::as_str` or
+//! `Value::as_i64` would read it (anything else is absent), and the body is built only for
+//! the keys a policy set reads, by the parser the server decodes requests with. So a record
+//! costs one scan and a few small fields, however large its body.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::Answer;
+use crate::protocol::{Key, TopLevel};
 
-/// The fields of a record that replay reads, raw.
-#[derive(Deserialize)]
+/// The fields of a record that replay reads: raw, but the body.
+#[derive(Default)]
 pub(super) struct Fields<'a> {
-    #[serde(borrow, default)]
     time: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     source: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     command: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     operation_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     decision: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     rule: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     error_code: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     would: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     dry_run: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    body: Option<&'a RawValue>,
+    /// The body's kept keys, or the JSON type found instead of an object.
+    body: Option<Result<Map<String, Value>, &'static str>>,
+}
+
+/// Reads a record line's map into [`Fields`], keeping the body keys `keep` accepts.
+struct FieldsVisitor<'k> {
+    keep: &'k dyn Fn(&str) -> bool,
+}
+
+impl<'de> Visitor<'de> for FieldsVisitor<'_> {
+    type Value = Fields<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a record (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+        let mut f = Fields::default();
+        // A key written twice counts as its last value, as in a parsed `Value`.
+        while let Some(Key(key)) = map.next_key()? {
+            let slot = match &*key {
+                "time" => &mut f.time,
+                "source" => &mut f.source,
+                "command" => &mut f.command,
+                "operation_id" => &mut f.operation_id,
+                "decision" => &mut f.decision,
+                "rule" => &mut f.rule,
+                "error_code" => &mut f.error_code,
+                "would" => &mut f.would,
+                "dry_run" => &mut f.dry_run,
+                "body" => {
+                    f.body = Some(map.next_value_seed(TopLevel { keep: self.keep })?);
+                    continue;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = map.next_value()?;
+        }
+        Ok(f)
+    }
 }
 
 /// An answer as a record writes it (the record itself, or its `would`).
@@ -80,13 +114,12 @@ fn integer(raw: Option<&RawValue>) -> Option<i64> {
 }
 
 impl<'a> Fields<'a> {
-    /// The fields of one record line; `Err` when it is not a JSON object.
-    pub(super) fn parse(line: &'a str) -> Result<Fields<'a>, String> {
-        let fields = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-        if !line.trim_start().starts_with('{') {
-            return Err("not a JSON object".into());
-        }
-        Ok(fields)
+    /// The fields of one record line, with the body keys `keep` accepts; `Err` when it is
+    /// not a JSON object.
+    pub(super) fn parse(line: &'a str, keep: &dyn Fn(&str) -> bool) -> Result<Fields<'a>, String> {
+        let mut de = serde_json::Deserializer::from_str(line);
+        let fields = de.deserialize_map(FieldsVisitor { keep }).and_then(|f| de.end().map(|()| f));
+        fields.map_err(|e| format!("not JSON: {e}"))
     }
 
     pub(super) fn time(&self) -> Option<Cow<'a, str>> {
@@ -130,10 +163,23 @@ impl<'a> Fields<'a> {
             .collect()
     }
 
-    /// The body's top-level keys that `keep` accepts; `Err` when it is not a JSON object.
-    pub(super) fn body(&self, keep: &dyn Fn(&str) -> bool) -> Result<Map<String, Value>, String> {
-        let raw = self.body.map_or("null", RawValue::get);
-        crate::protocol::parse_object(raw.as_bytes(), keep).map_err(|_| "`body` is not a JSON object".to_string())
+    /// The body's kept keys; `Err` when it is not a JSON object. Taken once.
+    pub(super) fn take_body(&mut self) -> Result<Map<String, Value>, String> {
+        match self.body.take() {
+            Some(Ok(body)) => Ok(body),
+            _ => Err("`body` is not a JSON object".into()),
+        }
+    }
+}
+
+/// The whole body of a record line, all its keys (empty when there is none).
+pub(super) fn whole_body(line: &str) -> Map<String, Value> {
+    match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(mut record)) => match record.remove("body") {
+            Some(Value::Object(body)) => body,
+            _ => Map::new(),
+        },
+        _ => Map::new(),
     }
 }
 
@@ -145,32 +191,40 @@ mod tests {
     fn fields_read_as_a_parsed_value_reads_them() {
         let line = r#"{"time":"t\u0031","source":"openim","command":5,"decision":"deny","rule":null,"error_code":150.0,
             "dry_run":[{"rule":"a","would":"deny"},7,{"rule":"b","would":"allow"}],"body":{"x":1,"y":[2]}}"#;
-        let f = Fields::parse(line).unwrap();
+        let mut f = Fields::parse(line, &|k| k == "y").unwrap();
         assert_eq!(f.time().as_deref(), Some("t1"));
         assert_eq!(f.command(), None, "not a string");
         assert_eq!(f.operation_id(), None);
         assert_eq!(f.old_answer().unwrap(), Answer { decision: "deny", rule: None, error_code: None });
         assert_eq!(f.would_denies(), ["a"]);
-        assert_eq!(f.body(&|k| k == "y").unwrap(), serde_json::json!({"y": [2]}).as_object().unwrap().clone());
-        assert!(Fields::parse(r#"{"body":[1]}"#).unwrap().body(&|_| true).is_err());
-        assert!(Fields::parse(r#"{}"#).unwrap().body(&|_| true).is_err());
-        assert!(Fields::parse("[1]").is_err());
+        assert_eq!(f.take_body().unwrap(), serde_json::json!({"y": [2]}).as_object().unwrap().clone());
+        assert_eq!(whole_body(line), serde_json::json!({"x": 1, "y": [2]}).as_object().unwrap().clone());
+        let all = |_: &str| true;
+        assert!(Fields::parse(r#"{"body":[1]}"#, &all).unwrap().take_body().is_err());
+        assert!(Fields::parse(r#"{}"#, &all).unwrap().take_body().is_err());
+        assert!(Fields::parse("[1]", &all).is_err());
+        assert!(Fields::parse(r#"{"body":{}} x"#, &all).is_err(), "trailing characters");
+        let twice = Fields::parse(r#"{"command":"a","command":"b"}"#, &all).unwrap();
+        assert_eq!(twice.command().as_deref(), Some("b"), "the last, as in a parsed Value");
     }
 
     #[test]
     fn the_old_answer_is_the_would_under_server_dry_run() {
-        let live = Fields::parse(r#"{"decision": "deny", "rule": "r", "error_code": 150}"#).unwrap();
+        let all = |_: &str| true;
+        let live = Fields::parse(r#"{"decision": "deny", "rule": "r", "error_code": 150}"#, &all).unwrap();
         assert_eq!(
             live.old_answer().unwrap(),
             Answer { decision: "deny", rule: Some("r".into()), error_code: Some(150) }
         );
-        let dry =
-            Fields::parse(r#"{"decision": "allow", "would": {"decision": "deny", "rule": "w", "error_code": 151}}"#)
-                .unwrap();
+        let dry = Fields::parse(
+            r#"{"decision": "allow", "would": {"decision": "deny", "rule": "w", "error_code": 151}}"#,
+            &all,
+        )
+        .unwrap();
         assert_eq!(
             dry.old_answer().unwrap(),
             Answer { decision: "deny", rule: Some("w".into()), error_code: Some(151) }
         );
-        assert!(Fields::parse(r#"{"decision": "ack"}"#).unwrap().old_answer().is_err());
+        assert!(Fields::parse(r#"{"decision": "ack"}"#, &all).unwrap().old_answer().is_err());
     }
 }

@@ -439,7 +439,10 @@ impl<'s> Run<'s> {
             return Err("torn: the line has no end (a crash while writing, or still being written)".into());
         }
         let text = raw.text.map_err(|e| format!("not UTF-8: {e}"))?;
-        let fields = Fields::parse(text)?;
+        let set = self.set;
+        // Of the body, only what the set reads, as the server decodes a request: no answer
+        // depends on the rest.
+        let mut fields = Fields::parse(text, &|key| key == "callbackCommand" || set.reads(key))?;
         if !passes(filter, &fields, text, cutoff) {
             self.records.filtered_out += 1;
             return Ok(None);
@@ -456,10 +459,7 @@ impl<'s> Run<'s> {
         let at_ms = self.time_ms(&time)?;
         let command = fields.command().ok_or("no `command`")?;
         let old = fields.old_answer()?;
-        let set = self.set;
-        // Only what the set reads, as the server decodes a request: no answer depends on
-        // the rest.
-        let body = fields.body(&|key| key == "callbackCommand" || set.reads(key))?;
+        let body = fields.take_body()?;
 
         self.tick(&time, at_ms);
         let mut event = Event::openim(command.into_owned(), body);
@@ -492,7 +492,7 @@ impl<'s> Run<'s> {
             new,
             at: place(raw),
         };
-        self.changed(&change, &fields);
+        self.changed(&change, text);
         Ok(Some(change))
     }
 
@@ -554,7 +554,7 @@ impl<'s> Run<'s> {
     }
 
     /// Counts a change: by direction, by user, and as an example.
-    fn changed(&mut self, change: &Change, fields: &Fields<'_>) {
+    fn changed(&mut self, change: &Change, line: &str) {
         self.changes.changed += 1;
         match change.direction {
             Direction::AllowToDeny => self.changes.allow_to_deny += 1,
@@ -562,7 +562,7 @@ impl<'s> Run<'s> {
             Direction::OtherRule => self.changes.other_rule += 1,
         }
         // The users are read from the whole body: changes are few, so it is built again.
-        let body = fields.body(&|_| true).unwrap_or_default();
+        let body = fields::whole_body(line);
         for user in users_of(&body) {
             if let Some(n) = self.users.get_mut(user) {
                 *n += 1;
