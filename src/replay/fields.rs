@@ -1,29 +1,29 @@
 //! What replay reads of one record line, in one pass and without building the line as a
-//! `serde_json::Value`: each field is kept as raw JSON and read as `Value::as_str` or
-//! `Value::as_i64` would read it (anything else is absent), and the body is built only for
-//! the keys a policy set reads, by the parser the server decodes requests with. So a record
-//! costs one scan and a few small fields, however large its body.
+//! `serde_json::Value`: each field is read as `Value::as_str` or `Value::as_i64` would read
+//! it (anything else is absent; `would` and `dry_run`, rarely there, are kept raw), and the
+//! body is built only for the keys a policy set reads, by the parser the server decodes
+//! requests with. So a record costs one scan and a few small fields, however large its body.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
-use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::Answer;
 use crate::protocol::{Key, TopLevel};
 
-/// The fields of a record that replay reads: raw, but the body.
+/// The fields of a record that replay reads.
 #[derive(Default)]
 pub(super) struct Fields<'a> {
-    time: Option<&'a RawValue>,
-    source: Option<&'a RawValue>,
-    command: Option<&'a RawValue>,
-    operation_id: Option<&'a RawValue>,
-    decision: Option<&'a RawValue>,
-    rule: Option<&'a RawValue>,
-    error_code: Option<&'a RawValue>,
+    time: Option<Cow<'a, str>>,
+    source: Option<Cow<'a, str>>,
+    command: Option<Cow<'a, str>>,
+    operation_id: Option<Cow<'a, str>>,
+    decision: Option<Cow<'a, str>>,
+    rule: Option<Cow<'a, str>>,
+    error_code: Option<i64>,
     would: Option<&'a RawValue>,
     dry_run: Option<&'a RawValue>,
     /// The body's kept keys, or the JSON type found instead of an object.
@@ -46,16 +46,25 @@ impl<'de> Visitor<'de> for FieldsVisitor<'_> {
         let mut f = Fields::default();
         // A key written twice counts as its last value, as in a parsed `Value`.
         while let Some(Key(key)) = map.next_key()? {
-            let slot = match &*key {
+            let text = match &*key {
                 "time" => &mut f.time,
                 "source" => &mut f.source,
                 "command" => &mut f.command,
                 "operation_id" => &mut f.operation_id,
                 "decision" => &mut f.decision,
                 "rule" => &mut f.rule,
-                "error_code" => &mut f.error_code,
-                "would" => &mut f.would,
-                "dry_run" => &mut f.dry_run,
+                "error_code" => {
+                    f.error_code = map.next_value::<Integer>()?.0;
+                    continue;
+                }
+                "would" => {
+                    f.would = map.next_value()?;
+                    continue;
+                }
+                "dry_run" => {
+                    f.dry_run = map.next_value()?;
+                    continue;
+                }
                 "body" => {
                     f.body = Some(map.next_value_seed(TopLevel { keep: self.keep })?);
                     continue;
@@ -65,7 +74,7 @@ impl<'de> Visitor<'de> for FieldsVisitor<'_> {
                     continue;
                 }
             };
-            *slot = map.next_value()?;
+            *text = map.next_value::<Text<'de>>()?.0;
         }
         Ok(f)
     }
@@ -89,6 +98,82 @@ struct Hit<'a> {
     rule: Option<&'a RawValue>,
     #[serde(borrow, default)]
     would: Option<&'a RawValue>,
+}
+
+/// A field read as `Value::as_str` reads it: a string (borrowed unless it had escapes), or
+/// `None` for any other JSON.
+struct Text<'a>(Option<Cow<'a, str>>);
+
+/// A field read as `Value::as_i64` reads it: an integer in range, or `None` for any other
+/// JSON.
+struct Integer(Option<i64>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_any(Loose).map(|v| Text(if let Scalar::Text(t) = v { Some(t) } else { None }))
+    }
+}
+
+impl<'de> Deserialize<'de> for Integer {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_any(Loose).map(|v| Integer(if let Scalar::Integer(n) = v { Some(n) } else { None }))
+    }
+}
+
+/// What [`Loose`] found.
+enum Scalar<'a> {
+    Text(Cow<'a, str>),
+    Integer(i64),
+    Other,
+}
+
+/// Takes any JSON value, keeping only a string or an integer in `i64`'s range.
+struct Loose;
+
+impl<'de> Visitor<'de> for Loose {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Text(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Text(Cow::Owned(s.to_string())))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Integer(n))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Scalar<'de>, E> {
+        Ok(i64::try_from(n).map_or(Scalar::Other, Scalar::Integer))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
 }
 
 /// A JSON object as `T`, or `None` for any other JSON. (Derived structs would also take an
@@ -123,32 +208,34 @@ impl<'a> Fields<'a> {
     }
 
     pub(super) fn time(&self) -> Option<Cow<'a, str>> {
-        text(self.time)
+        self.time.clone()
     }
 
     pub(super) fn source(&self) -> Option<Cow<'a, str>> {
-        text(self.source)
+        self.source.clone()
     }
 
     pub(super) fn command(&self) -> Option<Cow<'a, str>> {
-        text(self.command)
+        self.command.clone()
     }
 
     pub(super) fn operation_id(&self) -> Option<Cow<'a, str>> {
-        text(self.operation_id)
+        self.operation_id.clone()
     }
 
     /// What was answered then: the record's `would` under `serve --dry-run`, else its
     /// decision.
     pub(super) fn old_answer(&self) -> Result<Answer, String> {
-        let would = self.would.and_then(object::<Answered<'_>>);
-        let from = would.unwrap_or(Answered { decision: self.decision, rule: self.rule, error_code: self.error_code });
-        let decision = match text(from.decision).as_deref() {
+        let (decision, rule, error_code) = match self.would.and_then(object::<Answered<'_>>) {
+            Some(would) => (text(would.decision), text(would.rule), integer(would.error_code)),
+            None => (self.decision.clone(), self.rule.clone(), self.error_code),
+        };
+        let decision = match decision.as_deref() {
             Some("allow") => "allow",
             Some("deny") => "deny",
             other => return Err(format!("decision {other:?} is neither allow nor deny")),
         };
-        Ok(Answer { decision, rule: text(from.rule).map(Cow::into_owned), error_code: integer(from.error_code) })
+        Ok(Answer { decision, rule: rule.map(Cow::into_owned), error_code })
     }
 
     /// The dry-run rules that would have refused the record's callback then.
@@ -204,6 +291,13 @@ mod tests {
         assert!(Fields::parse(r#"{}"#, &all).unwrap().take_body().is_err());
         assert!(Fields::parse("[1]", &all).is_err());
         assert!(Fields::parse(r#"{"body":{}} x"#, &all).is_err(), "trailing characters");
+        let odd = Fields::parse(
+            r#"{"source":["openim"],"decision":"deny","rule":{"r":1},"error_code":18446744073709551615}"#,
+            &all,
+        )
+        .unwrap();
+        assert_eq!(odd.source(), None);
+        assert_eq!(odd.old_answer().unwrap(), Answer { decision: "deny", rule: None, error_code: None });
         let twice = Fields::parse(r#"{"command":"a","command":"b"}"#, &all).unwrap();
         assert_eq!(twice.command().as_deref(), Some("b"), "the last, as in a parsed Value");
     }
