@@ -3,8 +3,8 @@
 //! `eval`), and the peak memory of replaying a large record directory.
 //!
 //! Records are generated in the format the server writes (`record::openim_line`, decided by
-//! the shipped set), from the four OpenIM samples with random user IDs, into files rotated
-//! at 64 MiB as the server rotates them. Throughput is measured over
+//! the shipped set), from the four OpenIM samples with random user IDs, 1,000 a second of
+//! record time, into files rotated at 64 MiB as the server rotates them. Throughput is measured over
 //! [`THROUGHPUT_BYTES`] of them; peak memory (`VmHWM`, reset before the replay through
 //! `/proc/self/clear_refs`) over `CALLGATE_REPLAY_BENCH_BYTES` (default 1 GiB).
 //!
@@ -73,7 +73,8 @@ fn write_records(set: &PolicySet, bytes: u64, seed: u64) -> Records {
         let mut event = random_event(&mut rng);
         event.operation_id = format!("op-{records}");
         let decision = set.decide(&event);
-        let line = record::openim_line(&event, &decision, false, set.version(), Duration::from_micros(40)).to_vec();
+        let mut line = record::openim_line(&event, &decision, false, set.version(), Duration::from_micros(40)).to_vec();
+        set_time(&mut line, records);
         file.as_mut().unwrap().write_all(&line).unwrap();
         records += 1;
         written += line.len() as u64;
@@ -81,6 +82,21 @@ fn write_records(set: &PolicySet, bytes: u64, seed: u64) -> Records {
     }
     file.unwrap().flush().unwrap();
     Records { dir, records, bytes: written, files }
+}
+
+/// Records arrive at this many a second, from [`FIRST_RECORD_MS`]: the rate caps' windows
+/// then hold what a busy server's would, not every record (as the time of writing would).
+const RECORDS_PER_SECOND: u64 = 1_000;
+/// The time of the first record: 2026-12-01T00:00:00Z.
+const FIRST_RECORD_MS: u64 = 1_796_083_200_000;
+
+/// Writes the `n`th record's time over the time `openim_line` wrote (the same length).
+fn set_time(line: &mut [u8], n: u64) {
+    const PREFIX: &[u8] = b"{\"time\":\"";
+    let ms = FIRST_RECORD_MS + n * 1000 / RECORDS_PER_SECOND;
+    let time = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string();
+    assert!(line.starts_with(PREFIX) && line[PREFIX.len() + time.len()] == b'"', "a record starts with its time");
+    line[PREFIX.len()..PREFIX.len() + time.len()].copy_from_slice(time.as_bytes());
 }
 
 /// One of the samples with random IDs: mostly messages and unblocks, now and then a system
