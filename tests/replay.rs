@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a failure should panic")]
 //! `callgate replay` over records written by a real `callgate serve`: the server answers a
 //! known sequence of callbacks, is stopped (so its records are on disk), and candidate
-//! policy sets are replayed against its records.
+//! policy sets are replayed against its records — over several rotated record files too —
+//! and the test cases `--write-cases` writes from them are run by `callgate test`.
 
 mod common;
 
@@ -440,4 +441,21 @@ async fn max_cases_keeps_one_case_per_rule_first() {
     assert!(err.contains("cannot write the cases to"), "{err}");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, ["cases.yaml"]);
+}
+
+#[tokio::test]
+async fn a_case_that_would_not_pass_is_left_out_and_said() {
+    let live = policies(&[NO_SYS]);
+    let server = recorded(&live, &REGEX_CALLS).await;
+    // A rule named `default` makes `rule: default` ambiguous: `callgate test` refuses such a
+    // case, so none can be written.
+    let candidate = policies(&[&NO_SYS.replace("id: no-sys", "id: default")]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cases.yaml");
+    let (code, _, err) = replay(server.data_dir(), candidate.path(), &["--write-cases", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("wrote 0 case(s)"), "{err}");
+    assert!(err.contains("6 callback(s) left out"), "{err}");
+    assert!(err.contains("a rule is also named `default`"), "{err}");
+    assert!(std::fs::read_to_string(&file).unwrap().starts_with("# Written by `callgate replay --write-cases`"));
 }

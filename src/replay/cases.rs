@@ -30,6 +30,9 @@ use crate::policy::{PolicySet, pinning_case};
 /// How many cases `--write-cases` writes unless `--max-cases` says otherwise.
 pub const DEFAULT_MAX_CASES: usize = 200;
 
+/// Callbacks whose case failed that are remembered, so as not to be tried again.
+const UNREPRODUCED_REMEMBERED: u64 = 1_000;
+
 /// Why the cases could not be written.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write the cases to `{}`", file.display())]
@@ -84,12 +87,15 @@ pub struct CasePicker {
 pub struct CasesWritten {
     /// Cases written.
     pub written: usize,
-    /// Of them: pins, changes, others.
+    /// Of them, pinning a rule for a command.
     pub pins: usize,
+    /// Of them, changed callbacks.
     pub changed: usize,
+    /// Of them, the others.
     pub others: usize,
-    /// Callbacks left out because their case did not pass offline (and the first reason).
+    /// Callbacks left out because their case did not pass offline.
     pub unreproduced: u64,
+    /// Why the first of those did not.
     pub first_problem: Option<String>,
 }
 
@@ -125,7 +131,8 @@ impl CasePicker {
             return;
         }
         let caps: BTreeMap<String, u64> = offer.decision.caps.iter().map(|c| (c.rule.to_string(), c.count)).collect();
-        if !self.seen.insert(identity(offer, &caps)) {
+        let identity = identity(offer, &caps);
+        if !self.seen.insert(identity) {
             return;
         }
         let name = match offer.event.operation_id.as_str() {
@@ -141,6 +148,10 @@ impl CasePicker {
             Err(problem) => {
                 self.unreproduced += 1;
                 self.first_problem.get_or_insert(problem);
+                // Kept cases bound `seen`; past a few, failures are not remembered either.
+                if self.unreproduced > UNREPRODUCED_REMEMBERED {
+                    self.seen.remove(&identity);
+                }
             }
         }
     }
