@@ -1,20 +1,17 @@
 //! `POST /openim[/{command}][?command=…]`: OpenIM callbacks, decided by the policy set.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use metrics::{Counter, Histogram};
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::{Filter, Rejection};
 
 use super::body::read_limited;
-use super::{Peer, access};
+use super::{Peer, access, observe};
 use super::{State, closing, json_reply};
-use crate::catalog;
-use crate::decision::{Decision, Outcome};
+use crate::decision::Outcome;
 use crate::protocol::BodyError;
 use crate::protocol::openim::{self, DecodeError, OpenImVersion};
 use crate::record;
@@ -101,85 +98,11 @@ async fn handle(
     let decision = set.decide_with_caps(&event, &state.caps, state.on_error).await;
     let latency = started.elapsed();
     if let Some(recorder) = &state.recorder {
-        recorder.record(record::openim_line(&event, &decision, state.is_dry_run, set.version(), latency)).await;
+        recorder.record(record::decided_line(&event, None, &decision, state.is_dry_run, set.version(), latency)).await;
     }
-    observe(&event.command, &decision, state.is_dry_run, latency);
+    observe::decision(&event.command, &decision, state.is_dry_run, latency);
     let answer = if state.is_dry_run { &Outcome::Allow } else { &decision.outcome };
     json_reply(StatusCode::OK, openim::encode(answer, version))
-}
-
-/// Metrics and logs of one decision. Labels stay bounded: commands OpenIM does not define
-/// count as `other`, and rule ids come from the policy set.
-fn observe(command: &str, decision: &Decision, is_dry_run: bool, latency: std::time::Duration) {
-    let rule = decision.rule.as_deref().unwrap_or("(default)");
-    let outcome = match (&decision.outcome, is_dry_run) {
-        (Outcome::Allow, _) => 0,
-        (Outcome::Deny(_), false) => 1,
-        (Outcome::Deny(_), true) => 2,
-    };
-    HANDLES.with_borrow_mut(|handles| {
-        handles.decision(openim::command_index(command), rule, outcome).increment(1);
-        handles.latency.record(latency.as_secs_f64());
-        for hit in &decision.dry_run {
-            handles.dry_run_hit(&hit.rule, matches!(hit.outcome, Outcome::Deny(_))).increment(1);
-            // Records and the metric carry every hit; a log line each would flood the log.
-            tracing::debug!(command, rule = %hit.rule, would = hit.outcome.as_str(), "dry-run rule held");
-        }
-    });
-    if outcome == 2 {
-        tracing::debug!(command, rule, "dry run: would deny");
-    }
-}
-
-thread_local! {
-    /// Each worker thread's handles of the decision metrics. Finding a labelled metric in the
-    /// registry hashes and clones its labels, which cost as much as deciding; a handle, once
-    /// found, is kept for as long as the thread. Rule ids are bounded by the policy sets
-    /// loaded, as the registry's own series are.
-    static HANDLES: std::cell::RefCell<Handles> = std::cell::RefCell::new(Handles::default());
-}
-
-const OUTCOMES: [&str; 3] = ["allow", "deny", "would_deny"];
-
-struct Handles {
-    /// `callgate_decisions_total` by rule, then by command index and outcome.
-    decisions: HashMap<Box<str>, Vec<Option<Counter>>>,
-    /// `callgate_dry_run_hits_total` by rule: would allow, would deny.
-    dry_run_hits: HashMap<Box<str>, [Counter; 2]>,
-    latency: Histogram,
-}
-
-impl Default for Handles {
-    fn default() -> Handles {
-        Handles {
-            decisions: HashMap::new(),
-            dry_run_hits: HashMap::new(),
-            latency: metrics::histogram!("callgate_decision_seconds"),
-        }
-    }
-}
-
-impl Handles {
-    fn decision(&mut self, command: Option<usize>, rule: &str, outcome: usize) -> &Counter {
-        if !self.decisions.contains_key(rule) {
-            let slots = (catalog::OPENIM.len() + 1) * OUTCOMES.len();
-            self.decisions.insert(rule.into(), vec![None; slots]);
-        }
-        let slots = self.decisions.get_mut(rule).map(Vec::as_mut_slice).unwrap_or_default();
-        let at = command.unwrap_or(catalog::OPENIM.len()) * OUTCOMES.len() + outcome;
-        slots[at].get_or_insert_with(|| {
-            let command = command.map_or("other", |i| catalog::OPENIM[i].name);
-            metrics::counter!("callgate_decisions_total", "command" => command, "rule" => rule.to_string(), "outcome" => OUTCOMES[outcome])
-        })
-    }
-
-    fn dry_run_hit(&mut self, rule: &str, would_deny: bool) -> &Counter {
-        if !self.dry_run_hits.contains_key(rule) {
-            let counter = |would: &'static str| metrics::counter!("callgate_dry_run_hits_total", "rule" => rule.to_string(), "would" => would);
-            self.dry_run_hits.insert(rule.into(), [counter("allow"), counter("deny")]);
-        }
-        &self.dry_run_hits[rule][usize::from(would_deny)]
-    }
 }
 
 /// The answer to a request that could not be decoded: "go on" (there is nothing to decide),
