@@ -2,7 +2,7 @@
 //! policies (`policies/`) and with a generated set of 1,000 rules (`common`, shared with
 //! `eval`), and the peak memory of replaying a large record directory.
 //!
-//! Records are generated in the format the server writes (`record::openim_line`, decided by
+//! Records are generated in the format the server writes (`record::decided_line`, decided by
 //! the shipped set), from the four OpenIM samples with random user IDs, 1,000 a second of
 //! record time, into files rotated at 64 MiB as the server rotates them. Throughput is measured over
 //! [`THROUGHPUT_BYTES`] of them; peak memory (`VmHWM`, reset before the replay through
@@ -73,7 +73,8 @@ fn write_records(set: &PolicySet, bytes: u64, seed: u64) -> Records {
         let mut event = random_event(&mut rng);
         event.operation_id = format!("op-{records}");
         let decision = set.decide(&event);
-        let mut line = record::openim_line(&event, &decision, false, set.version(), Duration::from_micros(40)).to_vec();
+        let mut line =
+            record::decided_line(&event, None, &decision, false, set.version(), Duration::from_micros(40)).to_vec();
         set_time(&mut line, records);
         file.as_mut().unwrap().write_all(&line).unwrap();
         records += 1;
@@ -90,7 +91,7 @@ const RECORDS_PER_SECOND: u64 = 1_000;
 /// The time of the first record: 2026-12-01T00:00:00Z.
 const FIRST_RECORD_MS: u64 = 1_796_083_200_000;
 
-/// Writes the `n`th record's time over the time `openim_line` wrote (the same length).
+/// Writes the `n`th record's time over the time `decided_line` wrote (the same length).
 fn set_time(line: &mut [u8], n: u64) {
     const PREFIX: &[u8] = b"{\"time\":\"";
     let ms = FIRST_RECORD_MS + n * 1000 / RECORDS_PER_SECOND;

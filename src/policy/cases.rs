@@ -165,6 +165,7 @@ pub fn pinning_case(
         decision: match decision.outcome {
             Outcome::Allow => RawDecision::Allow,
             Outcome::Deny(_) => RawDecision::Deny,
+            Outcome::Discard => RawDecision::Discard,
         },
         rule: Some(decision.rule.as_deref().unwrap_or(DEFAULT_RULE).to_string()),
         error_code: decision.outcome.error_code().map(i64::from),

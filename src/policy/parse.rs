@@ -708,12 +708,13 @@ impl<'de> Deserialize<'de> for RawDecision {
     }
 }
 
-/// As written: `allow` or `deny`.
+/// As written: `allow`, `deny` or `discard`.
 impl serde::Serialize for RawDecision {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(match self {
             RawDecision::Allow => "allow",
             RawDecision::Deny => "deny",
+            RawDecision::Discard => "discard",
         })
     }
 }
