@@ -15,7 +15,7 @@ use callgate::event::Event;
 use callgate::event::{CommandNaming, resolve_command};
 use callgate::policy::{self, PolicyStore};
 use callgate::record::{self, EventFilter};
-use callgate::replay::FailOn;
+use callgate::replay::{CasePicker, FailOn};
 use callgate::server;
 
 /// A policy-gated callback decision engine for OpenIM and Tencent Cloud Chat.
@@ -98,6 +98,14 @@ enum Command {
         /// Exit 1 when more than N callbacks change
         #[arg(long, value_name = "N")]
         max_changes: Option<u64>,
+        /// Also write policy test cases (the tests/*.yaml format) pinning what the candidate
+        /// decides for the replayed callbacks: one per rule and command, then the changes,
+        /// then others
+        #[arg(long, value_name = "FILE")]
+        write_cases: Option<PathBuf>,
+        /// At most N cases in --write-cases
+        #[arg(long, value_name = "N", requires = "write_cases", default_value_t = callgate::replay::DEFAULT_MAX_CASES)]
+        max_cases: usize,
     },
 }
 
@@ -197,9 +205,11 @@ fn main() -> ExitCode {
         Command::Events { records, decision, source, limit, follow } => {
             events(&records, decision, source, limit.unwrap_or(0), follow)
         }
-        Command::Replay { policies, records, format, fail_on, max_changes } => {
+        Command::Replay { policies, records, format, fail_on, max_changes, write_cases, max_cases } => {
+            let gate = Gate { fail_on, max_changes };
+            let cases = write_cases.map(|file| (file, max_cases));
             // Exit 1 is the gate's; a replay that cannot run at all is 2.
-            return replay(&policies, &records, format, &fail_on, max_changes).unwrap_or_else(|err| {
+            return replay(&policies, &records, format, &gate, cases).unwrap_or_else(|err| {
                 eprintln!("callgate: {err:#}");
                 ExitCode::from(2)
             });
@@ -478,19 +488,26 @@ fn events(
     }
 }
 
+/// What turns a replay into exit code 1: `--fail-on` and `--max-changes`.
+struct Gate {
+    fail_on: Vec<FailOn>,
+    max_changes: Option<u64>,
+}
+
 fn replay(
     dir: &Path,
     records: &RecordsArgs,
     format: ReplayFormat,
-    fail_on: &[FailOn],
-    max_changes: Option<u64>,
+    gate: &Gate,
+    cases: Option<(PathBuf, usize)>,
 ) -> Result<ExitCode> {
     let set = load(dir)?;
     let filter = records.filter()?;
     let data_dir = records.data_dir()?;
+    let mut picker = cases.as_ref().map(|&(_, max)| CasePicker::new(max));
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut written = Ok(());
-    let report = callgate::replay::replay(&data_dir, &set, &filter, |change| {
+    let report = callgate::replay::replay(&data_dir, &set, &filter, picker.as_mut(), |change| {
         if matches!(format, ReplayFormat::Jsonl) && written.is_ok() {
             written = serde_json::to_writer(&mut out, change)
                 .map_err(anyhow::Error::from)
@@ -504,7 +521,25 @@ fn replay(
         ReplayFormat::Jsonl => {}
     }
     out.flush()?;
-    let reasons = report.trips(fail_on, max_changes);
+    if let (Some(picker), Some((file, _))) = (picker, &cases) {
+        let w = picker.write(file, &report)?;
+        // On stderr: stdout is the report, which may be JSON.
+        eprintln!(
+            "callgate replay: wrote {} case(s) to {} ({} pinning a rule, {} changed, {} other)",
+            w.written,
+            file.display(),
+            w.pins,
+            w.changed,
+            w.others
+        );
+        if let Some(problem) = &w.first_problem {
+            eprintln!(
+                "callgate replay: {} callback(s) left out: their case does not reproduce the replay's decision offline; first: {problem}",
+                w.unreproduced
+            );
+        }
+    }
+    let reasons = report.trips(&gate.fail_on, gate.max_changes);
     for reason in &reasons {
         eprintln!("callgate replay: {reason}");
     }

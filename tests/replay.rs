@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a failure should panic")]
 //! `callgate replay` over records written by a real `callgate serve`: the server answers a
 //! known sequence of callbacks, is stopped (so its records are on disk), and candidate
-//! policy sets are replayed against its records.
+//! policy sets are replayed against its records — over several rotated record files too —
+//! and the test cases `--write-cases` writes from them are run by `callgate test`.
 
 mod common;
 
@@ -294,4 +295,167 @@ async fn under_server_dry_run_the_old_answer_is_what_enforcement_would_have_sent
         assert_eq!(c["old"], serde_json::json!({"decision": "deny", "rule": "no-sys", "error_code": 150}));
         assert_eq!(c["new"], serde_json::json!({"decision": "deny", "rule": "no-sys", "error_code": 151}));
     }
+}
+
+/// The record files of a data directory, oldest first.
+fn record_files(data: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The 1-based position of a change's record among all records, across files.
+fn position_of(change: &Value, files: &[std::path::PathBuf]) -> usize {
+    let at = change["at"].as_str().unwrap();
+    let (file, _) = at.rsplit_once(':').unwrap();
+    let before: usize = files
+        .iter()
+        .take_while(|f| f.to_str().unwrap() != file)
+        .map(|f| std::fs::read_to_string(f).unwrap().lines().count())
+        .sum();
+    before + line_of(change)
+}
+
+#[tokio::test]
+async fn records_rotated_over_several_files_are_replayed_in_order_caps_included() {
+    // 48 calls by four owners, a guest or a sys_ account now and then; files rotate at
+    // 4 KiB (the least `serve` takes), so about a dozen records a file.
+    let names: Vec<(String, String)> = (0..48)
+        .map(|i| {
+            let black = match i % 7 {
+                3 => format!("guest_{i}"),
+                5 => format!("sys_{i}"),
+                _ => format!("x{i}"),
+            };
+            (["a", "b", "c", "d"][i % 4].to_string(), black)
+        })
+        .collect();
+    let calls: Vec<(&str, &str)> = names.iter().map(|(o, b)| (o.as_str(), b.as_str())).collect();
+    let live = policies(&[NO_SYS, &cap_rule(100)]);
+    let mut server = Server::start(live.path(), &["--record-max-bytes", "4096"]);
+    for (owner, black) in &calls {
+        assert_eq!(server.post(UNBLOCK, &unblock(owner, black)).await.0, 200);
+    }
+    assert_eq!(server.terminate(), Some(0));
+    let files = record_files(server.data_dir());
+    assert!(files.len() >= 3, "records rotated into {} file(s)", files.len());
+
+    // A regex: exactly the guest calls, wherever their file.
+    let candidate = policies(&[NO_SYS, NO_GUEST, &cap_rule(100)]);
+    let r = report(server.data_dir(), candidate.path(), &[]);
+    assert_eq!(r["records"]["replayed"], 48);
+    assert_eq!(r["records"]["malformed"], 0);
+    let guests: Vec<usize> = (1..=48).filter(|&i| calls[i - 1].1.starts_with("guest_")).collect();
+    let changed = changes(server.data_dir(), candidate.path());
+    assert_eq!(changed.iter().map(|c| position_of(c, &files)).collect::<Vec<_>>(), guests);
+
+    // A cap of 3 per owner: the counts carry over from one file to the next.
+    let candidate = policies(&[NO_SYS, &cap_rule(3)]);
+    let changed = changes(server.data_dir(), candidate.path());
+    let expected = refused_by_cap(&calls, 3);
+    assert!(expected.len() > 20);
+    assert_eq!(changed.iter().map(|c| position_of(c, &files)).collect::<Vec<_>>(), expected);
+    let files_with_changes: std::collections::BTreeSet<&str> =
+        changed.iter().map(|c| c["at"].as_str().unwrap().rsplit_once(':').unwrap().0).collect();
+    assert!(files_with_changes.len() >= 2, "{files_with_changes:?}");
+}
+
+/// The cases of a file written by `--write-cases`.
+fn written_cases(file: &Path) -> Vec<Value> {
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    serde_json::to_value(yaml).unwrap().as_array().unwrap().clone()
+}
+
+/// A dry-run rule beside the enforced ones, so cases pin dry-run hits too.
+const TRIAL: &str = "  - id: trial\n    when:\n      blackUserID: { regex: '^x1' }\n    decision: deny\n    error: { code: 170, message: trial }\n    mode: dry_run\n";
+
+#[tokio::test]
+async fn written_cases_pin_the_candidates_decisions_and_pass_callgate_test() {
+    let live = policies(&[NO_SYS, &cap_rule(100)]);
+    let mut calls = CAP_CALLS.to_vec();
+    calls.extend([("a", "sys_1"), ("c", "guest_1"), ("a", "sys_1")]);
+    let server = recorded(&live, &calls).await;
+    let candidate = policies(&[NO_SYS, NO_GUEST, TRIAL, &cap_rule(2)]);
+    let file = candidate.path().join("tests/replayed.yaml");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+
+    let (code, out, err) =
+        replay(server.data_dir(), candidate.path(), &["--write-cases", file.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    serde_json::from_str::<Value>(&out).expect("stdout is still the JSON report");
+    let cases = written_cases(&file);
+    // 15 callbacks, of which ("a", "sys_1") three times: 13 cases.
+    assert_eq!(cases.len(), 13, "{}", std::fs::read_to_string(&file).unwrap());
+    assert!(err.contains("wrote 13 case(s)"), "{err}");
+    let rules: std::collections::BTreeSet<&str> = cases.iter().map(|c| c["expect"]["rule"].as_str().unwrap()).collect();
+    assert_eq!(rules, ["default", "no-guest", "no-sys", "unblock-rate"].into());
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        assert!(name.starts_with("callbackAfterRemoveBlackCommand op-test at 20"), "{name}");
+        let keys: Vec<&String> = case["callback"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["blackUserID", "callbackCommand", "ownerUserID"], "only what the set reads");
+    }
+    // The capped calls carry the count the replay found, and the cap's refusal.
+    let capped: Vec<&Value> = cases.iter().filter(|c| c["expect"]["rule"] == "unblock-rate").collect();
+    assert_eq!(capped.len(), refused_by_cap(&CAP_CALLS, 2).len());
+    assert!(capped.iter().all(|c| c["caps"]["unblock-rate"] == 2 && c["expect"]["error_code"] == 20002));
+    let trial = cases.iter().filter(|c| c["expect"]["dry_run"] == serde_json::json!(["trial"])).count();
+    assert_eq!(trial, 2, "x1, by owners a and b");
+
+    let (code, out) = callgate_stdout(&["test", "--policies", candidate.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with("13 passed, 0 failed\n"), "{out}");
+
+    // They pin the candidate, not the live set: against the live set the changes fail.
+    let against_live = PolicyDir::with("10.yaml", &format!("rules:\n{}{}{TRIAL}{}", NO_SYS, NO_GUEST, cap_rule(100)));
+    against_live.write("tests/replayed.yaml", &std::fs::read_to_string(&file).unwrap());
+    let (code, out) = callgate_stdout(&["test", "--policies", against_live.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.ends_with(&format!("{} passed, {} failed\n", 13 - capped.len(), capped.len())), "{out}");
+}
+
+#[tokio::test]
+async fn max_cases_keeps_one_case_per_rule_first() {
+    let live = policies(&[NO_SYS, &cap_rule(100)]);
+    let server = recorded(&live, &CAP_CALLS).await;
+    let candidate = policies(&[NO_SYS, &cap_rule(2)]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cases.yaml");
+    let args = ["--write-cases", file.to_str().unwrap(), "--max-cases", "3"];
+    let (code, _, err) = replay(server.data_dir(), candidate.path(), &args);
+    assert_eq!(code, Some(0), "{err}");
+    let rules: Vec<String> =
+        written_cases(&file).iter().map(|c| c["expect"]["rule"].as_str().unwrap().to_string()).collect();
+    // The default, no-sys and the cap each decided: one of each, in record order.
+    assert_eq!(rules, ["default", "no-sys", "unblock-rate"]);
+    assert!(err.contains("(3 pinning a rule, 0 changed, 0 other)"), "{err}");
+
+    // A file that cannot be written: exit 2, and nothing left behind.
+    let bad = dir.path().join("no/such/dir/cases.yaml");
+    let (code, _, err) = replay(server.data_dir(), candidate.path(), &["--write-cases", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot write the cases to"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["cases.yaml"]);
+}
+
+#[tokio::test]
+async fn a_case_that_would_not_pass_is_left_out_and_said() {
+    let live = policies(&[NO_SYS]);
+    let server = recorded(&live, &REGEX_CALLS).await;
+    // A rule named `default` makes `rule: default` ambiguous: `callgate test` refuses such a
+    // case, so none can be written.
+    let candidate = policies(&[&NO_SYS.replace("id: no-sys", "id: default")]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cases.yaml");
+    let (code, _, err) = replay(server.data_dir(), candidate.path(), &["--write-cases", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("wrote 0 case(s)"), "{err}");
+    assert!(err.contains("6 callback(s) left out"), "{err}");
+    assert!(err.contains("a rule is also named `default`"), "{err}");
+    assert!(std::fs::read_to_string(&file).unwrap().starts_with("# Written by `callgate replay --write-cases`"));
 }

@@ -2,14 +2,16 @@
 //! with the decision the policy set must reach, run by `callgate test`.
 //!
 //! This module reads and checks the case files and evaluates each case with
-//! [`PolicySet::explain`]; it returns structured results and prints nothing. The file
-//! format is documented in the README ("Policy tests").
+//! [`PolicySet::explain`]; it returns structured results and prints nothing. It also writes
+//! cases ([`pinning_case`], for `callgate replay --write-cases`), through the same types
+//! it reads, so what it writes is what it reads. The file format is documented in
+//! docs/policies.md ("Policy tests").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::lines::sequence_item_lines;
@@ -81,31 +83,36 @@ pub struct CaseReport {
 }
 
 /// One case as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawCase {
     name: String,
     /// Decide as this command; by default the callback's `callbackCommand`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     command: Option<String>,
     /// The callback body.
     callback: Map<String, Value>,
     /// Rule id → allowed callbacks already in that rule's window for this callback's key.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     caps: BTreeMap<String, u64>,
     expect: Expect,
 }
 
 /// What a case expects; every field but `decision` is checked only when given.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct Expect {
     #[serde(deserialize_with = "parse::rule_decision")]
     decision: RawDecision,
     /// The rule that decides, or `default`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error_code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error_message: Option<String>,
     /// The dry-run rules that held, as a set.
+    #[serde(skip_serializing_if = "Option::is_none")]
     dry_run: Option<BTreeSet<String>>,
 }
 
@@ -137,6 +144,49 @@ pub fn run_cases(set: &PolicySet, policy_dir: &Path) -> Result<CaseRun, Vec<Case
     }
     let reports = cases.into_iter().map(|case| run_case(set, case)).collect();
     Ok(CaseRun { files, reports })
+}
+
+/// A case that pins what `set` decides for a callback: the decision, the deciding rule (or
+/// `default`), the errCode of a refusal, and the dry-run rules that held (as a set, so also
+/// that no other held). `caps` gives each rate-capped rule's count before the callback.
+/// Returns the case as YAML (one `- name: …` list item), checked the way `callgate test`
+/// checks it and run against `set`; `Err` says why it cannot pin the decision.
+pub fn pinning_case(
+    set: &PolicySet,
+    name: String,
+    command: &str,
+    callback: Map<String, Value>,
+    caps: BTreeMap<String, u64>,
+    decision: &Decision,
+) -> Result<String, String> {
+    // Name the command only where the callback does not.
+    let is_named = callback.get(CASE_NAMING.body_key).and_then(Value::as_str) == Some(command);
+    let expect = Expect {
+        decision: match decision.outcome {
+            Outcome::Allow => RawDecision::Allow,
+            Outcome::Deny(_) => RawDecision::Deny,
+            Outcome::Discard => RawDecision::Discard,
+        },
+        rule: Some(decision.rule.as_deref().unwrap_or(DEFAULT_RULE).to_string()),
+        error_code: decision.outcome.error_code().map(i64::from),
+        error_message: None,
+        dry_run: Some(dry_run_ids(decision)),
+    };
+    let case = RawCase { name, command: (!is_named).then(|| command.to_string()), callback, caps, expect };
+    let text = serde_yaml_ng::to_string(&[&case]).map_err(|e| format!("cannot write the case as YAML: {e}"))?;
+    // Read back as `callgate test` reads it: what is written is what is run.
+    let file = Path::new("(written case)");
+    let (mut cases, mut errors) = (Vec::new(), Vec::new());
+    read_cases(set, file, &text, &mut cases, &mut errors);
+    if let Some(e) = errors.first() {
+        return Err(e.to_string());
+    }
+    for case in cases {
+        if let Some(failure) = run_case(set, case).failure {
+            return Err(failure);
+        }
+    }
+    Ok(text)
 }
 
 fn case_files(dir: &Path) -> Result<Vec<PathBuf>, CaseError> {

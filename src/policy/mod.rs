@@ -37,7 +37,7 @@ mod set;
 mod syntax;
 mod warn;
 
-pub use cases::{CASES_DIR, CaseError, CaseReport, CaseRun, run_cases};
+pub use cases::{CASES_DIR, CaseError, CaseReport, CaseRun, pinning_case, run_cases};
 pub use error::{ListError, LoadError, LoadErrors, RuleError};
 pub use eval::{Listed, Plan};
 pub use load::{load_dir, load_dir_after};

@@ -710,6 +710,17 @@ impl<'de> Deserialize<'de> for RawDecision {
     }
 }
 
+/// As written: `allow`, `deny` or `discard`.
+impl serde::Serialize for RawDecision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            RawDecision::Allow => "allow",
+            RawDecision::Deny => "deny",
+            RawDecision::Discard => "discard",
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for RawMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match word(d, &["enforce", "dry_run"])? {

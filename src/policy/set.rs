@@ -18,8 +18,12 @@ pub struct PolicySet {
     pub(crate) rules: Vec<Rule>,
     pub(crate) default: Outcome,
     pub(crate) index: Index,
-    /// Every top-level body key a rule reads, sorted: decoders need keep no other.
+    /// Every top-level body key a rule reads, by length then bytes: decoders need keep no
+    /// other.
     body_keys: Box<[Box<str>]>,
+    /// Bit `n` set when a body key is `n` bytes long (bit 63: 63 or more). Asked for every
+    /// key of every body, [`PolicySet::reads`] answers most with this alone.
+    body_key_lengths: u64,
     /// The rules that test a list held in Redis, in order: what a decision asks about.
     pub(crate) redis_list_rules: Vec<u32>,
     warnings: Vec<Warning>,
@@ -53,7 +57,11 @@ impl PolicySet {
     /// rate-cap key, or below it by a dotted path or JSON pointer). A decoder may drop the
     /// other keys: no answer can depend on them.
     pub fn reads(&self, key: &str) -> bool {
-        self.body_keys.binary_search_by(|k| (**k).cmp(key)).is_ok()
+        if self.body_key_lengths & length_bit(key) == 0 {
+            return false;
+        }
+        // By length first: most comparisons end without comparing bytes.
+        self.body_keys.binary_search_by(|k| (k.len(), k.as_bytes()).cmp(&(key.len(), key.as_bytes()))).is_ok()
     }
 
     /// Every compiled regex of the set, by pattern.
@@ -84,6 +92,7 @@ impl PolicySet {
             default: Outcome::Allow,
             index: Index::default(),
             body_keys: Box::default(),
+            body_key_lengths: 0,
             redis_list_rules: Vec::new(),
             warnings: Vec::new(),
             version: String::new(),
@@ -101,9 +110,10 @@ impl PolicySet {
     ) -> PolicySet {
         let index = Index::build(&rules);
         let body_keys = body_keys(&rules);
+        let body_key_lengths = body_keys.iter().fold(0, |bits, key| bits | length_bit(key));
         let redis_list_rules =
             (0..rules.len() as u32).filter(|&i| tests_a_redis_list(&rules[i as usize].when)).collect();
-        PolicySet { rules, default, index, body_keys, redis_list_rules, warnings, version, files }
+        PolicySet { rules, default, index, body_keys, body_key_lengths, redis_list_rules, warnings, version, files }
     }
 }
 
@@ -117,7 +127,12 @@ fn tests_a_redis_list(group: &Group) -> bool {
     })
 }
 
-/// The top-level body keys `rules` read, sorted and without repeats.
+/// The bit of [`PolicySet::body_key_lengths`] for `key`.
+fn length_bit(key: &str) -> u64 {
+    1 << key.len().min(63)
+}
+
+/// The top-level body keys `rules` read, by length then bytes, without repeats.
 fn body_keys(rules: &[Rule]) -> Box<[Box<str>]> {
     fn walk(group: &Group, out: &mut Vec<Box<str>>) {
         for cond in &group.0 {
@@ -135,7 +150,28 @@ fn body_keys(rules: &[Rule]) -> Box<[Box<str>]> {
             keys.extend(cap.fields.iter().map(|f| f.top_key().into()));
         }
     }
-    keys.sort_unstable();
+    keys.sort_unstable_by(|a, b| (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes())));
     keys.dedup();
     keys.into()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_exactly_the_top_level_keys_of_conditions_and_cap_keys() {
+        let long = "k".repeat(70);
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "rules:\n  - id: r\n    when:\n      sendID: {{ equals: a }}\n      ex.inner: {{ exists: true }}\n      {long}: {{ exists: true }}\n      any:\n        - {{ recvID: {{ equals: b }} }}\n    rate_cap: {{ key: [groupID], max: 1, per: 1s }}\n    decision: deny\n    error: {{ code: 150, message: no }}\n"
+        );
+        std::fs::write(dir.path().join("10.yaml"), yaml).unwrap();
+        let set = super::super::load_dir(dir.path()).unwrap();
+        for key in ["sendID", "ex", "recvID", "groupID", long.as_str()] {
+            assert!(set.reads(key), "{key}");
+        }
+        let other = "k".repeat(64);
+        for key in ["sendid", "sendIE", "e", "inner", "ex.inner", "groupIDs", "", other.as_str()] {
+            assert!(!set.reads(key), "{key}");
+        }
+    }
 }

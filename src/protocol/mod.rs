@@ -64,8 +64,10 @@ pub fn parse_object(raw: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Map<Strin
 }
 
 /// A body's top level: the kept keys as a map, or the JSON type found instead of an object.
-struct TopLevel<'k> {
-    keep: &'k dyn Fn(&str) -> bool,
+/// As a seed, it parses a body inside a larger document (a record line, for replay) the way
+/// [`parse_object`] parses a request's.
+pub(crate) struct TopLevel<'k> {
+    pub(crate) keep: &'k dyn Fn(&str) -> bool,
 }
 
 impl<'de> DeserializeSeed<'de> for TopLevel<'_> {
@@ -182,7 +184,7 @@ impl<'de> Visitor<'de> for Skip {
 }
 
 /// An object key, borrowed from the body unless it had escapes.
-struct Key<'de>(Cow<'de, str>);
+pub(crate) struct Key<'de>(pub(crate) Cow<'de, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {

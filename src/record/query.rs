@@ -64,16 +64,34 @@ impl EventFilter {
         self.since.and_then(|d| SystemTime::now().checked_sub(d))
     }
 
-    /// Whether `record` passes every filter but `limit`; `cutoff` is [`EventFilter::cutoff`],
-    /// taken once for a whole reading.
-    pub fn matches(&self, record: &Value, cutoff: Option<SystemTime>) -> bool {
+    /// Whether the filter reads nothing of a record but its `time` and `command` (no
+    /// user, decision or source): then [`EventFilter::matches_time_and_command`] is
+    /// [`EventFilter::matches`], without the record parsed.
+    pub fn is_time_and_command_only(&self) -> bool {
+        self.user.is_none() && self.decision.is_none() && self.source.is_none()
+    }
+
+    /// Whether a record of this `time` and `command` (its fields, when strings) passes the
+    /// time and command filters; `cutoff` as for [`EventFilter::matches`].
+    pub fn matches_time_and_command(
+        &self,
+        time: Option<&str>,
+        command: Option<&str>,
+        cutoff: Option<SystemTime>,
+    ) -> bool {
         if cutoff.is_some() || self.until.is_some() {
-            let time = record["time"].as_str().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+            let time = time.and_then(|t| humantime::parse_rfc3339_weak(t).ok());
             if time.is_none_or(|t| cutoff.is_some_and(|c| t < c) || self.until.is_some_and(|u| t >= u)) {
                 return false;
             }
         }
-        if self.command.as_deref().is_some_and(|c| record["command"] != c) {
+        self.command.as_deref().is_none_or(|c| command == Some(c))
+    }
+
+    /// Whether `record` passes every filter but `limit`; `cutoff` is [`EventFilter::cutoff`],
+    /// taken once for a whole reading.
+    pub fn matches(&self, record: &Value, cutoff: Option<SystemTime>) -> bool {
+        if !self.matches_time_and_command(record["time"].as_str(), record["command"].as_str(), cutoff) {
             return false;
         }
         if self.source.as_deref().is_some_and(|s| record["source"] != s) {

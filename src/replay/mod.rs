@@ -8,14 +8,25 @@
 //! replayed record: counts from before it are not known.
 //!
 //! This module decides and counts; `main.rs` prints. It knows no HTTP.
+//!
+//! - `fields`: what replay reads of a record line, without building all of it
+//! - `cases`: the policy test cases `--write-cases` picks and writes
+
+mod cases;
+mod fields;
+
+pub use cases::{CasePicker, CasesWritten, DEFAULT_MAX_CASES, WriteCasesError};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use self::cases::Offer;
+use self::fields::Fields;
 use crate::decision::{Decision, Outcome};
 use crate::event::Event;
 use crate::policy::PolicySet;
@@ -341,30 +352,36 @@ impl Report {
 
 /// Replays the records of `dir` that pass `filter` (its `decision`, `source` and `limit`
 /// are not used) with `set`, oldest first; calls `on_change` for every changed record as it
-/// is met.
+/// is met. With `cases`, offers every replayed callback to it (`--write-cases`).
 pub fn replay(
     dir: &Path,
     set: &PolicySet,
     filter: &EventFilter,
+    mut cases: Option<&mut CasePicker>,
     mut on_change: impl FnMut(&Change),
 ) -> Result<Report, ReplayError> {
     let mut run = Run::new(set);
     let cutoff = filter.cutoff();
     record::visit(dir, &Cursor::default(), cutoff.map(record::epoch_ms), |raw| {
         run.records.read += 1;
-        match run.line(&raw, filter, cutoff) {
+        match run.line(&raw, filter, cutoff, cases.as_deref_mut()) {
             Ok(Some(change)) => on_change(&change),
             Ok(None) => {}
             Err(reason) => {
                 run.records.malformed += 1;
                 if run.malformed.len() < MALFORMED_KEPT {
-                    let line = raw.line.map_or_else(|| "?".to_string(), |n| n.to_string());
-                    run.malformed.push(Malformed { at: format!("{}:{line}", raw.file.display()), reason });
+                    run.malformed.push(Malformed { at: place(&raw), reason });
                 }
             }
         }
     })?;
     Ok(run.report())
+}
+
+/// `file:line` of a record line (`?` for the line when it was not counted).
+fn place(raw: &RawLine<'_>) -> String {
+    let line = raw.line.map_or_else(|| "?".to_string(), |n| n.to_string());
+    format!("{}:{line}", raw.file.display())
 }
 
 /// The state of one replay.
@@ -378,7 +395,10 @@ struct Run<'s> {
     records: RecordCounts,
     malformed: Vec<Malformed>,
     first_time: Option<String>,
-    last_time: Option<String>,
+    /// The last replayed record's time as written, and in ms: records decided in the same
+    /// millisecond share it, so it is parsed once.
+    last_time: String,
+    last_ms: u64,
     cap_store_errors: u64,
     changes: Changes,
     rules: BTreeMap<String, RuleCounts>,
@@ -396,7 +416,8 @@ impl<'s> Run<'s> {
             records: RecordCounts::default(),
             malformed: Vec::new(),
             first_time: None,
-            last_time: None,
+            last_time: String::new(),
+            last_ms: 0,
             cap_store_errors: 0,
             changes: Changes::default(),
             rules: BTreeMap::new(),
@@ -411,18 +432,22 @@ impl<'s> Run<'s> {
         &mut self,
         raw: &RawLine<'_>,
         filter: &EventFilter,
-        cutoff: Option<std::time::SystemTime>,
+        cutoff: Option<SystemTime>,
+        cases: Option<&mut CasePicker>,
     ) -> Result<Option<Change>, String> {
         if raw.is_unfinished {
             return Err("torn: the line has no end (a crash while writing, or still being written)".into());
         }
         let text = raw.text.map_err(|e| format!("not UTF-8: {e}"))?;
-        let mut record: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-        if !filter.matches(&record, cutoff) {
+        let set = self.set;
+        // Of the body, only what the set reads, as the server decodes a request: no answer
+        // depends on the rest.
+        let mut fields = Fields::parse(text, &|key| key == "callbackCommand" || set.reads(key))?;
+        if !passes(filter, &fields, text, cutoff) {
             self.records.filtered_out += 1;
             return Ok(None);
         }
-        match record["source"].as_str() {
+        match fields.source().as_deref() {
             Some("openim") => {}
             Some("tencent") => {
                 self.records.tencent_skipped += 1;
@@ -430,87 +455,125 @@ impl<'s> Run<'s> {
             }
             _ => return Err("no `source` openim or tencent".into()),
         }
-        let time = record["time"].as_str().ok_or("no `time`")?.to_string();
-        let at = humantime::parse_rfc3339_weak(&time).map_err(|e| format!("`time` {time:?}: {e}"))?;
-        let command = record["command"].as_str().ok_or("no `command`")?.to_string();
-        let operation_id = record["operation_id"].as_str().unwrap_or_default().to_string();
-        let old = old_answer(&record)?;
-        let Value::Object(body) = record["body"].take() else { return Err("`body` is not a JSON object".into()) };
+        let time = fields.time().ok_or("no `time`")?;
+        let at_ms = self.time_ms(&time)?;
+        let command = fields.command().ok_or("no `command`")?;
+        let old = fields.old_answer()?;
+        let body = fields.take_body()?;
 
-        self.now = self.now.max(record::epoch_ms(at));
-        if self.now >= self.last_sweep + SWEEP_EVERY_MS {
-            self.caps.sweep_at(self.now);
-            self.last_sweep = self.now;
+        self.tick(&time, at_ms);
+        let mut event = Event::openim(command.into_owned(), body);
+        if let Some(id) = fields.operation_id() {
+            event.operation_id = id.into_owned();
         }
-        let mut event = Event::openim(command.clone(), body);
-        event.operation_id.clone_from(&operation_id);
-        let decision = self.decide(&event);
+        let (decision, is_counted) = self.decide(&event);
         let new = Answer {
             decision: decision.outcome.as_str(),
             rule: decision.rule.as_deref().map(str::to_string),
             error_code: decision.outcome.error_code().map(i64::from),
         };
+        self.count(&fields, &old, &new, &decision);
+        let direction = direction(&old, &new);
+        if let Some(cases) = cases
+            && is_counted
+        {
+            cases.offer(set, &Offer { at: raw, time: &time, event: &event, decision: &decision, direction, old: &old });
+        }
+        let Some(direction) = direction else {
+            self.changes.unchanged += 1;
+            return Ok(None);
+        };
+        let change = Change {
+            time: time.into_owned(),
+            operation_id: event.operation_id,
+            command: event.command,
+            direction,
+            old,
+            new,
+            at: place(raw),
+        };
+        self.changed(&change, text);
+        Ok(Some(change))
+    }
 
+    /// The time of a record in ms since the epoch.
+    fn time_ms(&self, time: &str) -> Result<u64, String> {
+        if time == self.last_time && !self.last_time.is_empty() {
+            return Ok(self.last_ms);
+        }
+        let at = humantime::parse_rfc3339_weak(time).map_err(|e| format!("`time` {time:?}: {e}"))?;
+        Ok(record::epoch_ms(at))
+    }
+
+    /// Moves the virtual clock to a replayed record's time.
+    fn tick(&mut self, time: &str, at_ms: u64) {
         self.records.replayed += 1;
         if self.first_time.is_none() {
-            self.first_time = Some(time.clone());
+            self.first_time = Some(time.to_string());
         }
-        self.last_time = Some(time.clone());
-        self.rules.entry(old.rule_name().to_string()).or_default().before.add(old.decision);
-        self.rules.entry(new.rule_name().to_string()).or_default().after.add(new.decision);
-        for rule in would_denies_before(&record) {
-            self.rules.entry(rule).or_default().would_deny_before += 1;
+        if self.last_time != time {
+            self.last_time.clear();
+            self.last_time.push_str(time);
+        }
+        self.last_ms = at_ms;
+        self.now = self.now.max(at_ms);
+        if self.now >= self.last_sweep + SWEEP_EVERY_MS {
+            self.caps.sweep_at(self.now);
+            self.last_sweep = self.now;
+        }
+    }
+
+    /// Decides as the server does, with the cap store at the record's time; also whether
+    /// every cap was counted (the store answered).
+    fn decide(&mut self, event: &Event) -> (Decision, bool) {
+        let plan = self.set.plan(event);
+        if plan.cap_checks().is_empty() {
+            return (plan.finish(None), true);
+        }
+        match self.caps.check_at(plan.cap_checks(), plan.is_allow_if_no_cap_decides(), self.now) {
+            Ok(outcome) => (plan.finish(Some(&outcome)), true),
+            Err(_) => {
+                self.cap_store_errors += 1;
+                let outcome = OnError::Allow.outcome(plan.cap_checks());
+                (plan.finish(Some(&outcome)), false)
+            }
+        }
+    }
+
+    /// Counts a replayed record's decisions, then and now, per rule.
+    fn count(&mut self, fields: &Fields<'_>, old: &Answer, new: &Answer, decision: &Decision) {
+        let rules = &mut self.rules;
+        count_rule(rules, old.rule_name(), |n| n.before.add(old.decision));
+        count_rule(rules, new.rule_name(), |n| n.after.add(new.decision));
+        for rule in fields.would_denies() {
+            count_rule(rules, &rule, |n| n.would_deny_before += 1);
         }
         for hit in decision.dry_run.iter().filter(|h| matches!(h.outcome, Outcome::Deny(_))) {
-            self.rules.entry(hit.rule.to_string()).or_default().would_deny_after += 1;
+            count_rule(rules, &hit.rule, |n| n.would_deny_after += 1);
         }
+    }
 
-        let direction = match (old.decision, new.decision) {
-            ("allow", "deny") => Direction::AllowToDeny,
-            ("deny", "allow") => Direction::DenyToAllow,
-            _ if old != new => Direction::OtherRule,
-            _ => {
-                self.changes.unchanged += 1;
-                return Ok(None);
-            }
-        };
+    /// Counts a change: by direction, by user, and as an example.
+    fn changed(&mut self, change: &Change, line: &str) {
         self.changes.changed += 1;
-        match direction {
+        match change.direction {
             Direction::AllowToDeny => self.changes.allow_to_deny += 1,
             Direction::DenyToAllow => self.changes.deny_to_allow += 1,
             Direction::OtherRule => self.changes.other_rule += 1,
         }
-        for user in users_of(&event.body) {
+        // The users are read from the whole body: changes are few, so it is built again.
+        let body = fields::whole_body(line);
+        for user in users_of(&body) {
             if let Some(n) = self.users.get_mut(user) {
                 *n += 1;
             } else if self.users.len() < MAX_USERS {
                 self.users.insert(user.to_string(), 1);
             }
         }
-        let line = raw.line.map_or_else(|| "?".to_string(), |n| n.to_string());
-        let change =
-            Change { time, operation_id, command, direction, old, new, at: format!("{}:{line}", raw.file.display()) };
-        let examples = self.examples.entry(direction).or_default();
+        let examples = self.examples.entry(change.direction).or_default();
         if examples.len() < EXAMPLES {
             examples.push(change.clone());
         }
-        Ok(Some(change))
-    }
-
-    /// Decides as the server does, with the cap store at the record's time.
-    fn decide(&mut self, event: &Event) -> Decision {
-        let plan = self.set.plan(event);
-        if plan.cap_checks().is_empty() {
-            return plan.finish(None);
-        }
-        let outcome = match self.caps.check_at(plan.cap_checks(), plan.is_allow_if_no_cap_decides(), self.now) {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                self.cap_store_errors += 1;
-                OnError::Allow.outcome(plan.cap_checks())
-            }
-        };
-        plan.finish(Some(&outcome))
     }
 
     fn report(self) -> Report {
@@ -518,12 +581,13 @@ impl<'s> Run<'s> {
             self.users.into_iter().map(|(user, changed)| AffectedUser { user, changed }).collect();
         top.sort_by(|a, b| b.changed.cmp(&a.changed).then_with(|| a.user.cmp(&b.user)));
         top.truncate(TOP_USERS);
+        let has_replayed = self.records.replayed > 0;
         Report {
             policy_version: self.set.version().to_string(),
             records: self.records,
             malformed: self.malformed,
             first_time: self.first_time,
-            last_time: self.last_time,
+            last_time: has_replayed.then_some(self.last_time),
             cap_store_errors: self.cap_store_errors,
             changes: self.changes,
             rules: self.rules,
@@ -533,21 +597,31 @@ impl<'s> Run<'s> {
     }
 }
 
-/// What was answered then: the record's `would` under `serve --dry-run`, else its decision.
-fn old_answer(record: &Value) -> Result<Answer, String> {
-    let from = if record["would"].is_object() { &record["would"] } else { record };
-    let decision = match from["decision"].as_str() {
-        Some("allow") => "allow",
-        Some("deny") => "deny",
-        other => return Err(format!("decision {other:?} is neither allow nor deny")),
-    };
-    Ok(Answer { decision, rule: from["rule"].as_str().map(str::to_string), error_code: from["error_code"].as_i64() })
+/// Whether a record passes `filter`: from its time and command alone when the filter reads
+/// nothing else, as it mostly does; else from the whole record, parsed.
+fn passes(filter: &EventFilter, fields: &Fields<'_>, text: &str, cutoff: Option<SystemTime>) -> bool {
+    if filter.is_time_and_command_only() {
+        return filter.matches_time_and_command(fields.time().as_deref(), fields.command().as_deref(), cutoff);
+    }
+    serde_json::from_str::<Value>(text).is_ok_and(|record| filter.matches(&record, cutoff))
 }
 
-/// The dry-run rules that would have refused the record's callback then.
-fn would_denies_before(record: &Value) -> Vec<String> {
-    let Some(hits) = record["dry_run"].as_array() else { return Vec::new() };
-    hits.iter().filter(|h| h["would"] == "deny").filter_map(|h| h["rule"].as_str().map(str::to_string)).collect()
+/// How an answer changed; `None` when it did not.
+fn direction(old: &Answer, new: &Answer) -> Option<Direction> {
+    match (old.decision, new.decision) {
+        ("allow", "deny") => Some(Direction::AllowToDeny),
+        ("deny", "allow") => Some(Direction::DenyToAllow),
+        _ if old != new => Some(Direction::OtherRule),
+        _ => None,
+    }
+}
+
+/// Applies `f` to the counts of `rule`, allocating its name only the first time it is met.
+fn count_rule(rules: &mut BTreeMap<String, RuleCounts>, rule: &str, f: impl FnOnce(&mut RuleCounts)) {
+    match rules.get_mut(rule) {
+        Some(counts) => f(counts),
+        None => f(rules.entry(rule.to_string()).or_default()),
+    }
 }
 
 /// The user IDs of a body, per [`USER_FIELDS`].
@@ -575,21 +649,6 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn the_old_answer_is_the_would_under_server_dry_run() {
-        let live = json!({"decision": "deny", "rule": "r", "error_code": 150});
-        assert_eq!(
-            old_answer(&live).unwrap(),
-            Answer { decision: "deny", rule: Some("r".into()), error_code: Some(150) }
-        );
-        let dry = json!({"decision": "allow", "would": {"decision": "deny", "rule": "w", "error_code": 151}});
-        assert_eq!(
-            old_answer(&dry).unwrap(),
-            Answer { decision: "deny", rule: Some("w".into()), error_code: Some(151) }
-        );
-        assert!(old_answer(&json!({"decision": "ack"})).is_err());
-    }
-
-    #[test]
     fn caps_count_on_the_records_clock() {
         let policies = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -608,7 +667,7 @@ mod tests {
         let text: String = ["00.000", "00.500", "01.000", "01.999", "02.500"].map(record).concat();
         std::fs::write(data.path().join("records-0000000000001.jsonl"), text).unwrap();
         let mut lines = Vec::new();
-        let report = replay(data.path(), &set, &EventFilter::default(), |c| lines.push(c.at.clone())).unwrap();
+        let report = replay(data.path(), &set, &EventFilter::default(), None, |c| lines.push(c.at.clone())).unwrap();
         let lines: Vec<&str> = lines.iter().map(|at| at.rsplit(':').next().unwrap()).collect();
         assert_eq!(lines, ["2", "4"]);
         assert_eq!(report.changes.allow_to_deny, 2);
