@@ -459,3 +459,42 @@ async fn a_case_that_would_not_pass_is_left_out_and_said() {
     assert!(err.contains("a rule is also named `default`"), "{err}");
     assert!(std::fs::read_to_string(&file).unwrap().starts_with("# Written by `callgate replay --write-cases`"));
 }
+
+#[tokio::test]
+async fn tencent_before_callbacks_decided_as_a_whole_are_replayed_with_their_codes() {
+    let live = PolicyDir::with(
+        "10.yaml",
+        "rules:\n  - id: muted\n    on: C2C.CallbackBeforeSendMsg\n    when:\n      From_Account: { equals: u_muted }\n    decision: deny\n    error: { code: 120001, message: muted }\n",
+    );
+    let mut server = Server::start(live.path(), &["--tencent-app-id", TENCENT_APP, "--tencent-token", TENCENT_TOKEN]);
+    let c2c = "C2C.CallbackBeforeSendMsg";
+    let message = |from: &str| format!(r#"{{"CallbackCommand":"{c2c}","From_Account":"{from}","To_Account":"u_2"}}"#);
+    for from in ["u_muted", "u_1", "spam_1"] {
+        assert_eq!(server.post_tencent(&signed_query(c2c, unix_now()), &message(from)).await.0, 200);
+    }
+    // Neither a report nor a per-item decision is replayed: both are skipped and counted.
+    let unblock =
+        r#"{"CallbackCommand":"Sns.CallbackBlackListDelete","PairList":[{"From_Account":"a","To_Account":"b"}]}"#;
+    let add = "Sns.CallbackPrevFriendAdd";
+    let friend = format!(r#"{{"CallbackCommand":"{add}","From_Account":"u_1","FriendItem":[{{"To_Account":"u_2"}}]}}"#);
+    assert_eq!(server.post_tencent(&signed_query("Sns.CallbackBlackListDelete", unix_now()), unblock).await.0, 200);
+    assert_eq!(server.post_tencent(&signed_query(add, unix_now()), &friend).await.0, 200);
+    assert_eq!(server.terminate(), Some(0));
+
+    let candidate = PolicyDir::with(
+        "10.yaml",
+        "rules:\n  - id: spam\n    on: \"*.CallbackBeforeSendMsg\"\n    when:\n      From_Account: { regex: '^spam_' }\n    decision: discard\n  - id: muted\n    on: C2C.CallbackBeforeSendMsg\n    when:\n      From_Account: { equals: u_muted }\n    decision: deny\n    error: { code: 120009, message: muted }\n",
+    );
+    let report = report(server.data_dir(), candidate.path(), &[]);
+    assert_eq!((&report["records"]["replayed"], &report["records"]["tencent_skipped"]), (&3.into(), &2.into()));
+    let changed = changes(server.data_dir(), candidate.path());
+    let summary: Vec<(Value, Value, Value)> = changed
+        .iter()
+        .map(|c| (c["direction"].clone(), c["old"]["error_code"].clone(), c["new"]["error_code"].clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [("other_rule".into(), 120001.into(), 120009.into()), ("allow_to_deny".into(), Value::Null, Value::Null)],
+        "{changed:?}"
+    );
+}

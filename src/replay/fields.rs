@@ -29,6 +29,8 @@ pub(super) struct Fields<'a> {
     // `raw-value-token-*` catch it).
     would: Option<Value>,
     dry_run: Option<Value>,
+    /// Whether the record has `items` (a Tencent callback decided item by item).
+    has_items: bool,
     /// The body's kept keys, or the JSON type found instead of an object.
     body: Option<Result<Map<String, Value>, &'static str>>,
 }
@@ -66,6 +68,11 @@ impl<'de> Visitor<'de> for FieldsVisitor<'_> {
                 }
                 "dry_run" => {
                     f.dry_run = map.next_value()?;
+                    continue;
+                }
+                "items" => {
+                    f.has_items = true;
+                    map.next_value::<IgnoredAny>()?;
                     continue;
                 }
                 "body" => {
@@ -184,6 +191,16 @@ impl<'a> Fields<'a> {
         self.operation_id.clone()
     }
 
+    /// Whether the record is of a Tencent callback decided item by item.
+    pub(super) fn has_items(&self) -> bool {
+        self.has_items
+    }
+
+    /// The answer the record says was sent (`ack` for a Tencent report).
+    pub(super) fn decision(&self) -> Option<&str> {
+        self.decision.as_deref()
+    }
+
     /// What was answered then: the record's `would` under `serve --dry-run`, else its
     /// decision.
     pub(super) fn old_answer(&self) -> Result<Answer, String> {
@@ -199,7 +216,8 @@ impl<'a> Fields<'a> {
         let decision = match decision.as_deref() {
             Some("allow") => "allow",
             Some("deny") => "deny",
-            other => return Err(format!("decision {other:?} is neither allow nor deny")),
+            Some("discard") => "discard",
+            other => return Err(format!("decision {other:?} is not allow, deny or discard")),
         };
         Ok(Answer { decision, rule: rule.map(Cow::into_owned), error_code })
     }

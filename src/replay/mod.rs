@@ -27,8 +27,9 @@ use serde_json::{Map, Value};
 
 use self::cases::Offer;
 use self::fields::Fields;
-use crate::decision::{Decision, Outcome};
-use crate::event::Event;
+use crate::catalog;
+use crate::decision::Decision;
+use crate::event::{Event, Source};
 use crate::policy::PolicySet;
 use crate::ratecap::{MemoryCaps, OnError};
 use crate::record::{self, Cursor, EventFilter, FilterError, RawLine};
@@ -183,7 +184,8 @@ pub struct RecordCounts {
     pub read: u64,
     /// OpenIM callbacks decided again.
     pub replayed: u64,
-    /// Tencent records (acknowledged, never decided), passing the filters: skipped.
+    /// Tencent records passing the filters that are not replayed: acknowledgements (never
+    /// decided) and before-callbacks decided item by item.
     pub tencent_skipped: u64,
     /// Records the filters left out.
     pub filtered_out: u64,
@@ -302,7 +304,7 @@ impl Report {
         }
         writeln!(
             s,
-            "  lines read {}; Tencent acks skipped {}; filtered out {}; malformed {}",
+            "  lines read {}; Tencent acks and per-item decisions skipped {}; filtered out {}; malformed {}",
             r.read, r.tencent_skipped, r.filtered_out, r.malformed
         )?;
         for m in &self.malformed {
@@ -447,14 +449,19 @@ impl<'s> Run<'s> {
             self.records.filtered_out += 1;
             return Ok(None);
         }
-        match fields.source().as_deref() {
-            Some("openim") => {}
+        let is_tencent = match fields.source().as_deref() {
+            Some("openim") => false,
+            // A Tencent before-callback decided as a whole replays as an OpenIM callback does.
             Some("tencent") => {
-                self.records.tencent_skipped += 1;
-                return Ok(None);
+                let is_decided = fields.command().is_some_and(|c| catalog::tencent_decided(&c).is_some());
+                if !is_decided || fields.has_items() || fields.decision() == Some("ack") {
+                    self.records.tencent_skipped += 1;
+                    return Ok(None);
+                }
+                true
             }
             _ => return Err("no `source` openim or tencent".into()),
-        }
+        };
         let time = fields.time().ok_or("no `time`")?;
         let at_ms = self.time_ms(&time)?;
         let command = fields.command().ok_or("no `command`")?;
@@ -463,6 +470,9 @@ impl<'s> Run<'s> {
 
         self.tick(&time, at_ms);
         let mut event = Event::openim(command.into_owned(), body);
+        if is_tencent {
+            event.source = Source::Tencent;
+        }
         if let Some(id) = fields.operation_id() {
             event.operation_id = id.into_owned();
         }
@@ -470,7 +480,7 @@ impl<'s> Run<'s> {
         let new = Answer {
             decision: decision.outcome.as_str(),
             rule: decision.rule.as_deref().map(str::to_string),
-            error_code: decision.outcome.error_code().map(i64::from),
+            error_code: decision.outcome.error_code_for(event.code_family()).map(i64::from),
         };
         self.count(&fields, &old, &new, &decision);
         let direction = direction(&old, &new);
@@ -548,7 +558,7 @@ impl<'s> Run<'s> {
         for rule in fields.would_denies() {
             count_rule(rules, &rule, |n| n.would_deny_before += 1);
         }
-        for hit in decision.dry_run.iter().filter(|h| matches!(h.outcome, Outcome::Deny(_))) {
+        for hit in decision.dry_run.iter().filter(|h| h.outcome.is_refusal()) {
             count_rule(rules, &hit.rule, |n| n.would_deny_after += 1);
         }
     }
@@ -608,9 +618,10 @@ fn passes(filter: &EventFilter, fields: &Fields<'_>, text: &str, cutoff: Option<
 
 /// How an answer changed; `None` when it did not.
 fn direction(old: &Answer, new: &Answer) -> Option<Direction> {
-    match (old.decision, new.decision) {
-        ("allow", "deny") => Some(Direction::AllowToDeny),
-        ("deny", "allow") => Some(Direction::DenyToAllow),
+    // A discard (Tencent messages) refuses as a deny does.
+    match (old.decision != "allow", new.decision != "allow") {
+        (false, true) => Some(Direction::AllowToDeny),
+        (true, false) => Some(Direction::DenyToAllow),
         _ if old != new => Some(Direction::OtherRule),
         _ => None,
     }
