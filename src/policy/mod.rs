@@ -41,7 +41,7 @@ pub use cases::{CASES_DIR, CaseError, CaseReport, CaseRun, run_cases};
 pub use error::{ListError, LoadError, LoadErrors, RuleError};
 pub use eval::Plan;
 pub use load::{load_dir, load_dir_after};
-pub use model::{Commands, FieldPathError, Place, Step, TraceStep, Warning};
+pub use model::{Commands, FieldPathError, OnCommands, Place, Rule, Step, TraceStep, Warning};
 pub use reload::{PolicyStore, ReloadStatus, Reloaded, Watch, watch};
 pub use set::PolicySet;
 

@@ -10,6 +10,7 @@ mod body;
 mod listen;
 mod openim;
 mod state;
+mod status;
 mod tencent;
 
 pub use body::BodyLimits;
@@ -105,6 +106,7 @@ pub async fn serve(
             crate::throttle::flush();
         }
     });
+    tokio::spawn(state.live.clone().keep_time());
     if let CapStore::Memory(_) = &*state.caps {
         let caps = state.caps.clone();
         tokio::spawn(async move {

@@ -73,6 +73,7 @@ async fn handle(state: &State, query: &str, raw: Bytes, started: Instant) -> war
         }
     }
     metrics::counter!("callgate_tencent_callbacks_total").increment(1);
+    state.live.acked(&event.command);
     json_reply(StatusCode::OK, Bytes::from_static(tencent::OK))
 }
 
