@@ -131,10 +131,11 @@ fn unix_seconds(t: std::time::SystemTime) -> f64 {
 /// in library use no recorder is installed).
 fn health(state: &State) -> Value {
     let text = state.metrics.as_ref().map(|h| h.render());
-    let metric = |name: &str| text.as_deref().map(|t| metric_sum(t, name));
+    // Every one is a count: shown as an integer.
+    let metric = |name: &str| text.as_deref().map(|t| metric_sum(t, name).round() as u64);
     let redis = match &*state.caps {
         CapStore::Redis(_) => {
-            let open = metric("callgate_redis_circuit_open").map(|n| n > 0.0);
+            let open = metric("callgate_redis_circuit_open").map(|n| n > 0);
             json!({
                 "configured": true,
                 "reachable": open.map(|open| !open),
@@ -189,7 +190,7 @@ fn metric_sum(text: &str, series: &str) -> f64 {
             };
             rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
         })
-        .sum()
+        .fold(0.0, |sum, n| sum + n)
 }
 
 /// The bytes of record segments in `dir`; `null` if it cannot be read.
