@@ -30,7 +30,11 @@
 #    on this machine, and so how much work per request a server may do to reach a target;
 #    the summary places callgate on that scale.
 #
-# Knobs (environment): ROUNDS=5 DURATION=6 WARMUP=3 THREADS=2 CONNS=32 RELOADS=5 NOREC=1 SCENARIOS=1 EXTRA
+# 5. The status page (PAGE=1, the default), in the same rotation: `page`, callgate whose
+#    GET /v1/live (all the status page reads) is fetched once a second for the whole run, as
+#    an open page does. Target: the same req/s as `callgate` (the page costs nothing).
+#
+# Knobs (environment): ROUNDS=5 DURATION=6 WARMUP=3 THREADS=2 CONNS=32 RELOADS=5 NOREC=1 SCENARIOS=1 PAGE=1 EXTRA
 # PIN=0 (PIN=1: servers on CPU 0, wrk on CPU 1 with one thread; steadier on 2 cores)
 
 set -euo pipefail
@@ -43,6 +47,7 @@ CONNS=${CONNS:-32}
 RELOADS=${RELOADS:-5}
 PIN=${PIN:-0}
 NOREC=${NOREC:-1}
+PAGE=${PAGE:-1}
 SCENARIOS=${SCENARIOS:-1}
 EXTRA=${EXTRA-500 1000 2000 3000}
 
@@ -220,6 +225,18 @@ for ns in $EXTRA; do
 done
 start_callgate callgate "$REPO/policies"
 ADDR[callgate]=$CG_ADDR PID[callgate]=$CG_PID
+if [[ "$PAGE" == 1 ]]; then
+    # The same callgate with its status page open: /v1/live fetched once a second, as the
+    # page does, for the whole run.
+    start_callgate page "$REPO/policies"
+    ADDR[page]=$CG_ADDR PID[page]=$CG_PID
+    NAMES+=(page)
+    (while kill -0 "${PID[page]}" 2>/dev/null; do
+        curl -s -o /dev/null --max-time 2 "http://$CG_ADMIN/v1/live" || true
+        sleep 1
+    done) &
+    PIDS+=("$!")
+fi
 if [[ "$NOREC" == 1 ]]; then
     start_callgate norec "$REPO/policies" --records false
     ADDR[norec]=$CG_ADDR PID[norec]=$CG_PID
@@ -511,6 +528,10 @@ LOAD_TOOK=$(grep -o '"took_ms":[0-9]*' "$WORK/reload.log" | cut -d: -f2 | tr '\n
         "$MED_CG" "$(med "${P99_OF[callgate]}")" \
         "$(awk -v r="$MED_CG" -v p="$(med "${P99_OF[callgate]}")" 'BEGIN { print (r >= 50000 && p < 5) ? "MET" : "NOT MET" }')"
     echo "callgate wrote $RECORDED records; $ERRORS error lines in its log"
+    if [[ "$PAGE" == 1 ]]; then
+        printf 'status page open (GET /v1/live each second): median %.0f req/s, ratio %s; callgate without it: ratio %s\n' \
+            "$(med "${RPS_OF[page]}")" "$(med "${RATIO_OF[page]}")" "$(med "${RATIO_OF[callgate]}")"
+    fi
     if [[ ${#CALIBRATION[@]} -gt 0 ]]; then
         echo "---- calibration: a bare server that does N ns more work per request ----"
         for name in "${CALIBRATION[@]}"; do
