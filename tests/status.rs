@@ -95,6 +95,7 @@ async fn the_live_document_lists_the_rules_in_order_with_their_decisions_and_the
 
     let refusals = doc["refusals"].as_array().unwrap();
     assert_eq!(refusals.len(), 2, "{doc}");
+    assert_eq!(doc["refusals_unlisted"], 0);
     assert_eq!(refusals[0]["kind"], "would_deny", "newest first: {doc}");
     assert_eq!(refusals[0]["rule"], "trial");
     assert_eq!(refusals[0]["error_code"], 151);

@@ -26,6 +26,9 @@ const SERIES_LEN: usize = 90;
 const MINUTES: usize = 61;
 /// Refusals kept.
 pub const REFUSALS_KEPT: usize = 200;
+/// Refusals listed per 10-second step at most: past it a flood of refusals costs one atomic
+/// increment each (counted as unlisted), not an entry built under a lock.
+const LISTED_PER_STEP: u64 = 100;
 /// Body fields shown for a refusal, and the characters kept of each.
 const IDS_KEPT: usize = 8;
 const ID_CHARS: usize = 64;
@@ -131,6 +134,11 @@ pub struct Live {
     /// worker thread meets a rule first, when the page reads, and once a minute to clear.
     rules: Mutex<HashMap<Box<str>, Arc<RuleWindow>>>,
     refusals: Mutex<VecDeque<Refusal>>,
+    /// The step `listed` counts in, and how many refusals joined the ring in it.
+    listed_step: AtomicU64,
+    listed: AtomicU64,
+    /// Refusals not listed since start, for the budget was spent.
+    unlisted: AtomicU64,
     /// Acks by index in [`catalog::TENCENT`]; the last counts commands it does not list.
     tencent_acks: [AtomicU64; catalog::TENCENT.len() + 1],
 }
@@ -161,6 +169,9 @@ impl Live {
             series: (0..SERIES_LEN).map(|_| Point::new()).collect(),
             rules: Mutex::default(),
             refusals: Mutex::default(),
+            listed_step: AtomicU64::new(0),
+            listed: AtomicU64::new(0),
+            unlisted: AtomicU64::new(0),
             tencent_acks: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -197,8 +208,19 @@ impl Live {
         self.point().tencent_acks.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Keeps a refusal (or would-deny) of `event`, dropping the oldest past [`REFUSALS_KEPT`].
+    /// Keeps a refusal (or would-deny) of `event`, dropping the oldest past [`REFUSALS_KEPT`];
+    /// past [`LISTED_PER_STEP`] in the current step, only counts it as unlisted.
     pub fn refused(&self, event: &Event, rule: Option<&Arc<str>>, error_code: i32, outcome: Counted) {
+        let step = self.tick.load(Ordering::Relaxed);
+        if self.listed_step.load(Ordering::Relaxed) != step {
+            // Two threads may both reset at a step's start: a few more are listed, no harm.
+            self.listed_step.store(step, Ordering::Relaxed);
+            self.listed.store(0, Ordering::Relaxed);
+        }
+        if self.listed.fetch_add(1, Ordering::Relaxed) >= LISTED_PER_STEP {
+            self.unlisted.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let ids = event
             .body
             .iter()
@@ -274,6 +296,11 @@ impl Live {
     /// The latest refusals, newest first.
     pub fn refusals(&self) -> Vec<Refusal> {
         self.refusals.lock().unwrap_or_else(PoisonError::into_inner).iter().rev().cloned().collect()
+    }
+
+    /// Refusals not listed since start: more than [`LISTED_PER_STEP`] came in a step.
+    pub fn unlisted(&self) -> u64 {
+        self.unlisted.load(Ordering::Relaxed)
     }
 
     /// Tencent acks since start by command, the commands with none left out.
@@ -375,17 +402,23 @@ mod tests {
     }
 
     #[test]
-    fn the_refusal_ring_keeps_the_newest() {
+    fn the_refusal_ring_keeps_the_newest_and_lists_a_flood_only_in_part() {
         let live = Live::new();
+        let start = live.tick.load(Ordering::Relaxed) * STEP_SECONDS;
         let mut body = serde_json::Map::new();
         body.insert("callbackCommand".into(), "c".into());
         body.insert("sendID".into(), "u_1".into());
-        for code in 0..(REFUSALS_KEPT as i32 + 5) {
-            live.refused(&Event::openim("c", body.clone()), None, code, Counted::Deny);
+        let event = Event::openim("c", body);
+        for step in 0..3 {
+            live.advance(Duration::from_secs(start + step * STEP_SECONDS));
+            for code in 0..(LISTED_PER_STEP + 5) {
+                live.refused(&event, None, (step * 1000 + code) as i32, Counted::Deny);
+            }
         }
         let refusals = live.refusals();
         assert_eq!(refusals.len(), REFUSALS_KEPT);
-        assert_eq!(refusals[0].error_code, REFUSALS_KEPT as i32 + 4);
+        assert_eq!(refusals[0].error_code, 2000 + LISTED_PER_STEP as i32 - 1, "the newest listed first");
         assert_eq!(refusals[0].ids, vec![("sendID".to_string(), "u_1".to_string())]);
+        assert_eq!(live.unlisted(), 15);
     }
 }

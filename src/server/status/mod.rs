@@ -109,6 +109,7 @@ pub fn live_json(state: &State) -> Value {
             "error": reload.last_error,
         },
         "refusals": live.refusals(),
+        "refusals_unlisted": live.unlisted(),
         "series": live.series(),
         "health": health(state),
         "tencent": {"acks": live.tencent_acks().into_iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>()},
