@@ -34,7 +34,10 @@
 #    GET /v1/live (all the status page reads) is fetched once a second for the whole run, as
 #    an open page does. Target: the same req/s as `callgate` (the page costs nothing).
 #
-# Knobs (environment): ROUNDS=5 DURATION=6 WARMUP=3 THREADS=2 CONNS=32 RELOADS=5 NOREC=1 SCENARIOS=1 PAGE=1 EXTRA
+# 6. A baseline (BASELINE=/path/to/another/callgate, off by default), in the same rotation:
+#    another build of callgate, say the commit before a change, on the same policies.
+#
+# Knobs (environment): ROUNDS=5 DURATION=6 WARMUP=3 THREADS=2 CONNS=32 RELOADS=5 NOREC=1 SCENARIOS=1 PAGE=1 BASELINE EXTRA
 # PIN=0 (PIN=1: servers on CPU 0, wrk on CPU 1 with one thread; steadier on 2 cores)
 
 set -euo pipefail
@@ -48,6 +51,7 @@ RELOADS=${RELOADS:-5}
 PIN=${PIN:-0}
 NOREC=${NOREC:-1}
 PAGE=${PAGE:-1}
+BASELINE=${BASELINE:-}
 SCENARIOS=${SCENARIOS:-1}
 EXTRA=${EXTRA-500 1000 2000 3000}
 
@@ -128,7 +132,7 @@ start_callgate() {
     local name=$1 dir=$2 line
     shift 2
     mkdir -p "$WORK/$name-data"
-    "${SERVER_CPU[@]}" "$CALLGATE" serve \
+    "${SERVER_CPU[@]}" "${CG_BIN:-$CALLGATE}" serve \
         --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
         --policies "$dir" --data-dir "$WORK/$name-data" --log-format json "$@" \
         >"$WORK/$name.out" 2>"$WORK/$name.log" &
@@ -236,6 +240,12 @@ if [[ "$PAGE" == 1 ]]; then
         sleep 1
     done) &
     PIDS+=("$!")
+fi
+if [[ -n "$BASELINE" ]]; then
+    # Another build of callgate (say, the commit before a change), in the same rotation.
+    CG_BIN=$BASELINE start_callgate baseline "$REPO/policies"
+    ADDR[baseline]=$CG_ADDR PID[baseline]=$CG_PID
+    NAMES+=(baseline)
 fi
 if [[ "$NOREC" == 1 ]]; then
     start_callgate norec "$REPO/policies" --records false
@@ -528,9 +538,15 @@ LOAD_TOOK=$(grep -o '"took_ms":[0-9]*' "$WORK/reload.log" | cut -d: -f2 | tr '\n
         "$MED_CG" "$(med "${P99_OF[callgate]}")" \
         "$(awk -v r="$MED_CG" -v p="$(med "${P99_OF[callgate]}")" 'BEGIN { print (r >= 50000 && p < 5) ? "MET" : "NOT MET" }')"
     echo "callgate wrote $RECORDED records; $ERRORS error lines in its log"
+    if [[ -n "$BASELINE" ]]; then
+        printf 'baseline (%s): median %.0f req/s, ratio %s, CPU %.2f us/req; callgate: ratio %s, CPU %.2f us/req\n' \
+            "$BASELINE" "$(med "${RPS_OF[baseline]}")" "$(med "${RATIO_OF[baseline]}")" "$(med "${CPU_OF[baseline]}")" \
+            "$(med "${RATIO_OF[callgate]}")" "$(med "${CPU_OF[callgate]}")"
+    fi
     if [[ "$PAGE" == 1 ]]; then
-        printf 'status page open (GET /v1/live each second): median %.0f req/s, ratio %s; callgate without it: ratio %s\n' \
-            "$(med "${RPS_OF[page]}")" "$(med "${RATIO_OF[page]}")" "$(med "${RATIO_OF[callgate]}")"
+        printf 'status page open (GET /v1/live each second): median %.0f req/s, ratio %s, CPU %.2f us/req; callgate without it: ratio %s, CPU %.2f us/req\n' \
+            "$(med "${RPS_OF[page]}")" "$(med "${RATIO_OF[page]}")" "$(med "${CPU_OF[page]}")" \
+            "$(med "${RATIO_OF[callgate]}")" "$(med "${CPU_OF[callgate]}")"
     fi
     if [[ ${#CALIBRATION[@]} -gt 0 ]]; then
         echo "---- calibration: a bare server that does N ns more work per request ----"
