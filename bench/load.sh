@@ -21,7 +21,9 @@
 # 3. Scenarios (SCENARIOS=1, the default), in the same rotation: `cap`, callgate with a rate
 #    cap checked and counted on every request (in memory; target >= 0.8 of bare); `capredis`,
 #    the same cap in a real redis-server started here; `tencent`, durable Tencent
-#    acknowledgements (target >= 10,000/s). After the rounds Redis is killed and `capredis`
+#    acknowledgements (target >= 10,000/s); `tencentdec`, signed Tencent before-callbacks
+#    (C2C.CallbackBeforeSendMsg) decided by rules like the shipped ones (target >= 0.9 of
+#    the OpenIM decisions' req/s, round by round). After the rounds Redis is killed and `capredis`
 #    is measured again: p99 with Redis down (target < 10 ms).
 #
 # 4. Calibration (EXTRA="500 1000 2000 3000", in ns; EXTRA= turns it off), in the same rotation:
@@ -30,14 +32,20 @@
 #    on this machine, and so how much work per request a server may do to reach a target;
 #    the summary places callgate on that scale.
 #
-# 5. The status page (PAGE=1, the default), in the same rotation: `page`, callgate whose
+# 5. Against the least a hand-written gate must do (issue 19), in the same rotation:
+#    examples/min_gate.rs with records (min) and without (minnorec), and a Node peer written
+#    the same way (bench/peers/min_gate.js) when node is installed. Then latency at a fixed
+#    FIXED_RATE callbacks/s (examples/fixed_rate.rs, open loop), callgate against min.
+#
+# 6. The status page (PAGE=1, the default), in the same rotation: `page`, callgate whose
 #    GET /v1/live (all the status page reads) is fetched once a second for the whole run, as
 #    an open page does. Target: the same req/s as `callgate` (the page costs nothing).
 #
-# 6. A baseline (BASELINE=/path/to/another/callgate, off by default), in the same rotation:
+# 7. A baseline (BASELINE=/path/to/another/callgate, off by default), in the same rotation:
 #    another build of callgate, say the commit before a change, on the same policies.
 #
-# Knobs (environment): ROUNDS=5 DURATION=6 WARMUP=3 THREADS=2 CONNS=32 RELOADS=5 NOREC=1 SCENARIOS=1 PAGE=1 BASELINE EXTRA
+# Knobs (environment): ROUNDS=5 DURATION=6 WARMUP=3 THREADS=2 CONNS=32 RELOADS=5 NOREC=1 SCENARIOS=1 EXTRA
+# FIXED_RATE=5000 (0: off) FIXED_ROUNDS=3 PAGE=1 BASELINE
 # PIN=0 (PIN=1: servers on CPU 0, wrk on CPU 1 with one thread; steadier on 2 cores)
 
 set -euo pipefail
@@ -54,12 +62,17 @@ PAGE=${PAGE:-1}
 BASELINE=${BASELINE:-}
 SCENARIOS=${SCENARIOS:-1}
 EXTRA=${EXTRA-500 1000 2000 3000}
+FIXED_RATE=${FIXED_RATE:-5000}
+FIXED_ROUNDS=${FIXED_ROUNDS:-3}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 LUA="$REPO/bench/openim.lua"
-CALLGATE="$REPO/target/release/callgate"
-BARE="$REPO/target/release/examples/bare_warp"
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+CALLGATE="$TARGET_DIR/release/callgate"
+BARE="$TARGET_DIR/release/examples/bare_warp"
+MIN_GATE="$TARGET_DIR/release/examples/min_gate"
+FIXED_RATE_BIN="$TARGET_DIR/release/examples/fixed_rate"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/callgate-load.XXXXXX")
 PIDS=()
@@ -88,8 +101,8 @@ die() { say "error: $*"; exit 1; }
 
 # --- build and tools ---------------------------------------------------------------------
 
-say "building release: callgate and examples/bare_warp"
-timeout 900 cargo build --release --quiet --bin callgate --example bare_warp ||
+say "building release: callgate, examples/bare_warp and examples/min_gate"
+timeout 900 cargo build --release --quiet --bin callgate --example bare_warp --example min_gate --example fixed_rate ||
     die "release build failed"
 
 if ! command -v wrk >/dev/null 2>&1; then
@@ -247,6 +260,33 @@ if [[ -n "$BASELINE" ]]; then
     ADDR[baseline]=$CG_ADDR PID[baseline]=$CG_PID
     NAMES+=(baseline)
 fi
+# start_peer NAME COMMAND...: starts a minimal gate that prints "listening on http://ADDR".
+start_peer() {
+    local name=$1 line
+    shift
+    "${SERVER_CPU[@]}" "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
+    PIDS+=("$!")
+    PID[$name]=$!
+    line=$(wait_for_line "$WORK/$name.out" "listening on" "${PID[$name]}") || die "$name did not start"
+    ADDR[$name]=$(sed -E 's|.*listening on http://([0-9.:]+).*|\1|' <<<"$line")
+    say "$name: pid ${PID[$name]}, ${ADDR[$name]}"
+}
+# The least a hand-written gate must do (issue 19): parse, allowlist, regex, answer, and a
+# record line to a writer thread (min) or none (minnorec); a Node peer written the same way.
+start_peer min "$MIN_GATE" 127.0.0.1:0 "$WORK/min-records.jsonl"
+start_peer minnorec "$MIN_GATE" 127.0.0.1:0 -
+NAMES+=(min minnorec)
+if command -v node >/dev/null 2>&1; then
+    start_peer node node "$REPO/bench/peers/min_gate.js" 0 "$WORK/node-records.jsonl"
+    NAMES+=(node)
+else
+    say "node not installed: the Node peer is skipped"
+fi
+if command -v go >/dev/null 2>&1; then
+    say "go is installed, but no Go peer is written yet"
+else
+    say "go not installed: no Go peer"
+fi
 if [[ "$NOREC" == 1 ]]; then
     start_callgate norec "$REPO/policies" --records false
     ADDR[norec]=$CG_ADDR PID[norec]=$CG_PID
@@ -280,7 +320,36 @@ YAML
     ADDR[capredis]=$CG_ADDR PID[capredis]=$CG_PID LUA_OF[capredis]="$REPO/bench/cap.lua"
     start_callgate tencent "$REPO/policies" --tencent-app-id 1400000001
     ADDR[tencent]=$CG_ADDR PID[tencent]=$CG_PID LUA_OF[tencent]="$REPO/bench/tencent.lua"
-    NAMES+=(cap capredis tencent)
+    # Tencent before-callbacks decided: the shipped policies plus rules of the same kinds
+    # (a list, a regex) on C2C.CallbackBeforeSendMsg, signed as Tencent signs them.
+    mkdir -p "$WORK/tencent-policies"
+    cp -r "$REPO/policies/." "$WORK/tencent-policies/"
+    cat >"$WORK/tencent-policies/20-tencent.yaml" <<'YAML'
+rules:
+  - id: c2c-staff-may-always-send
+    on: C2C.CallbackBeforeSendMsg
+    when:
+      From_Account: { in_list: staff }
+    decision: allow
+  - id: c2c-no-messages-to-system-accounts
+    on: C2C.CallbackBeforeSendMsg
+    when:
+      To_Account: { regex: '^(sys|bot)_' }
+    decision: deny
+    error: { code: 120001, message: "system accounts take no messages" }
+YAML
+    TC_TOKEN=load-test-token TC_TIME=$(date +%s)
+    TC_SIGN=$(printf '%s%s' "$TC_TOKEN" "$TC_TIME" | sha256sum | cut -d' ' -f1)
+    sed -e "s/@TIME@/$TC_TIME/" -e "s/@SIGN@/$TC_SIGN/" "$REPO/bench/tencent_before.lua" >"$WORK/tencent_before.lua"
+    start_callgate tencentdec "$WORK/tencent-policies" --tencent-app-id 1400000001 \
+        --tencent-token "$TC_TOKEN" --tencent-max-skew 1h
+    ADDR[tencentdec]=$CG_ADDR PID[tencentdec]=$CG_PID LUA_OF[tencentdec]="$WORK/tencent_before.lua"
+    TC_ANSWER=$(curl -sS --max-time 2 -X POST -H 'Content-Type: application/json' \
+        --data-binary '{"CallbackCommand":"C2C.CallbackBeforeSendMsg","From_Account":"u_1001","To_Account":"u_1002"}' \
+        "http://${ADDR[tencentdec]}$(sed -n 's/^wrk.path = "\(.*\)"$/\1/p' "$WORK/tencent_before.lua")")
+    [[ "$TC_ANSWER" == '{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}' ]] ||
+        die "tencentdec does not allow the bench's C2C callback: $TC_ANSWER"
+    NAMES+=(cap capredis tencent tencentdec)
 fi
 NAMES+=("${CALIBRATION[@]}")
 for name in "${NAMES[@]}"; do
@@ -316,6 +385,22 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 for name in "${NAMES[@]}"; do
     [[ "$(probe "${ADDR[$name]}")" == "$ALLOW" ]] || die "$name stopped answering during the run"
 done
+
+# Latency at a fixed moderate load (FIXED_RATE/s, open loop, latency from each request's due
+# time): callgate against the minimal gate, alternating, FIXED_ROUNDS rounds each.
+FIXED_LINES=()
+declare -A FIXED_P99=()
+if [[ "$FIXED_RATE" != 0 ]]; then
+    for round in $(seq "$FIXED_ROUNDS"); do
+        for name in callgate min; do
+            out=$(timeout $((DURATION + 30)) "${WRK_CPU[@]}" "$FIXED_RATE_BIN" "${ADDR[$name]}" "$FIXED_RATE" "$DURATION" 16 \
+                "$REPO/bench/openim-requests.tsv") || die "fixed_rate failed on $name: $out"
+            FIXED_LINES+=("$(printf 'round %d  %-9s %s' "$round" "$name" "$out")")
+            FIXED_P99[$name]+="$(sed -E 's/.* p99 ([0-9.]+) .*/\1/' <<<"$out") "
+            say "${FIXED_LINES[-1]}"
+        done
+    done
+fi
 
 # Redis down: kill it and measure the Redis-capped server again (the circuit breaker answers
 # per --on-error, allow by default, without calling Redis).
@@ -568,8 +653,37 @@ LOAD_TOOK=$(grep -o '"took_ms":[0-9]*' "$WORK/reload.log" | cut -d: -f2 | tr '\n
         printf 'durable Tencent acks: median %.0f /s (fsynced before each ack), %s records   target >= 10,000/s: %s\n' \
             "$(med "${RPS_OF[tencent]}")" "$TENCENT_RECORDS" \
             "$(awk -v r="$(med "${RPS_OF[tencent]}")" 'BEGIN { print (r >= 10000) ? "MET" : "NOT MET" }')"
+        TC_RATIOS=$(paste -d' ' <(tr ' ' '\n' <<<"${RPS_OF[tencentdec]}") <(tr ' ' '\n' <<<"${RPS_OF[callgate]}") |
+            awk 'NF == 2 && $2 > 0 { printf "%.3f ", $1 / $2 }')
+        printf 'Tencent before-callback decisions (C2C, signed): median %.0f req/s, p99 %.3f ms; per round vs OpenIM decisions (callgate): %s\n' \
+            "$(med "${RPS_OF[tencentdec]}")" "$(med "${P99_OF[tencentdec]}")" "$TC_RATIOS"
+        printf 'Tencent/OpenIM decisions: median ratio %s   target >= 0.9: %s\n' "$(med "$TC_RATIOS")" \
+            "$(awk -v r="$(med "$TC_RATIOS")" 'BEGIN { print (r >= 0.9) ? "MET" : "NOT MET" }')"
         printf 'recording cost on OpenIM decisions (norec vs callgate req/s): %s\n' \
             "$(awk -v a="$(med "${RPS_OF[callgate]}")" -v b="$(med "${RPS_OF[norec]:-0}")" 'BEGIN { if (b > 0) printf "%.1f%% (target <= 20%%)", (1 - a / b) * 100; else print "n/a (NOREC=0)" }')"
+    fi
+    echo "---- against the minimal gate (examples/min_gate.rs), round by round ----"
+    # per_round A B: each round's req/s of A over B's, then their median.
+    per_round() {
+        paste -d' ' <(tr ' ' '\n' <<<"${RPS_OF[$1]:-}") <(tr ' ' '\n' <<<"${RPS_OF[$2]:-}") |
+            awk 'NF == 2 && $2 > 0 { printf "%.3f ", $1 / $2 }'
+    }
+    for pair in "callgate min 0.95" "norec minnorec 0.95" "cap min 0.93" "node min -" "min bare -"; do
+        read -r a b target <<<"$pair"
+        [[ -n "${RPS_OF[$a]:-}" && -n "${RPS_OF[$b]:-}" ]] || continue
+        ratios=$(per_round "$a" "$b")
+        verdict=""
+        [[ "$target" != "-" ]] && verdict="   target >= $target: $(awk -v r="$(med "$ratios")" -v t="$target" 'BEGIN { print (r >= t) ? "MET" : "NOT MET" }')"
+        printf '%-9s / %-9s median %s  (rounds: %s)%s\n' "$a" "$b" "$(med "$ratios")" "$ratios" "$verdict"
+    done
+    printf 'p99 at full load: callgate %.3f ms, min %.3f ms\n' "$(med "${P99_OF[callgate]}")" "$(med "${P99_OF[min]}")"
+    if [[ ${#FIXED_LINES[@]} -gt 0 ]]; then
+        echo "---- latency at a fixed $FIXED_RATE callbacks/s (examples/fixed_rate.rs, 16 connections) ----"
+        printf '%s\n' "${FIXED_LINES[@]}"
+        printf 'p99 callgate %s ms, min %s ms: ratio %s   target <= 1.2: %s\n' "$(med "${FIXED_P99[callgate]}")" \
+            "$(med "${FIXED_P99[min]}")" \
+            "$(awk -v a="$(med "${FIXED_P99[callgate]}")" -v b="$(med "${FIXED_P99[min]}")" 'BEGIN { printf "%.2f", a / b }')" \
+            "$(awk -v a="$(med "${FIXED_P99[callgate]}")" -v b="$(med "${FIXED_P99[min]}")" 'BEGIN { print (a / b <= 1.2) ? "MET" : "NOT MET" }')"
     fi
     echo "---- hot reload, 10,000 rules, write-and-rename ----"
     printf '%s\n' "${RELOAD_LINES[@]}"

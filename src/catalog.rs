@@ -376,6 +376,164 @@ pub const TENCENT: [Command; 18] = [
     },
 ];
 
+/// Where a refusal's code must lie, by who reads it: OpenIM, or the Tencent system whose
+/// before-callback is refused (TENCENT-BEFORE.md: each system passes its own custom range
+/// through to the client; a code outside it is not the operator's to send).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CodeFamily {
+    /// OpenIM's `errCode`: 100 or more (below, OpenIM turns it into a generic server error).
+    OpenIm,
+    /// `C2C.*` before-callbacks: `ErrorCode` in [120001, 130000].
+    C2c,
+    /// `Group.*` before-callbacks: `ErrorCode` in [10100, 10200].
+    Group,
+    /// `Sns.CallbackPrevFriend*`: a refused item's `ResultCode` in [38000, 39000].
+    Sns,
+    /// `OfficialAccount.*` before-callbacks: `ErrorCode` in [120001, 130000].
+    OfficialAccount,
+}
+
+impl CodeFamily {
+    /// Every family, in the order messages list them.
+    pub const ALL: [CodeFamily; 5] =
+        [CodeFamily::OpenIm, CodeFamily::C2c, CodeFamily::Group, CodeFamily::Sns, CodeFamily::OfficialAccount];
+
+    /// The key that names the family in a policy's `error: { code: { KEY: N } }`.
+    pub fn key(self) -> &'static str {
+        match self {
+            CodeFamily::OpenIm => "openim",
+            CodeFamily::C2c => "c2c",
+            CodeFamily::Group => "group",
+            CodeFamily::Sns => "sns",
+            CodeFamily::OfficialAccount => "official_account",
+        }
+    }
+
+    /// The family a policy calls `key`.
+    pub fn from_key(key: &str) -> Option<CodeFamily> {
+        CodeFamily::ALL.into_iter().find(|f| f.key() == key)
+    }
+
+    /// Who passes the family's codes to its client, as messages say it.
+    pub fn reader(self) -> &'static str {
+        match self {
+            CodeFamily::OpenIm => "OpenIM",
+            CodeFamily::C2c => "Tencent Chat for C2C.* callbacks",
+            CodeFamily::Group => "Tencent Chat for Group.* callbacks",
+            CodeFamily::Sns => "Tencent Chat for a refused friend item",
+            CodeFamily::OfficialAccount => "Tencent Chat for OfficialAccount.* callbacks",
+        }
+    }
+
+    /// The codes a refusal may carry.
+    pub fn range(self) -> std::ops::RangeInclusive<i64> {
+        match self {
+            CodeFamily::OpenIm => 100..=i32::MAX as i64,
+            CodeFamily::C2c | CodeFamily::OfficialAccount => 120_001..=130_000,
+            CodeFamily::Group => 10_100..=10_200,
+            CodeFamily::Sns => 38_000..=39_000,
+        }
+    }
+}
+
+/// How a Tencent before-callback is answered, beyond allow and refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TencentAnswer {
+    /// One decision for the whole callback.
+    Whole,
+    /// One decision for the whole callback, which may also be to drop the message silently
+    /// (`ErrorCode` 2: the sender is told it was sent, nobody receives it).
+    Message,
+    /// One decision per item of the list under `list`, each item's account under
+    /// `account`; answered as `ResultItem` (friend callbacks).
+    ResultItems { list: &'static str, account: &'static str },
+    /// One decision per item; the refused items' accounts are listed under `refused`, or
+    /// the whole callback refused when every item is (group invitations, subscribers).
+    RefusedAccounts { list: &'static str, account: &'static str, refused: &'static str },
+}
+
+impl TencentAnswer {
+    /// Whether the callback is decided item by item.
+    pub fn is_per_item(self) -> bool {
+        matches!(self, TencentAnswer::ResultItems { .. } | TencentAnswer::RefusedAccounts { .. })
+    }
+}
+
+/// A Tencent callback that callgate decides (a before-callback): its family and answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decided {
+    /// The command's name.
+    pub name: &'static str,
+    /// Where its refusal codes lie.
+    pub family: CodeFamily,
+    /// How its answer is shaped.
+    pub answer: TencentAnswer,
+    /// The keys of one item, for a callback decided item by item (empty otherwise).
+    pub item_fields: &'static [&'static str],
+}
+
+/// The Tencent before-callbacks callgate decides (TENCENT-BEFORE.md, per command), sorted
+/// by name. Every other Tencent command is a report of what happened: acknowledged only.
+#[rustfmt::skip]
+pub const TENCENT_DECIDED: [Decided; 11] = [
+    Decided { name: "C2C.CallbackBeforeSendMsg", family: CodeFamily::C2c, answer: TencentAnswer::Message, item_fields: &[] },
+    Decided { name: "Group.CallbackBeforeApplyJoinGroup", family: CodeFamily::Group, answer: TencentAnswer::Whole, item_fields: &[] },
+    Decided { name: "Group.CallbackBeforeCreateGroup", family: CodeFamily::Group, answer: TencentAnswer::Whole, item_fields: &[] },
+    Decided { name: "Group.CallbackBeforeCreateTopic", family: CodeFamily::Group, answer: TencentAnswer::Whole, item_fields: &[] },
+    Decided {
+        name: "Group.CallbackBeforeInviteJoinGroup",
+        family: CodeFamily::Group,
+        answer: TencentAnswer::RefusedAccounts {
+            list: "DestinationMembers", account: "Member_Account", refused: "RefusedMembers_Account",
+        },
+        item_fields: &["Member_Account"],
+    },
+    Decided { name: "Group.CallbackBeforeSendMsg", family: CodeFamily::Group, answer: TencentAnswer::Message, item_fields: &[] },
+    Decided {
+        name: "OfficialAccount.CallbackBeforeAddSubscriber",
+        family: CodeFamily::OfficialAccount,
+        answer: TencentAnswer::RefusedAccounts {
+            list: "SubscribeAccountList", account: "Subscriber_Account", refused: "RefusedSubscribers_Account",
+        },
+        item_fields: &["Subscriber_Account"],
+    },
+    Decided {
+        name: "OfficialAccount.CallbackBeforeCreateOfficialAccount",
+        family: CodeFamily::OfficialAccount,
+        answer: TencentAnswer::Whole,
+        item_fields: &[],
+    },
+    Decided {
+        name: "OfficialAccount.CallbackBeforeSendMsg",
+        family: CodeFamily::OfficialAccount,
+        answer: TencentAnswer::Message,
+        item_fields: &[],
+    },
+    Decided {
+        name: "Sns.CallbackPrevFriendAdd",
+        family: CodeFamily::Sns,
+        answer: TencentAnswer::ResultItems { list: "FriendItem", account: "To_Account" },
+        item_fields: &["To_Account", "Remark", "GroupName", "AddSource", "AddWording"],
+    },
+    Decided {
+        name: "Sns.CallbackPrevFriendResponse",
+        family: CodeFamily::Sns,
+        answer: TencentAnswer::ResultItems { list: "ResponseFriendItem", account: "To_Account" },
+        item_fields: &["To_Account", "Remark", "TagName", "ResponseAction"],
+    },
+];
+
+/// The Tencent before-callback called `name`, when callgate decides it.
+pub fn tencent_decided(name: &str) -> Option<&'static Decided> {
+    TENCENT_DECIDED.binary_search_by(|d| d.name.cmp(name)).ok().map(|i| &TENCENT_DECIDED[i])
+}
+
+/// Whether `name` is written as Tencent names its commands (`System.Name`). OpenIM's
+/// command names never hold a dot.
+pub fn is_tencent_name(name: &str) -> bool {
+    name.contains('.')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +552,12 @@ mod tests {
             Some((Server::Tencent, "Sns.CallbackBlackListDelete"))
         );
         assert_eq!(find("Sns.CallbackNope"), None);
+        assert!(TENCENT_DECIDED.windows(2).all(|w| w[0].name < w[1].name));
+        for decided in &TENCENT_DECIDED {
+            assert!(find(decided.name).is_some(), "{} is not in TENCENT", decided.name);
+        }
+        assert_eq!(tencent_decided("Sns.CallbackPrevFriendAdd").map(|d| d.family), Some(CodeFamily::Sns));
+        assert_eq!(tencent_decided("Sns.CallbackFriendAdd"), None);
     }
 
     #[test]

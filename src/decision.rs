@@ -10,6 +10,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::ser::SerializeStruct;
 
+use crate::catalog::CodeFamily;
+
 /// What a rule or the default decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -17,35 +19,64 @@ pub enum Outcome {
     Allow,
     /// Refuse it with this error.
     Deny(Arc<Refusal>),
+    /// Drop the message silently: the sender is told it was sent, nobody receives it.
+    /// Only Tencent's message before-callbacks can answer so (the loader checks).
+    Discard,
 }
 
 impl Outcome {
-    /// `"allow"` or `"deny"`.
+    /// `"allow"`, `"deny"` or `"discard"`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Outcome::Allow => "allow",
             Outcome::Deny(_) => "deny",
+            Outcome::Discard => "discard",
         }
     }
 
-    /// The refusal's errCode; `None` for allow.
+    /// The refusal's code as OpenIM gets it; `None` for allow and discard.
     pub fn error_code(&self) -> Option<i32> {
+        self.error_code_for(CodeFamily::OpenIm)
+    }
+
+    /// The refusal's code as `family` gets it; `None` for allow and discard.
+    pub fn error_code_for(&self, family: CodeFamily) -> Option<i32> {
         match self {
-            Outcome::Allow => None,
-            Outcome::Deny(r) => Some(r.code),
+            Outcome::Allow | Outcome::Discard => None,
+            Outcome::Deny(r) => Some(r.code_for(family)),
         }
+    }
+
+    /// Whether the action does not happen (deny or discard).
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, Outcome::Allow)
     }
 }
 
 /// The error the IM server passes to its client when a callback is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// `errCode`, 100 or more.
+    /// The code: OpenIM's `errCode` (100 or more), or a Tencent `ErrorCode` in its range.
     pub code: i32,
-    /// `errMsg`.
+    /// `errMsg` / `ErrorInfo`.
     pub message: String,
-    /// `errDlt`.
+    /// `errDlt` (OpenIM only).
     pub detail: String,
+    /// Codes stated per family (`code: { openim: N, group: M }`), for a rule that reaches
+    /// more than one family's range; empty when `code` fits all it reaches.
+    pub codes: Vec<(CodeFamily, i32)>,
+}
+
+impl Refusal {
+    /// A refusal with one code for every family.
+    pub fn new(code: i32, message: impl Into<String>, detail: impl Into<String>) -> Refusal {
+        Refusal { code, message: message.into(), detail: detail.into(), codes: Vec::new() }
+    }
+
+    /// The code `family` is answered with.
+    pub fn code_for(&self, family: CodeFamily) -> i32 {
+        self.codes.iter().find(|(f, _)| *f == family).map_or(self.code, |&(_, code)| code)
+    }
 }
 
 /// What the policy set decided for one callback.
@@ -104,7 +135,7 @@ mod tests {
 
     #[test]
     fn hits_serialise_as_records_and_the_admin_api_show_them() {
-        let deny = Outcome::Deny(Arc::new(Refusal { code: 150, message: "m".into(), detail: String::new() }));
+        let deny = Outcome::Deny(Arc::new(Refusal::new(150, "m", "")));
         let hit = |outcome| serde_json::to_value(DryRunHit { rule: "d".into(), outcome }).unwrap();
         assert_eq!(hit(deny), serde_json::json!({"rule": "d", "would": "deny", "error_code": 150}));
         assert_eq!(hit(Outcome::Allow), serde_json::json!({"rule": "d", "would": "allow"}));

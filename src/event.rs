@@ -7,6 +7,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::catalog::{self, CodeFamily};
+
 /// Which IM server sent a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -44,11 +46,34 @@ pub struct Event {
 }
 
 impl Event {
-    /// Builds an OpenIM event from an already parsed body, as the offline tools do.
+    /// Builds an OpenIM event from an already parsed body.
     pub fn openim(command: impl Into<String>, body: Map<String, Value>) -> Event {
         Event { source: Source::OpenIm, command: command.into(), operation_id: String::new(), body, raw: Bytes::new() }
     }
+
+    /// Builds an event as the offline tools (`check`, `test`, `explain`) do: from its
+    /// command's name, OpenIM's or Tencent's (`System.Name`), and a parsed body.
+    pub fn offline(command: impl Into<String>, body: Map<String, Value>) -> Event {
+        let command = command.into();
+        let source = if catalog::is_tencent_name(&command) { Source::Tencent } else { Source::OpenIm };
+        Event { source, command, operation_id: String::new(), body, raw: Bytes::new() }
+    }
+
+    /// Where a refusal's code for this callback must lie.
+    pub fn code_family(&self) -> CodeFamily {
+        code_family_of(&self.command)
+    }
 }
+
+/// Where a refusal's code for the callback named `command` must lie: a Tencent
+/// before-callback's family, else OpenIM's.
+pub fn code_family_of(command: &str) -> CodeFamily {
+    catalog::tencent_decided(command).map_or(CodeFamily::OpenIm, |d| d.family)
+}
+
+/// The key under which the rules see one item of a callback decided item by item
+/// (`item.To_Account`), beside the callback's top-level fields.
+pub const ITEM_KEY: &str = "item";
 
 /// Where a Tencent callback came from, from its query string (kept in its record).
 #[derive(Debug, Default, Clone, Serialize)]

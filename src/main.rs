@@ -380,12 +380,16 @@ fn check(dir: &Path, command: Option<&str>, events: &[PathBuf]) -> Result<ExitCo
             None => resolve_command(&CHECK_NAMING, None, &body),
         }
         .with_context(|| format!("`{}`", path.display()))?;
-        let (decision, trace) = set.explain(&Event::openim(command.clone(), body), &Default::default());
+        let event = Event::offline(command.clone(), body);
+        let (decision, trace) = set.explain(&event, &Default::default());
         let by = decision.rule.as_deref().map_or("the default".to_string(), |r| format!("rule `{r}`"));
         match &decision.outcome {
-            Outcome::Allow => writeln!(out, "{}: {command}: allow, by {by}", path.display())?,
+            Outcome::Allow | Outcome::Discard => {
+                writeln!(out, "{}: {command}: {}, by {by}", path.display(), decision.outcome.as_str())?
+            }
             Outcome::Deny(r) => {
-                writeln!(out, "{}: {command}: deny, by {by}: errCode {} {:?}", path.display(), r.code, r.message)?
+                let code = r.code_for(event.code_family());
+                writeln!(out, "{}: {command}: deny, by {by}: errCode {code} {:?}", path.display(), r.message)?
             }
         }
         for step in &trace {

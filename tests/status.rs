@@ -172,6 +172,47 @@ async fn health_and_tencent_acks_come_from_a_real_server() {
     assert_eq!(live_json(&off).await["health"]["records"], json!({"on": false}));
 }
 
+/// Tencent before-callbacks decided by the rules are counted and listed as OpenIM's are: a
+/// refusal with its code, a discard without one.
+#[tokio::test]
+async fn tencent_refusals_and_discards_are_listed() {
+    let policy = r#"rules:
+  - id: c2c-muted
+    on: C2C.CallbackBeforeSendMsg
+    when:
+      From_Account: { equals: u_banned }
+    decision: deny
+    error: { code: 120001, message: "you are muted" }
+  - id: spam-dropped
+    on: C2C.CallbackBeforeSendMsg
+    when:
+      From_Account: { regex: '^spam_' }
+    decision: discard
+"#;
+    let dir = PolicyDir::with("10.yaml", policy);
+    let server = Server::start(dir.path(), &["--tencent-app-id", TENCENT_APP, "--tencent-token", TENCENT_TOKEN]);
+    let command = "C2C.CallbackBeforeSendMsg";
+    for from in ["u_banned", "spam_1"] {
+        let mut body: Value = serde_json::from_str(&sample("tencent/C2C.CallbackBeforeSendMsg.json")).unwrap();
+        body["From_Account"] = from.into();
+        let (status, answer) = server.post_tencent(&signed_query(command, unix_now()), &body.to_string()).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_ne!(answer, TENCENT_OK, "{from} is refused");
+    }
+    let doc = live_json(&server).await;
+    assert_eq!(rule(&doc, "c2c-muted")["hour"], json!({"allow": 0, "deny": 1, "would_deny": 0}));
+    assert_eq!(rule(&doc, "spam-dropped")["hour"], json!({"allow": 0, "deny": 1, "would_deny": 0}));
+    let refusals = &doc["refusals"];
+    assert_eq!(refusals[0]["kind"], "discard", "{doc}");
+    assert_eq!(refusals[0]["error_code"], Value::Null);
+    assert_eq!(refusals[0]["command"], command);
+    assert_eq!(refusals[1]["kind"], "deny");
+    assert_eq!(refusals[1]["error_code"], 120001);
+    assert!(refusals[1]["ids"].as_array().unwrap().contains(&json!(["From_Account", "u_banned"])), "{doc}");
+    let decided: u64 = doc["series"]["decisions"].as_array().unwrap().iter().filter_map(Value::as_u64).sum();
+    assert_eq!(decided, 2, "Tencent decisions are in the series");
+}
+
 /// A browser gets the page without a token (it holds no data); its data needs the token; any
 /// other client still gets the JSON index at `/`.
 #[tokio::test]

@@ -9,28 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use callgate::protocol::tencent::sign;
 use common::*;
-
-const APP: &str = "1400000001";
-const TOKEN: &str = "xxxxyyyy";
-const OK: &str = r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#;
+use common::{TENCENT_APP as APP, TENCENT_OK as OK, TENCENT_TOKEN as TOKEN, unix_now as now};
 
 fn fail(info: &str) -> String {
     serde_json::json!({"ActionStatus":"FAIL","ErrorCode":1,"ErrorInfo":info}).to_string()
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// A signed query for `command`, sent at `time`.
-fn signed_query(command: &str, time: u64) -> String {
-    let t = time.to_string();
-    format!(
-        "SdkAppid={APP}&CallbackCommand={command}&contenttype=json&ClientIP=203.0.113.7&OptPlatform=iOS&RequestTime={t}&Sign={}",
-        sign(TOKEN, &t)
-    )
 }
 
 fn unblock_body(from: &str, to: &str) -> String {

@@ -16,6 +16,7 @@ use super::lines::sequence_item_lines;
 use super::model::{Place, TraceStep, is_policy_file_name};
 use super::parse::{self, RawDecision};
 use super::set::PolicySet;
+use crate::catalog::CodeFamily;
 use crate::decision::{Decision, Outcome};
 use crate::event::{CommandError, CommandNaming, Event, resolve_command};
 
@@ -98,6 +99,7 @@ struct RawCase {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Expect {
+    #[serde(deserialize_with = "parse::rule_decision")]
     decision: RawDecision,
     /// The rule that decides, or `default`.
     rule: Option<String>,
@@ -196,25 +198,31 @@ fn read_cases(set: &PolicySet, file: &Path, text: &str, cases: &mut Vec<Case>, e
     }
 }
 
-/// How a case names its command: `command:` beside the callback, or its `callbackCommand`.
+/// How a case names its command: `command:` beside the callback, or its `callbackCommand`
+/// (OpenIM's key).
 const CASE_NAMING: CommandNaming = CommandNaming {
     body_key: "callbackCommand",
     outside: "the case's `command:`",
     how: "the callback has no `callbackCommand`; add it, or give the case a `command:`",
 };
 
+/// The same for a Tencent callback, whose body names its command `CallbackCommand`.
+const TENCENT_CASE_NAMING: CommandNaming = CommandNaming { body_key: "CallbackCommand", ..CASE_NAMING };
+
 /// The command a case is decided as (the one resolver the servers use too), or the word
 /// of the case to point at and why it has none.
 fn case_command(case: &RawCase) -> Result<String, (&'static str, String)> {
-    resolve_command(&CASE_NAMING, case.command.as_deref(), &case.callback).map_err(|e| match e {
+    let is_tencent = !case.callback.contains_key("callbackCommand") && case.callback.contains_key("CallbackCommand");
+    let naming = if is_tencent { &TENCENT_CASE_NAMING } else { &CASE_NAMING };
+    resolve_command(naming, case.command.as_deref(), &case.callback).map_err(|e| match e {
         CommandError::Missing { how } => ("callback:", how.to_string()),
-        CommandError::Mismatch { named, body, .. } => (
+        CommandError::Mismatch { named, body, body_key, .. } => (
             "command:",
             format!(
-                "`command: {named}` disagrees with the callback's callbackCommand `{body}`; callgate refuses such a request"
+                "`command: {named}` disagrees with the callback's {body_key} `{body}`; callgate refuses such a request"
             ),
         ),
-        CommandError::NotString { .. } => ("callbackCommand", "the callback's `callbackCommand` is not a string".into()),
+        CommandError::NotString { body_key } => (body_key, format!("the callback's `{body_key}` is not a string")),
         CommandError::Invalid(_) => ("command", format!("{e}; callgate refuses such a request")),
     })
 }
@@ -283,34 +291,38 @@ fn known_rules(set: &PolicySet) -> String {
 }
 
 fn run_case(set: &PolicySet, case: Case) -> CaseReport {
-    let event = Event::openim(case.command, case.body);
+    let event = Event::offline(case.command, case.body);
     let cap_counts: HashMap<String, u64> = set
         .cap_checks_for(&event)
         .into_iter()
         .filter_map(|check| case.caps.get(&*check.rule).map(|&count| (check.key, count)))
         .collect();
     let (decision, trace) = set.explain(&event, &cap_counts);
-    let failure = (!case.expect.is_met_by(&decision))
-        .then(|| format!("expected {}, got {}", case.expect.describe(), case.expect.describe_actual(&decision)));
+    let family = event.code_family();
+    let failure = (!case.expect.is_met_by(&decision, family)).then(|| {
+        format!("expected {}, got {}", case.expect.describe(), case.expect.describe_actual(&decision, family))
+    });
     CaseReport { at: case.at, name: case.name, decision, trace, failure }
 }
 
 impl Expect {
-    fn is_met_by(&self, decision: &Decision) -> bool {
+    fn is_met_by(&self, decision: &Decision, family: CodeFamily) -> bool {
         let refusal = match &decision.outcome {
-            Outcome::Allow => None,
+            Outcome::Allow | Outcome::Discard => None,
             Outcome::Deny(r) => Some(r),
         };
         let is_decision_met = match self.decision {
-            RawDecision::Allow => refusal.is_none(),
+            RawDecision::Allow => decision.outcome == Outcome::Allow,
             RawDecision::Deny => refusal.is_some(),
+            RawDecision::Discard => decision.outcome == Outcome::Discard,
         };
         let is_rule_met = match self.rule.as_deref() {
             None => true,
             Some(DEFAULT_RULE) => decision.rule.is_none(),
             Some(id) => decision.rule.as_deref() == Some(id),
         };
-        let is_code_met = self.error_code.is_none_or(|code| refusal.is_some_and(|r| i64::from(r.code) == code));
+        let is_code_met =
+            self.error_code.is_none_or(|code| refusal.is_some_and(|r| i64::from(r.code_for(family)) == code));
         let is_message_met = self.error_message.as_ref().is_none_or(|m| refusal.is_some_and(|r| r.message == *m));
         let is_dry_run_met = self.dry_run.as_ref().is_none_or(|want| *want == dry_run_ids(decision));
         is_decision_met && is_rule_met && is_code_met && is_message_met && is_dry_run_met
@@ -322,6 +334,7 @@ impl Expect {
         let mut text = match self.decision {
             RawDecision::Allow => "allow".to_string(),
             RawDecision::Deny => "deny".to_string(),
+            RawDecision::Discard => "discard".to_string(),
         };
         match self.rule.as_deref() {
             None => {}
@@ -344,7 +357,7 @@ impl Expect {
     }
 
     /// The decision in the same words, with the details this expectation checks.
-    fn describe_actual(&self, decision: &Decision) -> String {
+    fn describe_actual(&self, decision: &Decision, family: CodeFamily) -> String {
         let mut text = decision.outcome.as_str().to_string();
         match decision.rule.as_deref() {
             None => text.push_str(" by the default"),
@@ -354,7 +367,7 @@ impl Expect {
         }
         let mut details = Vec::new();
         if let Outcome::Deny(refusal) = &decision.outcome {
-            details.push(format!("errCode {}", refusal.code));
+            details.push(format!("errCode {}", refusal.code_for(family)));
             if self.error_message.is_some() {
                 details.push(format!("errMsg {:?}", refusal.message));
             }

@@ -4,6 +4,7 @@
 //! Compilation is pure but for reading list files; `load` does the directory walk, runs
 //! `warn` over what compiled and assembles the [`PolicySet`], and `reload` swaps it in.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -13,11 +14,13 @@ use regex::Regex;
 use super::error::{ListError, LoadError, LoadErrors, RuleError};
 use super::lines::RuleLines;
 use super::model::{
-    Cond, FieldPath, Group, List, OnCommands, Place, RateCap, Rule, Scalar, ScalarSet, SourceFile, Test,
+    Cond, FieldPath, Group, List, OnCommands, Place, RateCap, Rule, Scalar, ScalarSet, SourceFile, Test, glob_reaches,
 };
 use super::parse::{self, RawDecision, RawEntry, RawError, RawFile, RawGroup, RawList, RawMode, RawOps};
 use super::set::PolicySet;
+use crate::catalog::{self, CodeFamily, Decided, TencentAnswer};
 use crate::decision::{Outcome, Refusal};
+use crate::event::Source;
 
 /// The longest rate-cap window.
 const MAX_CAP_WINDOW: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
@@ -147,11 +150,69 @@ fn compile_default(
 fn compile_outcome(decision: RawDecision, error: Option<&RawError>) -> Result<Outcome, RuleError> {
     match (decision, error) {
         (RawDecision::Allow, None) => Ok(Outcome::Allow),
-        (RawDecision::Allow, Some(_)) => Err(RuleError::ErrorWithAllow),
-        (RawDecision::Deny, Some(e)) => {
-            Ok(Outcome::Deny(Arc::new(Refusal { code: e.code, message: e.message.clone(), detail: e.detail.clone() })))
-        }
+        (RawDecision::Discard, None) => Ok(Outcome::Discard),
+        (RawDecision::Allow | RawDecision::Discard, Some(_)) => Err(RuleError::ErrorWithAllow),
+        (RawDecision::Deny, Some(e)) => Ok(Outcome::Deny(Arc::new(Refusal {
+            code: e.code.code,
+            message: e.message.clone(),
+            detail: e.detail.clone(),
+            codes: e.code.per_family.clone(),
+        }))),
         (RawDecision::Deny, None) => Err(RuleError::DenyWithoutError),
+    }
+}
+
+/// The decided commands a rule's `on` reaches, by the family their codes lie in: OpenIM
+/// (named as `every OpenIM command` when `on` is omitted) and Tencent's before-callbacks.
+fn reach(on: &OnCommands) -> Vec<(CodeFamily, Cow<'static, str>, Option<&'static Decided>)> {
+    let mut reached = Vec::new();
+    let (exact, globs) = match on {
+        OnCommands::Every => return vec![(CodeFamily::OpenIm, Cow::Borrowed("every OpenIM command"), None)],
+        OnCommands::Some { exact, globs } => (exact, globs),
+    };
+    for name in exact {
+        if !catalog::is_tencent_name(name) {
+            reached.push((CodeFamily::OpenIm, Cow::Owned(name.to_string()), None));
+        } else if let Some(decided) = catalog::tencent_decided(name) {
+            reached.push((decided.family, Cow::Borrowed(decided.name), Some(decided)));
+        }
+    }
+    for glob in globs {
+        if let Some(openim) = catalog::OPENIM.iter().find(|c| glob_reaches(glob, Source::OpenIm, c.name)) {
+            reached.push((CodeFamily::OpenIm, Cow::Borrowed(openim.name), None));
+        } else if !catalog::is_tencent_name(glob) {
+            reached.push((CodeFamily::OpenIm, Cow::Owned(glob.to_string()), None));
+        }
+        for decided in catalog::TENCENT_DECIDED.iter().filter(|d| glob_reaches(glob, Source::Tencent, d.name)) {
+            reached.push((decided.family, Cow::Borrowed(decided.name), Some(decided)));
+        }
+    }
+    reached
+}
+
+/// Checks an outcome against what its rule reaches: a refusal's code in each family's
+/// range (or one stated per family), a discard only on Tencent messages.
+fn check_reach(on: &OnCommands, outcome: &Outcome) -> Option<RuleError> {
+    let reached = reach(on);
+    match outcome {
+        Outcome::Allow => None,
+        Outcome::Discard => reached
+            .into_iter()
+            .find(|(_, _, decided)| !decided.is_some_and(|d| d.answer == TencentAnswer::Message))
+            .map(|(_, command, _)| RuleError::DiscardNotMessage { command: command.into_owned() }),
+        Outcome::Deny(refusal) => reached.into_iter().find_map(|(family, command, _)| {
+            let command = command.into_owned();
+            if refusal.codes.is_empty() {
+                let code = refusal.code;
+                (!family.range().contains(&i64::from(code))).then_some(RuleError::CodeOutOfRange {
+                    code,
+                    family,
+                    command,
+                })
+            } else {
+                (!refusal.codes.iter().any(|(f, _)| *f == family)).then_some(RuleError::NoCodeFor { family, command })
+            }
+        }),
     }
 }
 
@@ -267,7 +328,13 @@ impl RuleCtx<'_, '_> {
         };
         let rate_cap = raw.rate_cap.as_ref().and_then(|cap| self.compile_rate_cap(cap));
         let outcome = match compile_outcome(raw.decision, raw.error.as_ref()) {
-            Ok(o) => o,
+            Ok(o) => {
+                if let Some(kind) = check_reach(&on, &o) {
+                    let needle = if o == Outcome::Discard { "decision:" } else { "code:" };
+                    self.fail(needle, kind);
+                }
+                o
+            }
             Err(RuleError::DenyWithoutError) => {
                 self.errors.push(LoadError::DenyWithoutError { at: self.at.clone(), rule: self.rule.to_string() });
                 Outcome::Allow

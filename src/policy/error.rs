@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::model::{FieldPathError, Place};
+use crate::catalog::CodeFamily;
 
 /// Why a policy set could not be loaded. Each message starts with `file:line:`.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +61,7 @@ pub enum RuleError {
     /// A command name in `on` with characters no command has.
     #[error("command `{command}` may hold only letters, digits, `_`, `.` and the glob `*`")]
     BadCommand { command: String },
-    /// `error:` with an allow.
+    /// `error:` with an allow or a discard.
     #[error("`error:` is only used with a deny; remove it or make the decision deny")]
     ErrorWithAllow,
     /// A deny with no `error:`.
@@ -81,6 +82,23 @@ pub enum RuleError {
     /// A condition's field that names no place in a body.
     #[error("{0}")]
     BadField(FieldPathError),
+    /// A code outside the range of a family the rule reaches.
+    #[error(
+        "error code {code} is outside [{}, {}], the codes {} passes to its client, and `on` reaches `{command}`; use a code in that range, or one per family: `code: {{ {}: N, ... }}`",
+        family.range().start(), family.range().end(), family.reader(), family.key()
+    )]
+    CodeOutOfRange { code: i32, family: CodeFamily, command: String },
+    /// `code: { … }` without the family of a command the rule reaches.
+    #[error(
+        "`code` states no `{}` code, and `on` reaches `{command}`; add `{}: N` with N in [{}, {}]",
+        family.key(), family.key(), family.range().start(), family.range().end()
+    )]
+    NoCodeFor { family: CodeFamily, command: String },
+    /// `decision: discard` on a callback that is not a Tencent message.
+    #[error(
+        "`decision: discard` drops a Tencent message, and `on` reaches {command}, which is none; discard works on C2C.CallbackBeforeSendMsg, Group.CallbackBeforeSendMsg and OfficialAccount.CallbackBeforeSendMsg"
+    )]
+    DiscardNotMessage { command: String },
     /// A regex the regex engine refuses (its syntax was checked while parsing; this is
     /// what is left, such as a compiled size over the limit).
     #[error("regex `{pattern}`: {reason}")]

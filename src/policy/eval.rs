@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::model::{Cond, Group, RateCap, Rule, Scalar, Step, Test, TraceStep, lookup, value_text};
 use super::set::PolicySet;
 use crate::decision::{CapHit, Decision, DryRunHit, Outcome};
-use crate::event::Event;
+use crate::event::{Event, Source};
 use crate::ratecap::{CapCheck, CapOutcome, CapStore, OnError, cap_key};
 
 /// A rule reached while planning, in rule order.
@@ -28,6 +28,8 @@ enum Reached {
 #[derive(Debug)]
 pub struct Plan<'s> {
     set: &'s PolicySet,
+    /// What decides when no rule does.
+    default: &'s Outcome,
     reached: Vec<Reached>,
     checks: Vec<CapCheck>,
     /// The first enforced rule without a cap that held.
@@ -42,7 +44,7 @@ impl Plan<'_> {
 
     /// The answer when no cap decides: the stop rule's, or the default's.
     pub fn is_allow_if_no_cap_decides(&self) -> bool {
-        let outcome = self.stop.and_then(|i| self.set.rules.get(i)).map_or(&self.set.default, |r| &r.outcome);
+        let outcome = self.stop.and_then(|i| self.set.rules.get(i)).map_or(self.default, |r| &r.outcome);
         *outcome == Outcome::Allow
     }
 
@@ -88,7 +90,7 @@ impl Plan<'_> {
             Some(rule) => {
                 Decision { outcome: rule.outcome.clone(), rule: Some(rule.id.clone()), dry_run, caps: cap_hits }
             }
-            None => Decision { outcome: self.set.default.clone(), rule: None, dry_run, caps: cap_hits },
+            None => Decision { outcome: self.default.clone(), rule: None, dry_run, caps: cap_hits },
         }
     }
 }
@@ -97,11 +99,12 @@ impl PolicySet {
     /// Plans the decision of one callback. The fast path: only indexed candidates are
     /// checked, and planning stops at the first enforced rule without a cap that holds.
     pub fn plan(&self, event: &Event) -> Plan<'_> {
-        let mut plan = Plan { set: self, reached: Vec::new(), checks: Vec::new(), stop: None };
+        let mut plan =
+            Plan { set: self, default: self.default_for(event), reached: Vec::new(), checks: Vec::new(), stop: None };
         for i in self.index.candidates(&event.command, &event.body) {
             let i = i as usize;
             let Some(rule) = self.rules.get(i) else { continue };
-            if !rule.on.matches(&event.command) || !rule.when.holds(&event.body) {
+            if !rule.on.matches(event) || !rule.when.holds(&event.body) {
                 continue;
             }
             if let Some(cap) = &rule.rate_cap {
@@ -115,6 +118,20 @@ impl PolicySet {
             }
         }
         plan
+    }
+
+    /// What decides `event` when no rule does: the set's default — but a Tencent callback
+    /// only when the default's error states a code for its family (`code: { group: N }`),
+    /// else allow, so that a set written for OpenIM refuses nothing of Tencent's.
+    pub fn default_for(&self, event: &Event) -> &Outcome {
+        static ALLOW: Outcome = Outcome::Allow;
+        match &self.default {
+            Outcome::Deny(r) if event.source == Source::Tencent => {
+                let family = event.code_family();
+                if r.codes.iter().any(|(f, _)| *f == family) { &self.default } else { &ALLOW }
+            }
+            default => default,
+        }
     }
 
     /// Decides one callback without a cap store: caps are treated as never exceeded and
@@ -147,7 +164,7 @@ impl PolicySet {
     pub fn cap_checks_for(&self, event: &Event) -> Vec<CapCheck> {
         self.rules
             .iter()
-            .filter(|r| r.on.matches(&event.command) && r.when.holds(&event.body))
+            .filter(|r| r.on.matches(event) && r.when.holds(&event.body))
             .filter_map(|r| r.rate_cap.as_ref().map(|cap| cap_check(r, cap, &event.body)))
             .collect()
     }
@@ -165,7 +182,7 @@ impl PolicySet {
             let mut cap = None;
             let step = if decided.is_some() {
                 Step::NotReached
-            } else if !rule.on.matches(&event.command) {
+            } else if !rule.on.matches(event) {
                 Step::Skipped
             } else if !rule.when.holds(&event.body) {
                 Step::NotHeld
@@ -195,7 +212,7 @@ impl PolicySet {
         }
         let decision = match decided {
             Some(rule) => Decision { outcome: rule.outcome.clone(), rule: Some(rule.id.clone()), dry_run, caps },
-            None => Decision { outcome: self.default.clone(), rule: None, dry_run, caps },
+            None => Decision { outcome: self.default_for(event).clone(), rule: None, dry_run, caps },
         };
         (decision, trace)
     }

@@ -16,6 +16,7 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use crate::decision::Outcome;
+use crate::event::{Event, Source};
 
 /// A place in a policy file, shown as `file:line`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,22 +70,32 @@ pub struct RateCap {
 /// The commands a rule applies to.
 #[derive(Debug)]
 pub enum OnCommands {
-    /// `on` omitted: every command.
+    /// `on` omitted: every OpenIM command. Tencent's before-callbacks are decided only by
+    /// rules that name them, so a set written for OpenIM decides nothing of Tencent's.
     Every,
     /// Exact names and `*` globs.
     Some { exact: Vec<Box<str>>, globs: Vec<Box<str>> },
 }
 
 impl OnCommands {
-    /// Whether the rule applies to `command`.
-    pub fn matches(&self, command: &str) -> bool {
+    /// Whether the rule applies to `event`'s command.
+    pub fn matches(&self, event: &Event) -> bool {
+        let command = event.command.as_str();
         match self {
-            OnCommands::Every => true,
+            OnCommands::Every => event.source == Source::OpenIm,
             OnCommands::Some { exact, globs } => {
-                exact.iter().any(|c| **c == *command) || globs.iter().any(|g| glob_matches(g, command))
+                exact.iter().any(|c| **c == *command) || globs.iter().any(|g| glob_reaches(g, event.source, command))
             }
         }
     }
+}
+
+/// Whether an `on` glob reaches a command that `source` sent. A glob reaches Tencent's
+/// commands (`System.Name`) only when it holds a dot itself (`C2C.*`,
+/// `*.CallbackBeforeSendMsg`), and OpenIM's only when it holds none, so `*` keeps meaning
+/// every OpenIM command, as omitting `on` does.
+pub(super) fn glob_reaches(glob: &str, source: Source, command: &str) -> bool {
+    crate::catalog::is_tencent_name(glob) == (source == Source::Tencent) && glob_matches(glob, command)
 }
 
 /// Matches `*` (any run of characters, possibly empty) against `text`; nothing else is special.
@@ -195,6 +206,22 @@ impl FieldPath {
         }
     }
 
+    /// The key under the top-level one (`To_Account` in `item.To_Account`), when there is one.
+    pub fn second_key(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            FieldPath::Key(_) => None,
+            FieldPath::Dotted(parts) => parts.get(1).map(|p| (**p).into()),
+            FieldPath::Pointer(p) => {
+                let second = p.strip_prefix('/')?.split('/').nth(1)?;
+                Some(if second.contains('~') {
+                    second.replace("~1", "/").replace("~0", "~").into()
+                } else {
+                    second.into()
+                })
+            }
+        }
+    }
+
     /// Reads a field as a policy writes it: a key, a dotted path, or a JSON pointer.
     pub fn parse(text: &str) -> Result<FieldPath, FieldPathError> {
         if text.is_empty() {
@@ -243,7 +270,9 @@ pub enum Scalar {
     Bool(bool),
 }
 
-/// Finds a field in a callback body.
+/// Finds a field in a callback body. `#[inline]`: it is on every condition's path, and
+/// lives in another codegen unit than its callers in eval and index.
+#[inline]
 pub(crate) fn lookup<'v>(body: &'v Map<String, Value>, field: &FieldPath) -> Option<&'v Value> {
     match field {
         FieldPath::Key(k) => body.get(&**k),
@@ -272,6 +301,7 @@ pub(crate) fn lookup<'v>(body: &'v Map<String, Value>, field: &FieldPath) -> Opt
 
 /// The text conditions compare: strings as they are, numbers as JSON writes them.
 /// Other types have no text and never match a list or a regex.
+#[inline]
 pub(crate) fn value_text(value: &Value) -> Option<Cow<'_, str>> {
     match value {
         Value::String(s) => Some(Cow::Borrowed(s)),
@@ -457,5 +487,10 @@ mod tests {
         assert!(!glob_matches("a*a", "a"));
         assert!(glob_matches("exact", "exact"));
         assert!(!glob_matches("exact", "exactly"));
+        let c2c = "C2C.CallbackBeforeSendMsg";
+        assert!(!glob_reaches("*", Source::Tencent, c2c), "`*` is every OpenIM command");
+        assert!(glob_reaches("*", Source::OpenIm, "odd.name"), "`*` is every OpenIM command");
+        assert!(glob_reaches("*.CallbackBeforeSendMsg", Source::Tencent, c2c));
+        assert!(glob_reaches("C2C.CallbackBefore*", Source::Tencent, c2c));
     }
 }

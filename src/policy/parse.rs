@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::model::Scalar;
+use crate::catalog::CodeFamily;
 
 /// One policy file as written, less the parts that did not parse (see [`Unparsed`]).
 #[derive(Debug, Default)]
@@ -96,6 +97,7 @@ pub struct RawRule {
     #[serde(default, deserialize_with = "present_rate_cap")]
     pub rate_cap: Option<RawRateCap>,
     /// What the rule decides when it holds.
+    #[serde(deserialize_with = "rule_decision")]
     pub decision: RawDecision,
     /// The refusal, required with `decision: deny`.
     #[serde(default, deserialize_with = "present_error")]
@@ -105,13 +107,15 @@ pub struct RawRule {
     pub mode: RawMode,
 }
 
-/// `allow` or `deny`.
+/// `allow`, `deny` or (a rule's, for Tencent messages) `discard`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawDecision {
     /// Let the operation go on.
     Allow,
     /// Refuse it.
     Deny,
+    /// Drop a Tencent message silently (the loader checks the rule reaches only those).
+    Discard,
 }
 
 /// Whether a rule decides or only reports what it would decide.
@@ -124,19 +128,28 @@ pub enum RawMode {
     DryRun,
 }
 
-/// The refusal OpenIM passes to its client.
+/// The refusal the IM server passes to its client.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a refusal: `{ code: N, message: \"...\" }`, with an optional `detail`")]
 pub struct RawError {
-    /// OpenIM's `errCode`; checked to be ≥ 100 while parsing.
-    #[serde(deserialize_with = "err_code")]
-    pub code: i32,
+    /// The code; checked to be ≥ 100 while parsing, and against the ranges of the
+    /// commands the rule reaches in `compile`.
+    pub code: RawCode,
     /// OpenIM's `errMsg`.
     #[serde(deserialize_with = "text")]
     pub message: String,
     /// OpenIM's `errDlt`.
     #[serde(default, deserialize_with = "text")]
     pub detail: String,
+}
+
+/// `code: N`, or one code per family: `code: { openim: N, group: M }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawCode {
+    /// The one code, or the first stated (OpenIM's when stated).
+    pub code: i32,
+    /// Codes per family, each checked to lie in its range while parsing; empty for `code: N`.
+    pub per_family: Vec<(CodeFamily, i32)>,
 }
 
 /// `rate_cap: { key: [...], max: N, per: 1m }`.
@@ -581,8 +594,64 @@ fn strings<'de, D: Deserializer<'de>>(d: D, if_empty: &str) -> Result<Option<Vec
     }
 }
 
-fn err_code<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
-    let code = i64::deserialize(d)?;
+impl<'de> Deserialize<'de> for RawCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct CodeVisitor;
+        impl<'de> Visitor<'de> for CodeVisitor {
+            type Value = RawCode;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a number, or a code per family: `{ openim: N, c2c: N, group: N, sns: N, official_account: N }`",
+                )
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawCode, E> {
+                Ok(RawCode { code: err_code(v)?, per_family: Vec::new() })
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawCode, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawCode, A::Error> {
+                let mut per_family: Vec<(CodeFamily, i32)> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let family = CodeFamily::from_key(&key).ok_or_else(|| {
+                        let keys: Vec<&str> = CodeFamily::ALL.iter().map(|f| f.key()).collect();
+                        de::Error::custom(format_args!("unknown code family `{key}`; use {}", keys.join(", ")))
+                    })?;
+                    let code: i64 = map.next_value()?;
+                    let range = family.range();
+                    if !range.contains(&code) {
+                        return Err(de::Error::custom(format_args!(
+                            "{key} code {code} is outside [{}, {}], the codes {} passes to its client",
+                            range.start(),
+                            range.end(),
+                            family.reader()
+                        )));
+                    }
+                    if per_family.iter().any(|(f, _)| *f == family) {
+                        return Err(de::Error::custom(format_args!("code for `{key}` given twice")));
+                    }
+                    per_family.push((family, code as i32));
+                }
+                let first = per_family.iter().find(|(f, _)| *f == CodeFamily::OpenIm).or(per_family.first());
+                let Some(&(_, code)) = first else {
+                    return Err(de::Error::custom("`code: {}` states no code; give at least one family's"));
+                };
+                Ok(RawCode { code, per_family })
+            }
+        }
+        d.deserialize_any(CodeVisitor)
+    }
+}
+
+pub(super) fn rule_decision<'de, D: Deserializer<'de>>(d: D) -> Result<RawDecision, D::Error> {
+    match word(d, &["allow", "deny", "discard"])? {
+        0 => Ok(RawDecision::Allow),
+        1 => Ok(RawDecision::Deny),
+        _ => Ok(RawDecision::Discard),
+    }
+}
+
+fn err_code<E: de::Error>(code: i64) -> Result<i32, E> {
     if code < 100 {
         return Err(de::Error::custom(format_args!(
             "errCode {code} is below 100; OpenIM turns such codes into a generic server error, use 100 or more"
@@ -657,7 +726,11 @@ fn word<'de, D: Deserializer<'de>>(d: D, words: &'static [&'static str]) -> Resu
         type Value = usize;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             let quoted: Vec<String> = self.0.iter().map(|w| format!("`{w}`")).collect();
-            f.write_str(&quoted.join(" or "))
+            match quoted.split_last() {
+                Some((last, [])) => f.write_str(last),
+                Some((last, rest)) => write!(f, "{} or {last}", rest.join(", ")),
+                None => f.write_str("a word"),
+            }
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
             self.0.iter().position(|w| *w == v).ok_or_else(|| E::unknown_variant(v, self.0))
@@ -857,7 +930,7 @@ default: maybe
             [
                 "3: list `bad`: unknown field `fil`, expected `file`",
                 "6: rule `one`: unknown field `decison`, expected one of `id`, `on`, `when`, `rate_cap`, `decision`, `error`, `mode`",
-                "11: rule `three`: error: errCode 99 is below 100; OpenIM turns such codes into a generic server error, use 100 or more",
+                "11: rule `three`: error.code: errCode 99 is below 100; OpenIM turns such codes into a generic server error, use 100 or more",
                 "12: unknown field `rule`, expected one of `lists`, `rules`, `default`, `error`",
                 "13: default: unknown variant `maybe`, expected `allow` or `deny`",
             ]

@@ -12,8 +12,9 @@ use std::collections::BTreeSet;
 use std::sync::LazyLock;
 
 use super::lines::RuleLines;
-use super::model::{Commands, Cond, FieldPath, Group, OnCommands, Place, Rule, SourceFile, Warning, glob_matches};
-use crate::catalog::{self, Command};
+use super::model::{Commands, Cond, FieldPath, Group, OnCommands, Place, Rule, SourceFile, Warning, glob_reaches};
+use crate::catalog::{self, Command, Server};
+use crate::event::{ITEM_KEY, Source};
 
 /// Every field any OpenIM command carries: what a rule without `on` is checked against.
 /// Made once: a set of ten thousand such rules would otherwise make it ten thousand times.
@@ -53,7 +54,10 @@ pub(super) fn rule_warnings(rule: &Rule, locate: &Locate<'_>) -> Vec<Warning> {
         return warnings;
     };
     field_warnings(rule, locate, &scope, &carried, &mut warnings);
+    item_field_warnings(rule, locate, &scope, &mut warnings);
     cap_key_warnings(rule, &place, &scope, &carried, &mut warnings);
+    // In the order they are written.
+    warnings.sort_by_key(|w| w.at().line);
     warnings
 }
 
@@ -83,7 +87,8 @@ fn commands_checked(
     }
     for glob in globs {
         let before = commands.len();
-        commands.extend(catalog::all().map(|(_, c)| c).filter(|c| glob_matches(glob, c.name)));
+        commands
+            .extend(catalog::all().filter(|&(server, c)| glob_reaches(glob, source(server), c.name)).map(|(_, c)| c));
         if commands.len() == before {
             warnings.push(Warning::GlobMatchesNothing {
                 at: place(&[glob]),
@@ -100,7 +105,12 @@ fn commands_checked(
         [one] => Commands::One(one.name),
         several => Commands::Several(several.len()),
     };
-    Some((scope, Cow::Owned(commands.iter().flat_map(|c| c.fields.iter().copied()).collect())))
+    let mut carried: BTreeSet<&'static str> = commands.iter().flat_map(|c| c.fields.iter().copied()).collect();
+    // A command decided item by item shows the rules each item under `item`.
+    if commands.iter().any(|c| catalog::tencent_decided(c.name).is_some_and(|d| d.answer.is_per_item())) {
+        carried.insert(crate::event::ITEM_KEY);
+    }
+    Some((scope, Cow::Owned(carried)))
 }
 
 /// Warns of each field in `when` whose top-level key none of the commands carries.
@@ -121,6 +131,42 @@ fn field_warnings(
             rule: rule.id.to_string(),
             suggestion,
             key,
+            field,
+            commands: scope.clone(),
+        });
+    }
+}
+
+/// Warns of each `item.X` field in `when` whose `X` no item of the rule's per-item commands
+/// carries (`item.To_Acount`).
+fn item_field_warnings(rule: &Rule, locate: &Locate<'_>, scope: &Commands, warnings: &mut Vec<Warning>) {
+    let OnCommands::Some { exact, globs } = &rule.on else { return };
+    let item_fields: BTreeSet<&'static str> = catalog::TENCENT_DECIDED
+        .iter()
+        .filter(|d| {
+            exact.iter().any(|e| **e == *d.name) || globs.iter().any(|g| glob_reaches(g, Source::Tencent, d.name))
+        })
+        .flat_map(|d| d.item_fields.iter().copied())
+        .collect();
+    if item_fields.is_empty() {
+        return;
+    }
+    let mut fields = Vec::new();
+    walk_fields(&rule.when, &mut fields);
+    let mut seen = BTreeSet::new();
+    for path in fields {
+        let Some(key) = path.second_key().filter(|_| path.top_key() == ITEM_KEY) else { continue };
+        let field = path.to_string();
+        if item_fields.contains(&*key) || !seen.insert(field.clone()) {
+            continue;
+        }
+        let at = locate(&[&format!("{field}:")]).or_else(|| locate(&[&field])).unwrap_or_else(|| rule.at.clone());
+        let suggestion = suggest(&key, item_fields.iter().copied()).map(|s| format!("{ITEM_KEY}.{s}"));
+        warnings.push(Warning::UnknownField {
+            at,
+            rule: rule.id.to_string(),
+            suggestion,
+            key: format!("{ITEM_KEY}.{key}"),
             field,
             commands: scope.clone(),
         });
@@ -167,6 +213,14 @@ fn uncarried<'a>(
             seen.insert(field.clone()).then(|| (key.into_owned(), field))
         })
         .collect()
+}
+
+/// The source of events a catalog server sends.
+fn source(server: Server) -> Source {
+    match server {
+        Server::OpenIm => Source::OpenIm,
+        Server::Tencent => Source::Tencent,
+    }
 }
 
 /// Every field path a group reads, in the order written, inside `any`/`all`/`not` too.

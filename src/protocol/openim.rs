@@ -178,7 +178,8 @@ pub const TOO_LARGE_ERR_CODE: i32 = 1003;
 /// form `version` reads as one.
 pub fn encode(outcome: &Outcome, version: OpenImVersion) -> Bytes {
     match outcome {
-        Outcome::Allow => Bytes::from_static(ALLOW),
+        // A discard reaches only Tencent messages (the loader checks): never OpenIM.
+        Outcome::Allow | Outcome::Discard => Bytes::from_static(ALLOW),
         Outcome::Deny(r) => encode_refusal(r.code, &r.message, &r.detail, version),
     }
 }
@@ -219,7 +220,7 @@ mod tests {
 
     #[test]
     fn refusal_bytes() {
-        let r = Refusal { code: 20001, message: "no \"way\"".into(), detail: "d".into() };
+        let r = Refusal::new(20001, "no \"way\"", "d");
         let deny = Outcome::Deny(Arc::new(r));
         assert_eq!(
             &encode(&deny, OpenImVersion::V3_7)[..],

@@ -2,19 +2,22 @@
 //! `CallbackCommand`, `ClientIP`, `OptPlatform`, and `Sign`/`RequestTime` when callback
 //! authentication is on), the JSON body, and the `ActionStatus` answers.
 //!
-//! Tencent's callbacks report what already happened; callgate checks that a callback is
-//! genuine, then acknowledges it. Checks run cheapest and most telling first: app ID, then
-//! signature, then the body.
+//! Most of Tencent's callbacks report what already happened; callgate checks that a callback
+//! is genuine, then acknowledges it. Its before-callbacks (`catalog::TENCENT_DECIDED`) are
+//! decided, and answered here per command: as a whole, or item by item. Checks run cheapest
+//! and most telling first: app ID, then signature, then the body.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::BodyError;
+use crate::catalog::{self, CodeFamily, TencentAnswer};
+use crate::decision::Outcome;
 use crate::event::{Event, Source, TencentMeta};
 
 /// The acknowledgement.
@@ -68,6 +71,9 @@ pub enum TencentError {
     /// The command cannot be told from the query and the body.
     #[error(transparent)]
     Command(#[from] crate::event::CommandError),
+    /// A callback decided item by item whose list of items cannot be read.
+    #[error("{command}: {list} must be a list of {{\"{account}\":…}}: {message}")]
+    BadItems { command: String, list: String, account: String, message: String },
     /// A blocklist callback whose `PairList` is not a list of account pairs.
     #[error("{command}: PairList must be a list of {{\"From_Account\":…,\"To_Account\":…}}: {message}")]
     BadPairList { command: String, message: String },
@@ -101,6 +107,7 @@ impl TencentError {
             TencentError::Body(err) => err.kind(),
             TencentError::Command(err) => err.kind(),
             TencentError::BadPairList { .. } => "bad_pair_list",
+            TencentError::BadItems { .. } => "bad_items",
         }
     }
 }
@@ -204,11 +211,114 @@ pub fn decode(
     Ok((event, meta))
 }
 
-/// The answer to a refused callback.
-pub fn encode_fail(message: &str) -> Bytes {
-    let body = serde_json::json!({"ActionStatus": "FAIL", "ErrorCode": 1, "ErrorInfo": message});
+/// A Tencent callback posted to `explain`: no query to verify; the command from `command`
+/// (the `?command=` of the request) or the body's `CallbackCommand`, every key kept.
+pub fn decode_offline(command: Option<&str>, raw: Bytes) -> Result<Event, TencentError> {
+    let body = super::parse_object(&raw, &|_| true)?;
+    let command = crate::event::resolve_command(&NAMING, command, &body)?;
+    Ok(Event { source: Source::Tencent, command, operation_id: String::new(), body, raw })
+}
+
+/// Whether a body posted to `explain` is Tencent's: its command is named `System.Name`, or
+/// its body names it under Tencent's key.
+pub fn looks_like_tencent(command: Option<&str>, raw: &[u8]) -> bool {
+    command.is_some_and(catalog::is_tencent_name)
+        || super::parse_object(raw, &|key| key == NAMING.body_key).is_ok_and(|body| body.contains_key(NAMING.body_key))
+}
+
+/// The answer to a callback callgate refuses to take (bad Sign, bad body, busy, …), with
+/// `ErrorCode` 1 for an after-callback (not acknowledged). A before-callback gets
+/// `ErrorCode` 0 instead: there, 1 would refuse the user's action because of callgate;
+/// the HTTP status (not 200) tells Tencent the callback failed, which it treats as it
+/// treats a timeout (by default, the action goes on).
+pub fn encode_fail(message: &str, is_before: bool) -> Bytes {
+    let code = if is_before { 0 } else { 1 };
+    let body = serde_json::json!({"ActionStatus": "FAIL", "ErrorCode": code, "ErrorInfo": message});
     // `json!` orders keys alphabetically, which is the order Tencent documents.
     Bytes::from(body.to_string())
+}
+
+/// Whether the command named in `query` (`CallbackCommand`) is a before-callback callgate
+/// decides: what an error answer must not refuse by accident.
+pub fn names_decided_command(query: &str) -> bool {
+    Query::parse(query).command.is_some_and(|c| catalog::tencent_decided(&c).is_some())
+}
+
+/// `ErrorCode` 2 on a message before-callback: drop the message, tell the sender it was sent.
+const DISCARD_CODE: i32 = 2;
+
+/// The answer to a before-callback decided as a whole: allow, refuse with the rule's code
+/// for `family` and its message, or (messages) discard.
+pub fn encode_decision(outcome: &Outcome, family: CodeFamily) -> Bytes {
+    match outcome {
+        Outcome::Allow => Bytes::from_static(OK),
+        Outcome::Deny(r) => answer(r.code_for(family), &r.message, None),
+        Outcome::Discard => answer(DISCARD_CODE, "", None),
+    }
+}
+
+/// The answer to a before-callback decided item by item, each `(account, outcome)`.
+pub fn encode_items(answer_shape: TencentAnswer, items: &[(String, &Outcome)], family: CodeFamily) -> Bytes {
+    match answer_shape {
+        TencentAnswer::ResultItems { account, .. } => {
+            let results: Vec<Value> = items
+                .iter()
+                .map(|(id, outcome)| {
+                    let (code, info) = match outcome {
+                        Outcome::Deny(r) => (r.code_for(family), r.message.as_str()),
+                        Outcome::Allow | Outcome::Discard => (0, ""),
+                    };
+                    json!({account: id, "ResultCode": code, "ResultInfo": info})
+                })
+                .collect();
+            answer(0, "", Some(("ResultItem", Value::Array(results))))
+        }
+        TencentAnswer::RefusedAccounts { refused, .. } => {
+            let refusals: Vec<&Outcome> = items.iter().map(|(_, o)| *o).filter(|o| o.is_refusal()).collect();
+            match refusals.first() {
+                // Every one refused: the whole request, with the first item's error for the user.
+                Some(first) if refusals.len() == items.len() => encode_decision(first, family),
+                _ => {
+                    let ids: Vec<Value> =
+                        items.iter().filter(|(_, o)| o.is_refusal()).map(|(id, _)| Value::from(id.as_str())).collect();
+                    answer(0, "", Some((refused, Value::Array(ids))))
+                }
+            }
+        }
+        TencentAnswer::Whole | TencentAnswer::Message => {
+            encode_decision(items.first().map_or(&Outcome::Allow, |(_, o)| o), family)
+        }
+    }
+}
+
+fn answer(code: i32, info: &str, extra: Option<(&str, Value)>) -> Bytes {
+    let mut body = json!({"ActionStatus": "OK", "ErrorCode": code, "ErrorInfo": info});
+    if let (Some((key, value)), Some(map)) = (extra, body.as_object_mut()) {
+        map.insert(key.to_string(), value);
+    }
+    Bytes::from(body.to_string())
+}
+
+/// The items of a callback decided item by item: each object of the body's `list`, with the
+/// account under `account` (as a string; a number is taken as its digits).
+pub fn items<'e>(event: &'e Event, list: &str, account: &str) -> Result<Vec<(String, &'e Value)>, TencentError> {
+    let bad = |message: &str| TencentError::BadItems {
+        command: event.command.clone(),
+        list: list.to_string(),
+        account: account.to_string(),
+        message: message.to_string(),
+    };
+    let Some(Value::Array(values)) = event.body.get(list) else {
+        return Err(bad("missing or not a list"));
+    };
+    values
+        .iter()
+        .map(|item| match item.get(account) {
+            Some(Value::String(id)) => Ok((id.clone(), item)),
+            Some(Value::Number(n)) => Ok((n.to_string(), item)),
+            _ => Err(bad("an item has no account")),
+        })
+        .collect()
 }
 
 #[cfg(test)]

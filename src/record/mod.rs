@@ -68,7 +68,8 @@ struct Head<'a> {
     operation_id: Option<&'a str>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     tencent: Option<&'a TencentMeta>,
-    /// The answer sent: `allow`, `deny` or (Tencent) `ack`.
+    /// The answer sent: `allow`, `deny`, `discard`, (Tencent) `ack`, or (Tencent, item by
+    /// item) `partial`.
     decision: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<&'a str>,
@@ -81,46 +82,128 @@ struct Head<'a> {
     /// Under `serve --dry-run`: what enforcement would have answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     would: Option<Would<'a>>,
+    /// A callback decided item by item: each item's decision.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    items: &'a [ItemRecord<'a>],
     #[serde(skip_serializing_if = "Option::is_none")]
     policy_version: Option<&'a str>,
     latency_us: u64,
 }
 
 #[derive(Serialize)]
-struct Would<'a> {
+pub struct Would<'a> {
     decision: &'static str,
     rule: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error_code: Option<i32>,
 }
 
-/// The record line of a decided OpenIM callback. `is_dry_run` is the server's `--dry-run`:
-/// the answer was allow and `would` shows what enforcement would have answered.
-pub fn openim_line(
+/// The record line of a decided callback: OpenIM's, or a Tencent before-callback decided as
+/// a whole (with its query's `tencent` meta). `is_dry_run` is the server's `--dry-run`: the
+/// answer was allow and `would` shows what enforcement would have answered.
+pub fn decided_line(
     event: &Event,
+    tencent: Option<&TencentMeta>,
     decision: &Decision,
     is_dry_run: bool,
     policy_version: &str,
     latency: Duration,
 ) -> Line {
+    let family = event.code_family();
     let answered = if is_dry_run { &Outcome::Allow } else { &decision.outcome };
     let would = is_dry_run.then(|| Would {
         decision: decision.outcome.as_str(),
         rule: decision.rule.as_deref(),
-        error_code: decision.outcome.error_code(),
+        error_code: decision.outcome.error_code_for(family),
     });
     let head = Head {
         time: now_rfc3339(),
         source: event.source.as_str(),
         command: &event.command,
-        operation_id: Some(&event.operation_id),
-        tencent: None,
+        operation_id: tencent.is_none().then_some(event.operation_id.as_str()),
+        tencent,
         decision: answered.as_str(),
         rule: if is_dry_run { None } else { decision.rule.as_deref() },
-        error_code: answered.error_code(),
+        error_code: answered.error_code_for(family),
         dry_run: &decision.dry_run,
         caps: &decision.caps,
         would,
+        items: &[],
+        policy_version: Some(policy_version),
+        latency_us: latency.as_micros().try_into().unwrap_or(u64::MAX),
+    };
+    line(&head, event)
+}
+
+/// One item of a callback decided item by item, as its record shows it.
+#[derive(Serialize)]
+pub struct ItemRecord<'a> {
+    /// The item's account.
+    account: &'a str,
+    /// What was answered for it.
+    decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<i32>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    dry_run: &'a [DryRunHit],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    caps: &'a [CapHit],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    would: Option<Would<'a>>,
+}
+
+/// The record line of a Tencent before-callback decided item by item (`items`: each
+/// item's account and decision). Its `decision` is what was answered for the whole:
+/// `allow` (no item refused), `deny` (every one) or `partial`.
+pub fn items_line(
+    event: &Event,
+    tencent: &TencentMeta,
+    items: &[(String, Decision)],
+    is_dry_run: bool,
+    policy_version: &str,
+    latency: Duration,
+) -> Line {
+    let family = event.code_family();
+    let records: Vec<ItemRecord<'_>> = items
+        .iter()
+        .map(|(account, decision)| {
+            let answered = if is_dry_run { &Outcome::Allow } else { &decision.outcome };
+            ItemRecord {
+                account,
+                decision: answered.as_str(),
+                rule: if is_dry_run { None } else { decision.rule.as_deref() },
+                error_code: answered.error_code_for(family),
+                dry_run: &decision.dry_run,
+                caps: &decision.caps,
+                would: is_dry_run.then(|| Would {
+                    decision: decision.outcome.as_str(),
+                    rule: decision.rule.as_deref(),
+                    error_code: decision.outcome.error_code_for(family),
+                }),
+            }
+        })
+        .collect();
+    let refused = records.iter().filter(|r| r.decision != "allow").count();
+    let decision = match refused {
+        0 => "allow",
+        n if n == records.len() => "deny",
+        _ => "partial",
+    };
+    let head = Head {
+        time: now_rfc3339(),
+        source: event.source.as_str(),
+        command: &event.command,
+        operation_id: None,
+        tencent: Some(tencent),
+        decision,
+        rule: None,
+        error_code: None,
+        dry_run: &[],
+        caps: &[],
+        would: None,
+        items: &records,
         policy_version: Some(policy_version),
         latency_us: latency.as_micros().try_into().unwrap_or(u64::MAX),
     };
@@ -141,6 +224,7 @@ pub fn tencent_line(event: &Event, meta: &TencentMeta, latency: Duration) -> Lin
         dry_run: &[],
         caps: &[],
         would: None,
+        items: &[],
         policy_version: None,
         latency_us: latency.as_micros().try_into().unwrap_or(u64::MAX),
     };
@@ -204,8 +288,8 @@ mod tests {
     }
 
     #[test]
-    fn openim_line_is_one_json_object_with_the_body_as_received() {
-        let refusal = Outcome::Deny(Arc::new(Refusal { code: 20001, message: "m".into(), detail: String::new() }));
+    fn decided_line_is_one_json_object_with_the_body_as_received() {
+        let refusal = Outcome::Deny(Arc::new(Refusal::new(20001, "m", "")));
         let decision = Decision {
             outcome: refusal.clone(),
             rule: Some("r".into()),
@@ -213,7 +297,8 @@ mod tests {
             caps: vec![CapHit { rule: "c".into(), count: 3, max: 10, is_exceeded: false }],
         };
         let line =
-            openim_line(&event("{\"a\": 1, \"b\":\"x\"}\n"), &decision, false, "v1", Duration::from_micros(7)).to_vec();
+            decided_line(&event("{\"a\": 1, \"b\":\"x\"}\n"), None, &decision, false, "v1", Duration::from_micros(7))
+                .to_vec();
         assert_eq!(line.last(), Some(&b'\n'));
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
         let text = std::str::from_utf8(&line).unwrap();
@@ -231,9 +316,9 @@ mod tests {
 
     #[test]
     fn server_dry_run_records_the_allow_and_what_would_have_been() {
-        let refusal = Outcome::Deny(Arc::new(Refusal { code: 150, message: "m".into(), detail: String::new() }));
+        let refusal = Outcome::Deny(Arc::new(Refusal::new(150, "m", "")));
         let decision = Decision { outcome: refusal, rule: Some("r".into()), dry_run: vec![], caps: vec![] };
-        let line = openim_line(&event("{}"), &decision, true, "v", Duration::ZERO).to_vec();
+        let line = decided_line(&event("{}"), None, &decision, true, "v", Duration::ZERO).to_vec();
         let v: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["decision"], "allow");
         assert_eq!(v["would"]["decision"], "deny");
@@ -245,7 +330,7 @@ mod tests {
     fn a_one_line_body_is_shared_with_the_request_not_copied() {
         let decision = Decision { outcome: Outcome::Allow, rule: None, dry_run: vec![], caps: vec![] };
         let e = event("{\"a\":1}\n");
-        let line = openim_line(&e, &decision, false, "v", Duration::ZERO);
+        let line = decided_line(&e, None, &decision, false, "v", Duration::ZERO);
         assert_eq!(line.parts()[1].as_ptr(), e.raw.as_ptr(), "the body was copied");
         assert!(line.to_vec().ends_with(b",\"body\":{\"a\":1}}\n"));
     }
@@ -253,7 +338,8 @@ mod tests {
     #[test]
     fn a_multi_line_body_is_written_on_one_line() {
         let decision = Decision { outcome: Outcome::Allow, rule: None, dry_run: vec![], caps: vec![] };
-        let line = openim_line(&event("{\n  \"a\": [1,\n 2]\n}\n"), &decision, false, "v", Duration::ZERO).to_vec();
+        let line =
+            decided_line(&event("{\n  \"a\": [1,\n 2]\n}\n"), None, &decision, false, "v", Duration::ZERO).to_vec();
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
         let v: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["body"]["a"][1], 2);

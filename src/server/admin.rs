@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use super::{State, status};
 use crate::decision::Outcome;
-use crate::protocol::openim;
+use crate::protocol::{openim, tencent};
 use crate::record::{self, EventFilter};
 
 /// The admin routes.
@@ -165,18 +165,20 @@ fn operator_routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Res
     metrics.or(status).unify().or(live).unify().or(reload).unify().or(events).unify().or(explain).unify()
 }
 
-/// Decides a posted OpenIM callback without recording or counting it, and says why.
+/// Decides a posted OpenIM or Tencent callback without recording or counting it, and says why.
 async fn explain(query: &str, body: bytes::Bytes, state: &State) -> warp::reply::Response {
     let url_command = openim::command_from_url(None, query);
     let set = state.policies.current();
-    let event = match openim::decode(url_command.as_deref(), "", body, &|key| set.reads(key)) {
+    let decoded = if tencent::looks_like_tencent(url_command.as_deref(), &body) {
+        tencent::decode_offline(url_command.as_deref(), body).map_err(|e| e.to_string())
+    } else {
+        openim::decode(url_command.as_deref(), "", body, &|key| set.reads(key)).map_err(|e| e.to_string())
+    };
+    let event = match decoded {
         Ok(event) => event,
         Err(err) => {
-            return warp::reply::with_status(
-                warp::reply::json(&json!({"error": err.to_string()})),
-                StatusCode::BAD_REQUEST,
-            )
-            .into_response();
+            return warp::reply::with_status(warp::reply::json(&json!({"error": err})), StatusCode::BAD_REQUEST)
+                .into_response();
         }
     };
     let checks = set.cap_checks_for(&event);
@@ -189,8 +191,10 @@ async fn explain(query: &str, body: bytes::Bytes, state: &State) -> warp::reply:
     };
     let (decision, trace) = set.explain(&event, &counts);
     let error = match &decision.outcome {
-        Outcome::Allow => None,
-        Outcome::Deny(r) => Some(json!({"code": r.code, "message": r.message, "detail": r.detail})),
+        Outcome::Allow | Outcome::Discard => None,
+        Outcome::Deny(r) => {
+            Some(json!({"code": r.code_for(event.code_family()), "message": r.message, "detail": r.detail}))
+        }
     };
     warp::reply::json(&json!({
         "command": event.command,

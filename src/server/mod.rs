@@ -8,6 +8,7 @@ mod access;
 mod admin;
 mod body;
 mod listen;
+mod observe;
 mod openim;
 mod state;
 mod status;

@@ -1,22 +1,17 @@
 //! `POST /openim[/{command}][?command=…]`: OpenIM callbacks, decided by the policy set.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use metrics::{Counter, Histogram};
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::{Filter, Rejection};
 
 use super::body::read_limited;
-use super::status::{self, Counted, Live, RuleWindow};
-use super::{Peer, access};
+use super::{Peer, access, observe};
 use super::{State, closing, json_reply};
-use crate::catalog;
-use crate::decision::{Decision, Outcome};
-use crate::event::Event;
+use crate::decision::Outcome;
 use crate::protocol::BodyError;
 use crate::protocol::openim::{self, DecodeError, OpenImVersion};
 use crate::record;
@@ -103,122 +98,11 @@ async fn handle(
     let decision = set.decide_with_caps(&event, &state.caps, state.on_error).await;
     let latency = started.elapsed();
     if let Some(recorder) = &state.recorder {
-        recorder.record(record::openim_line(&event, &decision, state.is_dry_run, set.version(), latency)).await;
+        recorder.record(record::decided_line(&event, None, &decision, state.is_dry_run, set.version(), latency)).await;
     }
-    observe(&state.live, &event, &decision, state.is_dry_run, latency);
+    observe::decision(&state.live, &event, &decision, state.is_dry_run, latency);
     let answer = if state.is_dry_run { &Outcome::Allow } else { &decision.outcome };
     json_reply(StatusCode::OK, openim::encode(answer, version))
-}
-
-/// Metrics, the status page's numbers and logs of one decision. Labels stay bounded:
-/// commands OpenIM does not define count as `other`, and rule ids come from the policy set.
-fn observe(live: &Live, event: &Event, decision: &Decision, is_dry_run: bool, latency: std::time::Duration) {
-    let command = event.command.as_str();
-    let rule = decision.rule.as_deref().unwrap_or("(default)");
-    let counted = match (&decision.outcome, is_dry_run) {
-        (Outcome::Allow, _) => Counted::Allow,
-        (Outcome::Deny(_), false) => Counted::Deny,
-        (Outcome::Deny(_), true) => Counted::WouldDeny,
-    };
-    HANDLES.with_borrow_mut(|handles| {
-        handles.latency.record(latency.as_secs_f64());
-        let of_rule = handles.rule(rule);
-        of_rule.decision(openim::command_index(command), rule, counted as usize).increment(1);
-        status::observe(live, of_rule.window(live, rule), event, decision, counted, latency);
-        for hit in &decision.dry_run {
-            let of_rule = handles.rule(&hit.rule);
-            of_rule.dry_run_hit(&hit.rule, matches!(hit.outcome, Outcome::Deny(_))).increment(1);
-            status::observe_dry_run(live, of_rule.window(live, &hit.rule), event, hit);
-            // Records and the metric carry every hit; a log line each would flood the log.
-            tracing::debug!(command, rule = %hit.rule, would = hit.outcome.as_str(), "dry-run rule held");
-        }
-    });
-    if counted == Counted::WouldDeny {
-        tracing::debug!(command, rule, "dry run: would deny");
-    }
-}
-
-thread_local! {
-    /// Each worker thread's handles of the decision metrics. Finding a labelled metric in the
-    /// registry hashes and clones its labels, which cost as much as deciding; a handle, once
-    /// found, is kept for as long as the thread. Rule ids are bounded by the policy sets
-    /// loaded, as the registry's own series are.
-    static HANDLES: std::cell::RefCell<Handles> = std::cell::RefCell::new(Handles::default());
-}
-
-const OUTCOMES: [&str; 3] = ["allow", "deny", "would_deny"];
-
-struct Handles {
-    /// Where each rule's handles are in `rules`: one lookup a decision.
-    by_rule: HashMap<Box<str>, usize>,
-    rules: Vec<RuleHandles>,
-    latency: Histogram,
-}
-
-/// One rule's handles.
-#[derive(Default)]
-struct RuleHandles {
-    /// `callgate_decisions_total` by command index and outcome.
-    decisions: Vec<Option<Counter>>,
-    /// `callgate_dry_run_hits_total`: would allow, would deny.
-    dry_run_hits: Option<[Counter; 2]>,
-    /// The status page's window of the rule, with the id of the [`Live`] it belongs to.
-    live: Option<(u64, Arc<RuleWindow>)>,
-}
-
-impl Default for Handles {
-    fn default() -> Handles {
-        Handles {
-            by_rule: HashMap::new(),
-            rules: Vec::new(),
-            latency: metrics::histogram!("callgate_decision_seconds"),
-        }
-    }
-}
-
-impl Handles {
-    fn rule(&mut self, rule: &str) -> &mut RuleHandles {
-        let at = match self.by_rule.get(rule) {
-            Some(&at) => at,
-            None => {
-                self.rules.push(RuleHandles::default());
-                self.by_rule.insert(rule.into(), self.rules.len() - 1);
-                self.rules.len() - 1
-            }
-        };
-        &mut self.rules[at]
-    }
-}
-
-impl RuleHandles {
-    fn decision(&mut self, command: Option<usize>, rule: &str, outcome: usize) -> &Counter {
-        if self.decisions.is_empty() {
-            self.decisions = vec![None; (catalog::OPENIM.len() + 1) * OUTCOMES.len()];
-        }
-        let at = command.unwrap_or(catalog::OPENIM.len()) * OUTCOMES.len() + outcome;
-        self.decisions[at].get_or_insert_with(|| {
-            let command = command.map_or("other", |i| catalog::OPENIM[i].name);
-            metrics::counter!("callgate_decisions_total", "command" => command, "rule" => rule.to_string(), "outcome" => OUTCOMES[outcome])
-        })
-    }
-
-    fn dry_run_hit(&mut self, rule: &str, would_deny: bool) -> &Counter {
-        let [allow, deny] = self.dry_run_hits.get_or_insert_with(|| {
-            let counter = |would: &'static str| metrics::counter!("callgate_dry_run_hits_total", "rule" => rule.to_string(), "would" => would);
-            [counter("allow"), counter("deny")]
-        });
-        if would_deny { deny } else { allow }
-    }
-
-    /// The rule's window in `live`; the server's one in production, looked up again only
-    /// when a thread serves another server (tests run several in one process).
-    fn window(&mut self, live: &Live, rule: &str) -> &RuleWindow {
-        if self.live.as_ref().is_none_or(|(id, _)| *id != live.id()) {
-            self.live = Some((live.id(), live.rule(rule)));
-        }
-        let (_, window) = self.live.get_or_insert_with(|| (live.id(), live.rule(rule)));
-        window
-    }
 }
 
 /// The answer to a request that could not be decoded: "go on" (there is nothing to decide),

@@ -1,4 +1,5 @@
-//! `POST /tencent`: Tencent Cloud Chat callbacks, verified, recorded durably, then acknowledged.
+//! `POST /tencent`: Tencent Cloud Chat callbacks, verified; before-callbacks decided by the
+//! policy set, every other callback recorded durably, then acknowledged.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -7,8 +8,13 @@ use bytes::Bytes;
 use warp::http::{Method, StatusCode};
 use warp::{Filter, Rejection};
 
+use serde_json::{Map, Value};
+
 use super::body::read_limited;
-use super::{Peer, State, access, closing, json_reply};
+use super::{Peer, State, access, closing, json_reply, observe};
+use crate::catalog::{self, Decided, TencentAnswer};
+use crate::decision::Outcome;
+use crate::event::{Event, ITEM_KEY, TencentMeta};
 use crate::protocol::tencent::{self, TencentError};
 use crate::record;
 
@@ -25,14 +31,15 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
         .then(
             |method: Method, query: String, len: Option<u64>, peer: Option<Peer>, body, state: Arc<State>| async move {
                 let started = Instant::now();
+                let is_before = tencent::names_decided_command(&query);
                 if !access::is_source_allowed(&state.allow_sources, peer) {
                     access::note_forbidden("tencent", "source", peer);
-                    return closing(json_reply(StatusCode::FORBIDDEN, tencent::encode_fail("forbidden")));
+                    return closing(json_reply(StatusCode::FORBIDDEN, tencent::encode_fail("forbidden", is_before)));
                 }
                 if method != Method::POST {
                     let mut reply = closing(json_reply(
                         StatusCode::METHOD_NOT_ALLOWED,
-                        tencent::encode_fail("callbacks must be POSTed"),
+                        tencent::encode_fail("callbacks must be POSTed", is_before),
                     ));
                     reply.headers_mut().insert(warp::http::header::ALLOW, warp::http::HeaderValue::from_static("POST"));
                     return reply;
@@ -41,34 +48,104 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
                     metrics::counter!("callgate_busy_total", "source" => "tencent").increment(1);
                     return closing(json_reply(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        tencent::encode_fail("callgate is busy; retry"),
+                        tencent::encode_fail("callgate is busy; retry", is_before),
                     ));
                 };
                 let body = match read_limited(len, body, &state.body_limits).await {
                     Ok(body) => body,
-                    Err(err) => return fail(&TencentError::Body(err)),
+                    Err(err) => return fail(&TencentError::Body(err), is_before),
                 };
                 // The body's room in the in-flight budget is held until the answer.
-                handle(&state, &query, body.bytes, started).await
+                handle(&state, &query, body.bytes, started, is_before).await
             },
         )
 }
 
-/// Decode and verify, record (durably), acknowledge.
-async fn handle(state: &State, query: &str, raw: Bytes, started: Instant) -> warp::reply::Response {
+/// Decode and verify; then decide a before-callback, or record (durably) and acknowledge
+/// a report of what happened.
+async fn handle(state: &State, query: &str, raw: Bytes, started: Instant, is_before: bool) -> warp::reply::Response {
     let (event, meta) = match tencent::decode(&state.tencent, query, raw, SystemTime::now()) {
         Ok(decoded) => decoded,
-        Err(err) => return fail(&err),
+        Err(err) => return fail(&err, is_before),
     };
+    match catalog::tencent_decided(&event.command) {
+        Some(decided) => decide(state, &event, &meta, decided, started).await,
+        None => acknowledge(state, &event, &meta, started).await,
+    }
+}
+
+/// Decides a before-callback, as a whole or item by item, records the decision (without
+/// waiting for fsync: Tencent gives a callback 2 s, and it sits on the message path) and
+/// answers it.
+async fn decide(
+    state: &State,
+    event: &Event,
+    meta: &TencentMeta,
+    decided: &Decided,
+    started: Instant,
+) -> warp::reply::Response {
+    let set = state.policies.current();
+    let answer = match decided.answer {
+        TencentAnswer::Whole | TencentAnswer::Message => {
+            let decision = set.decide_with_caps(event, &state.caps, state.on_error).await;
+            let latency = started.elapsed();
+            if let Some(recorder) = &state.recorder {
+                let line = record::decided_line(event, Some(meta), &decision, state.is_dry_run, set.version(), latency);
+                recorder.record(line).await;
+            }
+            observe::decision(&state.live, event, &decision, state.is_dry_run, latency);
+            let answered = if state.is_dry_run { &Outcome::Allow } else { &decision.outcome };
+            tencent::encode_decision(answered, decided.family)
+        }
+        TencentAnswer::ResultItems { list, account } | TencentAnswer::RefusedAccounts { list, account, .. } => {
+            let items = match tencent::items(event, list, account) {
+                Ok(items) => items,
+                Err(err) => return fail(&err, true),
+            };
+            let mut decisions = Vec::with_capacity(items.len());
+            for (id, item) in items {
+                let item_event = item_event(event, list, item);
+                decisions.push((id, set.decide_with_caps(&item_event, &state.caps, state.on_error).await));
+            }
+            let latency = started.elapsed();
+            if let Some(recorder) = &state.recorder {
+                let line = record::items_line(event, meta, &decisions, state.is_dry_run, set.version(), latency);
+                recorder.record(line).await;
+            }
+            for (_, decision) in &decisions {
+                observe::decision(&state.live, event, decision, state.is_dry_run, latency);
+            }
+            let answered: Vec<(String, &Outcome)> = decisions
+                .iter()
+                .map(|(id, d)| (id.clone(), if state.is_dry_run { &Outcome::Allow } else { &d.outcome }))
+                .collect();
+            tencent::encode_items(decided.answer, &answered, decided.family)
+        }
+    };
+    metrics::counter!("callgate_tencent_callbacks_total").increment(1);
+    json_reply(StatusCode::OK, answer)
+}
+
+/// What the rules see of one item: the callback's top-level fields but the list, and the
+/// item under `item` (so `item.To_Account` names its account).
+fn item_event(event: &Event, list: &str, item: &Value) -> Event {
+    let mut body: Map<String, Value> =
+        event.body.iter().filter(|(key, _)| *key != list).map(|(k, v)| (k.clone(), v.clone())).collect();
+    body.insert(ITEM_KEY.to_string(), item.clone());
+    Event { body, ..Event::offline(event.command.clone(), Map::new()) }
+}
+
+/// Records durably, then acknowledges, a report of what happened.
+async fn acknowledge(state: &State, event: &Event, meta: &TencentMeta, started: Instant) -> warp::reply::Response {
     if let Some(recorder) = &state.recorder {
-        let line = record::tencent_line(&event, &meta, started.elapsed());
+        let line = record::tencent_line(event, meta, started.elapsed());
         if let Err(err) = recorder.record_durable(line).await {
             // Not acknowledged: Tencent must not believe an unrecorded event was kept.
             tracing::error!(command = %event.command, "Tencent callback not acknowledged: {err}");
             metrics::counter!("callgate_tencent_unrecorded_total").increment(1);
             return json_reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                tencent::encode_fail(&format!("cannot record the callback: {err}")),
+                tencent::encode_fail(&format!("cannot record the callback: {err}"), false),
             );
         }
     }
@@ -77,11 +154,13 @@ async fn handle(state: &State, query: &str, raw: Bytes, started: Instant) -> war
     json_reply(StatusCode::OK, Bytes::from_static(tencent::OK))
 }
 
-fn fail(err: &TencentError) -> warp::reply::Response {
+/// The answer to a callback that cannot be taken. On a before-callback it never refuses
+/// the user's action (see [`tencent::encode_fail`]).
+fn fail(err: &TencentError, is_before: bool) -> warp::reply::Response {
     metrics::counter!("callgate_bad_requests_total", "source" => "tencent", "reason" => err.kind()).increment(1);
     crate::throttle::warn("refused Tencent callbacks", err.kind(), || format!("Tencent callback refused: {err}"));
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let reply = json_reply(status, tencent::encode_fail(&err.to_string()));
+    let reply = json_reply(status, tencent::encode_fail(&err.to_string(), is_before));
     match err {
         TencentError::Body(err) if err.leaves_body_unread() => closing(reply),
         _ => reply,

@@ -471,6 +471,27 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The Tencent app ID the Tencent tests configure (`--tencent-app-id`).
+pub const TENCENT_APP: &str = "1400000001";
+/// The Tencent callback-authentication token the Tencent tests configure (`--tencent-token`).
+pub const TENCENT_TOKEN: &str = "xxxxyyyy";
+/// Tencent's acknowledgement, and a before-callback's "allow".
+pub const TENCENT_OK: &str = r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#;
+
+/// Now, in Unix seconds, as `RequestTime` carries it.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A query as Tencent sends it for `command` at `time`, signed with [`TENCENT_TOKEN`].
+pub fn signed_query(command: &str, time: u64) -> String {
+    let t = time.to_string();
+    format!(
+        "SdkAppid={TENCENT_APP}&CallbackCommand={command}&contenttype=json&ClientIP=203.0.113.7&OptPlatform=iOS&RequestTime={t}&Sign={}",
+        callgate::protocol::tencent::sign(TENCENT_TOKEN, &t)
+    )
+}
+
 /// The exact refusal answer for `code`, `msg`, `detail`.
 pub fn refusal(code: i32, msg: &str, detail: &str) -> String {
     let q = |s: &str| serde_json::to_string(s).unwrap();

@@ -50,8 +50,12 @@ pub fn check(data: &[u8]) {
             assert!(matches!(status, 400 | 401 | 403 | 413), "status {status} for {err}");
             assert!(!(is_signed && status == 401), "a good signature was refused: {err} (query `{query}`)");
             assert!(!err.kind().is_empty());
-            let answer: Value = serde_json::from_slice(&tencent::encode_fail(&err.to_string())).expect("answer");
+            let is_before = tencent::names_decided_command(&query);
+            let answer: Value =
+                serde_json::from_slice(&tencent::encode_fail(&err.to_string(), is_before)).expect("answer");
             assert_eq!(answer["ActionStatus"], "FAIL");
+            // A before-callback callgate cannot take must never be refused because of it.
+            assert!(!is_before || answer["ErrorCode"] == 0, "{answer}");
         }
     }
 }

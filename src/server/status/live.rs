@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::catalog;
+use crate::decision::Outcome;
 use crate::event::Event;
 
 /// Seconds a point of the series covers.
@@ -38,9 +39,9 @@ const ID_CHARS: usize = 64;
 pub enum Counted {
     /// Answered allow, or a dry-run rule would have.
     Allow = 0,
-    /// Answered deny.
+    /// Answered deny (or, for Tencent, discard).
     Deny = 1,
-    /// Would have been denied: a dry-run rule, or any deny under `serve --dry-run`.
+    /// Would have been refused: a dry-run rule, or any refusal under `serve --dry-run`.
     WouldDeny = 2,
 }
 
@@ -112,16 +113,16 @@ impl RuleWindow {
 pub struct Refusal {
     /// Unix time in milliseconds.
     pub time_ms: u64,
-    /// `deny` or `would_deny`.
-    pub kind: &'static str,
+    /// `deny`, `discard`, `would_deny` or `would_discard`.
+    pub kind: String,
     /// The callback command.
     pub command: String,
     /// The body fields the policy set reads (IDs, mostly), as text.
     pub ids: Vec<(String, String)>,
     /// The rule that decided; `None` for the default.
     pub rule: Option<Arc<str>>,
-    /// The errCode of the refusal.
-    pub error_code: i32,
+    /// The errCode of the refusal; `None` for a discard.
+    pub error_code: Option<i32>,
 }
 
 /// The status page's numbers for one server. See the module docs.
@@ -210,7 +211,8 @@ impl Live {
 
     /// Keeps a refusal (or would-deny) of `event`, dropping the oldest past [`REFUSALS_KEPT`];
     /// past [`LISTED_PER_STEP`] in the current step, only counts it as unlisted.
-    pub fn refused(&self, event: &Event, rule: Option<&Arc<str>>, error_code: i32, outcome: Counted) {
+    /// `would` is `""`, or `"would_"` for what was not enforced.
+    pub fn refused(&self, event: &Event, rule: Option<&Arc<str>>, outcome: &Outcome, would: &str) {
         let step = self.tick.load(Ordering::Relaxed);
         if self.listed_step.load(Ordering::Relaxed) != step {
             // Two threads may both reset at a step's start: a few more are listed, no harm.
@@ -233,11 +235,11 @@ impl Live {
             .collect();
         let refusal = Refusal {
             time_ms: u64::try_from(unix_now().as_millis()).unwrap_or(u64::MAX),
-            kind: if outcome == Counted::Deny { "deny" } else { "would_deny" },
+            kind: format!("{would}{}", outcome.as_str()),
             command: event.command.chars().take(crate::event::MAX_COMMAND_LEN).collect(),
             ids,
             rule: rule.cloned(),
-            error_code,
+            error_code: outcome.error_code(),
         };
         let mut ring = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
         if ring.len() == REFUSALS_KEPT {
@@ -368,6 +370,7 @@ fn quantile_ms(counts: &[u64], total: u64, q: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::Refusal as Refused;
 
     #[test]
     fn a_minute_slot_is_cleared_when_its_minute_comes_round_again() {
@@ -412,12 +415,14 @@ mod tests {
         for step in 0..3 {
             live.advance(Duration::from_secs(start + step * STEP_SECONDS));
             for code in 0..(LISTED_PER_STEP + 5) {
-                live.refused(&event, None, (step * 1000 + code) as i32, Counted::Deny);
+                let deny = Outcome::Deny(Arc::new(Refused::new((step * 1000 + code) as i32, "m", "")));
+                live.refused(&event, None, &deny, "");
             }
         }
         let refusals = live.refusals();
         assert_eq!(refusals.len(), REFUSALS_KEPT);
-        assert_eq!(refusals[0].error_code, 2000 + LISTED_PER_STEP as i32 - 1, "the newest listed first");
+        assert_eq!(refusals[0].error_code, Some(2000 + LISTED_PER_STEP as i32 - 1), "the newest listed first");
+        assert_eq!(refusals[0].kind, "deny");
         assert_eq!(refusals[0].ids, vec![("sendID".to_string(), "u_1".to_string())]);
         assert_eq!(live.unlisted(), 15);
     }

@@ -18,7 +18,7 @@ use warp::Reply;
 use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 
 use super::State;
-use crate::decision::{Decision, DryRunHit, Outcome};
+use crate::decision::{Decision, DryRunHit};
 use crate::policy::OnCommands;
 use crate::ratecap::CapStore;
 use crate::record::{SEGMENT_PREFIX, SEGMENT_SUFFIX};
@@ -217,20 +217,20 @@ pub fn observe(
 ) {
     live.count(window, counted);
     live.decided(latency);
-    if let Outcome::Deny(refusal) = &decision.outcome {
-        live.refused(event, decision.rule.as_ref(), refusal.code, counted);
+    if decision.outcome.is_refusal() {
+        let kind = if counted == Counted::Deny { "" } else { "would_" };
+        live.refused(event, decision.rule.as_ref(), &decision.outcome, kind);
     }
 }
 
-/// Counts a dry-run rule that held on the way: would allow, or would deny (then also kept in
-/// the ring).
+/// Counts a dry-run rule that held on the way: would allow, or would refuse (deny or
+/// discard; then also kept in the ring).
 pub fn observe_dry_run(live: &Live, window: &RuleWindow, event: &crate::event::Event, hit: &DryRunHit) {
-    match &hit.outcome {
-        Outcome::Allow => live.count(window, Counted::Allow),
-        Outcome::Deny(refusal) => {
-            live.count(window, Counted::WouldDeny);
-            live.refused(event, Some(&hit.rule), refusal.code, Counted::WouldDeny);
-        }
+    if hit.outcome.is_refusal() {
+        live.count(window, Counted::WouldDeny);
+        live.refused(event, Some(&hit.rule), &hit.outcome, "would_");
+    } else {
+        live.count(window, Counted::Allow);
     }
 }
 
