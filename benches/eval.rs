@@ -493,6 +493,7 @@ fn bench_capped(c: &mut Criterion) {
     .unwrap();
     let set = load_dir(dir.path()).unwrap();
     let store = CapStore::Memory(MemoryCaps::new(1_000_000));
+    let lists = callgate::lists::ListStore::new(None, std::time::Duration::from_millis(50));
     let events: Vec<Event> = (0..100_000).map(|n| event(REMOVE_BLACK, &[("ownerUserID", &format!("u_{n}"))])).collect();
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let mut group = c.benchmark_group("decide_with_cap/remove_black");
@@ -500,7 +501,7 @@ fn bench_capped(c: &mut Criterion) {
     group.bench_function("memory", |b| {
         b.iter(|| {
             i = (i + 1) % events.len();
-            runtime.block_on(set.decide_with_caps(black_box(&events[i]), &store, OnError::Allow))
+            runtime.block_on(set.decide_with_caps(black_box(&events[i]), &store, &lists, OnError::Allow))
         })
     });
     group.bench_function("no_store", |b| {

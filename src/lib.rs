@@ -12,6 +12,7 @@
 //! - [`policy`]: YAML policies → `PolicySet`; evaluation; live reload
 //! - [`server`]: the warp listeners; the only module that knows HTTP
 //! - [`ratecap`]: rolling-window counts for rate caps, in memory or in Redis
+//! - [`lists`]: membership of lists held in Redis sets, asked live (with an optional short cache)
 //! - [`redis_client`]: how caps and the record stream reach Redis (one server or a cluster, TLS)
 //! - [`replay`]: recorded OpenIM callbacks decided again with a candidate policy set
 //! - [`duration`]: the `30s`/`1m` syntax shared by policies and config
@@ -22,6 +23,7 @@ pub mod config;
 pub mod decision;
 pub mod duration;
 pub mod event;
+pub mod lists;
 pub mod policy;
 pub mod protocol;
 pub mod ratecap;

@@ -224,6 +224,9 @@ const GOLDEN_SCHEMA_CATCHES: &[&str] = &[
     "unknown_key",
     "unknown_operator",
     "unknown_top_level_key",
+    "redis_list_and_file",
+    "list_cache_without_redis",
+    "redis_list_bad_cache",
 ];
 /// The golden cases that are not YAML at all: for the parser (and the editor) to report.
 const GOLDEN_NOT_YAML: &[&str] = &[
@@ -241,6 +244,7 @@ const GOLDEN_BEYOND_THE_SCHEMA: &[&str] = &[
     "duplicate_list",
     "list_file_missing",
     "rate_cap_window_too_long",
+    "redis_list_cache_too_long",
     "unknown_list",
     // Which codes a rule may give depends on the commands its `on` reaches.
     "discard_on_openim",

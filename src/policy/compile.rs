@@ -14,7 +14,8 @@ use regex::Regex;
 use super::error::{ListError, LoadError, LoadErrors, RuleError};
 use super::lines::RuleLines;
 use super::model::{
-    Cond, FieldPath, Group, List, OnCommands, Place, RateCap, Rule, Scalar, ScalarSet, SourceFile, Test, glob_reaches,
+    Cond, FieldPath, Group, List, OnCommands, Place, RateCap, RedisSet, Rule, Scalar, ScalarSet, SourceFile, Test,
+    glob_reaches,
 };
 use super::parse::{self, RawDecision, RawEntry, RawError, RawFile, RawGroup, RawList, RawMode, RawOps};
 use super::set::PolicySet;
@@ -236,6 +237,18 @@ fn compile_lists(
             first_place.insert(name, at.clone());
             let list_err = |kind: ListError| LoadError::List { at: at.clone(), list: name.clone(), kind };
             let ids = match raw_list {
+                RawList::Redis { key, cache } => {
+                    match redis_set(key, cache.as_deref()) {
+                        Ok(set) => {
+                            lists.insert(
+                                name.clone(),
+                                Arc::new(List { name: name.clone(), ids: HashSet::new(), redis: Some(set) }),
+                            );
+                        }
+                        Err(kind) => errors.push(list_err(kind)),
+                    }
+                    continue;
+                }
                 RawList::Inline(values) => {
                     let mut ids = HashSet::with_capacity(values.len());
                     for v in values {
@@ -268,10 +281,25 @@ fn compile_lists(
                     }
                 }
             };
-            lists.insert(name.clone(), Arc::new(List { name: name.clone(), ids }));
+            lists.insert(name.clone(), Arc::new(List { name: name.clone(), ids, redis: None }));
         }
     }
     lists
+}
+
+/// The longest cache of a Redis list's answers: a cache is a staleness bound, kept short.
+const MAX_LIST_CACHE: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn redis_set(key: &str, cache: Option<&str>) -> Result<RedisSet, ListError> {
+    let cache = match cache {
+        None => std::time::Duration::ZERO,
+        Some(text) => match crate::duration::parse(text) {
+            Ok(d) if d <= MAX_LIST_CACHE => d,
+            Ok(_) => return Err(ListError::BadCache { cache: text.into(), reason: "longer than 1m; a cache bounds how stale an answer may be: write a short duration such as `1s`, or leave it out".into() }),
+            Err(reason) => return Err(ListError::BadCache { cache: text.into(), reason }),
+        },
+    };
+    Ok(RedisSet { key: key.into(), cache })
 }
 
 /// One ID a line; blank lines and lines starting with `#` are skipped; spaces trimmed.

@@ -117,6 +117,9 @@ pub enum ListError {
     /// A list file that could not be read.
     #[error("cannot read `{}`: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
+    /// A Redis list's cache that is not a duration, or too long.
+    #[error("cache `{cache}`: {reason}")]
+    BadCache { cache: String, reason: String },
 }
 
 impl LoadError {

@@ -1,16 +1,30 @@
 //! (PolicySet, Event) → Decision: first-match evaluation, dry-run hits, rate caps, and the
-//! trace that `check` and `explain` show. No I/O but through the cap store.
+//! trace that `check` and `explain` show. No I/O but through the cap store and the list
+//! store (for lists held in Redis, asked before the rules are looked at).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use super::model::{Cond, Group, RateCap, Rule, Scalar, Step, Test, TraceStep, lookup, value_text};
+use super::model::{Cond, Group, RateCap, RedisSet, Rule, Scalar, Step, Test, TraceStep, lookup, value_text};
 use super::set::PolicySet;
 use crate::decision::{CapHit, Decision, DryRunHit, Outcome};
 use crate::event::{Event, Source};
+use crate::lists::ListStore;
 use crate::ratecap::{CapCheck, CapOutcome, CapStore, OnError, cap_key};
+
+/// What the list store answered for one callback: for each (Redis set key, ID) asked,
+/// whether the ID is a member. An ID not asked is in no list held in Redis (offline tools,
+/// `explain`).
+#[derive(Debug, Default)]
+pub struct Listed(Vec<(String, String, bool)>);
+
+impl Listed {
+    fn contains(&self, set: &RedisSet, id: &str) -> bool {
+        self.0.iter().any(|(key, asked, is_member)| *is_member && *key == set.key && asked == id)
+    }
+}
 
 /// A rule reached while planning, in rule order.
 #[derive(Debug, Clone, Copy)]
@@ -99,12 +113,17 @@ impl PolicySet {
     /// Plans the decision of one callback. The fast path: only indexed candidates are
     /// checked, and planning stops at the first enforced rule without a cap that holds.
     pub fn plan(&self, event: &Event) -> Plan<'_> {
+        self.plan_listed(event, &Listed::default())
+    }
+
+    /// [`PolicySet::plan`], with what the list store answered for `event`.
+    fn plan_listed(&self, event: &Event, listed: &Listed) -> Plan<'_> {
         let mut plan =
             Plan { set: self, default: self.default_for(event), reached: Vec::new(), checks: Vec::new(), stop: None };
         for i in self.index.candidates(&event.command, &event.body) {
             let i = i as usize;
             let Some(rule) = self.rules.get(i) else { continue };
-            if !rule.on.matches(event) || !rule.when.holds(&event.body) {
+            if !rule.on.matches(event) || !rule.when.holds(&event.body, listed) {
                 continue;
             }
             if let Some(cap) = &rule.rate_cap {
@@ -141,10 +160,18 @@ impl PolicySet {
         self.plan(event).finish(None)
     }
 
-    /// Decides one callback, checking (and counting) rate caps in `caps`. When the store
-    /// fails, its caps answer per `on_error`; the failure is counted.
-    pub async fn decide_with_caps(&self, event: &Event, caps: &CapStore, on_error: OnError) -> Decision {
-        let plan = self.plan(event);
+    /// Decides one callback, asking `lists` about lists held in Redis and checking (and
+    /// counting) rate caps in `caps`. When a store fails, what it was asked answers per
+    /// `on_error`; the failure is counted.
+    pub async fn decide_with_caps(
+        &self,
+        event: &Event,
+        caps: &CapStore,
+        lists: &ListStore,
+        on_error: OnError,
+    ) -> Decision {
+        let listed = self.ask_lists(event, lists, on_error).await;
+        let plan = self.plan_listed(event, &listed);
         if plan.cap_checks().is_empty() {
             return plan.finish(None);
         }
@@ -159,12 +186,46 @@ impl PolicySet {
         plan.finish(Some(&outcome))
     }
 
+    /// Asks `lists` whether the IDs `event` carries are in the lists held in Redis that the
+    /// rules it may reach test. When the store fails, each such test answers per `on_error`:
+    /// allow reads the lists as empty, deny as holding every ID.
+    async fn ask_lists(&self, event: &Event, lists: &ListStore, on_error: OnError) -> Listed {
+        let mut questions: Vec<(&RedisSet, Cow<'_, str>)> = Vec::new();
+        for &i in &self.redis_list_rules {
+            let Some(rule) = self.rules.get(i as usize) else { continue };
+            if rule.on.matches(event) {
+                redis_list_questions(&rule.when, &event.body, &mut questions);
+            }
+        }
+        if questions.is_empty() {
+            return Listed::default();
+        }
+        questions.sort_unstable();
+        questions.dedup();
+        let asked: Vec<(&RedisSet, &str)> = questions.iter().map(|(set, id)| (*set, &**id)).collect();
+        let answers = match lists.ask(&asked).await {
+            Ok(answers) => answers,
+            Err(err) => {
+                metrics::counter!("callgate_list_errors_total", "reason" => err.kind()).increment(1);
+                tracing::debug!("a list held in redis answered per on_error={on_error:?}: {err}");
+                vec![on_error == OnError::Deny; asked.len()]
+            }
+        };
+        Listed(
+            asked
+                .iter()
+                .zip(answers)
+                .map(|((set, id), is_member)| (set.key.clone(), id.to_string(), is_member))
+                .collect(),
+        )
+    }
+
     /// The rate caps whose rules' conditions hold for `event`, reached or not, for
     /// [`PolicySet::explain`] to be given their counts.
     pub fn cap_checks_for(&self, event: &Event) -> Vec<CapCheck> {
         self.rules
             .iter()
-            .filter(|r| r.on.matches(event) && r.when.holds(&event.body))
+            .filter(|r| r.on.matches(event) && r.when.holds(&event.body, &Listed::default()))
             .filter_map(|r| r.rate_cap.as_ref().map(|cap| cap_check(r, cap, &event.body)))
             .collect()
     }
@@ -184,7 +245,7 @@ impl PolicySet {
                 Step::NotReached
             } else if !rule.on.matches(event) {
                 Step::Skipped
-            } else if !rule.when.holds(&event.body) {
+            } else if !rule.when.holds(&event.body, &Listed::default()) {
                 Step::NotHeld
             } else {
                 let is_held = match &rule.rate_cap {
@@ -231,15 +292,36 @@ fn cap_check(rule: &Rule, cap: &RateCap, body: &Map<String, Value>) -> CapCheck 
     }
 }
 
+/// Adds to `out` the (set, ID) questions of `group`'s tests on lists held in Redis, for the
+/// IDs `body` carries.
+fn redis_list_questions<'a>(
+    group: &'a Group,
+    body: &'a Map<String, Value>,
+    out: &mut Vec<(&'a RedisSet, Cow<'a, str>)>,
+) {
+    for cond in &group.0 {
+        match cond {
+            Cond::Field { field, test: Test::InList(list), .. } => {
+                if let (Some(set), Some(id)) = (&list.redis, lookup(body, field).and_then(value_text)) {
+                    out.push((set, id));
+                }
+            }
+            Cond::Field { .. } => {}
+            Cond::Any(groups) | Cond::All(groups) => groups.iter().for_each(|g| redis_list_questions(g, body, out)),
+            Cond::Not(g) => redis_list_questions(g, body, out),
+        }
+    }
+}
+
 impl Group {
-    /// Whether every condition holds for `body`.
-    pub fn holds(&self, body: &Map<String, Value>) -> bool {
-        self.0.iter().all(|c| c.holds(body))
+    /// Whether every condition holds for `body`, given what lists held in Redis answered.
+    pub fn holds(&self, body: &Map<String, Value>, listed: &Listed) -> bool {
+        self.0.iter().all(|c| c.holds(body, listed))
     }
 }
 
 impl Cond {
-    fn holds(&self, body: &Map<String, Value>) -> bool {
+    fn holds(&self, body: &Map<String, Value>, listed: &Listed) -> bool {
         match self {
             Cond::Field { field, test, is_negated } => {
                 let value = lookup(body, field);
@@ -247,17 +329,17 @@ impl Cond {
                     return value.is_some() == *should_exist;
                 }
                 // A missing field fails every positive test and passes every negation.
-                value.is_some_and(|v| test.holds(v)) != *is_negated
+                value.is_some_and(|v| test.holds(v, listed)) != *is_negated
             }
-            Cond::Any(groups) => groups.iter().any(|g| g.holds(body)),
-            Cond::All(groups) => groups.iter().all(|g| g.holds(body)),
-            Cond::Not(group) => !group.holds(body),
+            Cond::Any(groups) => groups.iter().any(|g| g.holds(body, listed)),
+            Cond::All(groups) => groups.iter().all(|g| g.holds(body, listed)),
+            Cond::Not(group) => !group.holds(body, listed),
         }
     }
 }
 
 impl Test {
-    fn holds(&self, value: &Value) -> bool {
+    fn holds(&self, value: &Value, listed: &Listed) -> bool {
         match self {
             Test::Equals(Scalar::Bool(b)) => value.as_bool() == Some(*b),
             Test::Equals(Scalar::Text(t)) => value_text(value).is_some_and(|v| *v == **t),
@@ -265,7 +347,10 @@ impl Test {
                 Value::Bool(b) => set.bools.contains(b),
                 _ => value_text(value).is_some_and(|v| set.texts.contains(&*v)),
             },
-            Test::InList(list) => value_text(value).is_some_and(|v| list.ids.contains(&*v)),
+            Test::InList(list) => value_text(value).is_some_and(|v| match &list.redis {
+                None => list.ids.contains(&*v),
+                Some(set) => listed.contains(set, &v),
+            }),
             Test::Regex(re) => value_text(value).is_some_and(|v| re.is_match(&v)),
             Test::Exists(should_exist) => *should_exist,
         }

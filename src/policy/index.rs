@@ -91,7 +91,8 @@ fn group_anchor(group: &Group) -> Option<Anchor<'_>> {
     texts
         .or_else(|| {
             positive().find_map(|(field, test)| match test {
-                Test::InList(list) => Some(Anchor::List(field, list)),
+                // A list held in Redis is not known here: it cannot file a rule.
+                Test::InList(list) if list.redis.is_none() => Some(Anchor::List(field, list)),
                 _ => None,
             })
         })

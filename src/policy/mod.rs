@@ -39,9 +39,9 @@ mod warn;
 
 pub use cases::{CASES_DIR, CaseError, CaseReport, CaseRun, run_cases};
 pub use error::{ListError, LoadError, LoadErrors, RuleError};
-pub use eval::Plan;
+pub use eval::{Listed, Plan};
 pub use load::{load_dir, load_dir_after};
-pub use model::{Commands, FieldPathError, OnCommands, Place, Rule, Step, TraceStep, Warning};
+pub use model::{Commands, FieldPathError, OnCommands, Place, RedisSet, Rule, Step, TraceStep, Warning};
 pub use reload::{PolicyStore, ReloadStatus, Reloaded, Watch, watch};
 pub use set::PolicySet;
 

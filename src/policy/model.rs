@@ -167,8 +167,20 @@ pub struct ScalarSet {
 pub struct List {
     /// Its name.
     pub name: String,
-    /// Its IDs.
+    /// Its IDs (none for a list held in Redis).
     pub ids: HashSet<Box<str>>,
+    /// Where the list is held when not in the policy set: a Redis set, asked live.
+    pub redis: Option<RedisSet>,
+}
+
+/// A list held in a Redis set, asked live by the server's list store
+/// ([`crate::lists::ListStore`]); offline, no ID is in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RedisSet {
+    /// The set's key.
+    pub key: String,
+    /// How long an answer may be reused (zero: asked every time).
+    pub cache: std::time::Duration,
 }
 
 /// Where a field lives in a callback body.

@@ -69,13 +69,15 @@ pub struct ParseError {
     pub message: String,
 }
 
-/// A named list: `[a, b]` inline, or `{ file: path }`.
+/// A named list: `[a, b]` inline, `{ file: path }`, or `{ redis: key, cache: 1s }`.
 #[derive(Debug)]
 pub enum RawList {
     /// IDs written in the policy file.
     Inline(Vec<Scalar>),
     /// A file of IDs, one a line, relative to the policy directory.
     File(String),
+    /// A Redis set, asked live; `cache` is how long an answer may be reused.
+    Redis { key: String, cache: Option<String> },
 }
 
 /// One rule as written.
@@ -820,7 +822,7 @@ impl<'de> Deserialize<'de> for RawList {
         impl<'de> Visitor<'de> for ListVisitor {
             type Value = RawList;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of IDs, or `{ file: path }`")
+                f.write_str("a list of IDs, `{ file: path }` or `{ redis: key }`")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawList, A::Error> {
                 let mut ids = Vec::new();
@@ -831,12 +833,20 @@ impl<'de> Deserialize<'de> for RawList {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawList, A::Error> {
                 #[derive(Deserialize)]
-                #[serde(deny_unknown_fields, expecting = "`{ file: path }`")]
-                struct FileRef {
-                    file: String,
+                #[serde(deny_unknown_fields, expecting = "`{ file: path }` or `{ redis: key }`")]
+                struct Source {
+                    file: Option<String>,
+                    redis: Option<String>,
+                    cache: Option<String>,
                 }
-                let r = FileRef::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(RawList::File(r.file))
+                let r = Source::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                match (r.file, r.redis, r.cache) {
+                    (Some(file), None, None) => Ok(RawList::File(file)),
+                    (None, Some(key), cache) => Ok(RawList::Redis { key, cache }),
+                    (Some(_), None, Some(_)) => Err(de::Error::custom("`cache` is for `{ redis: key }` lists")),
+                    (Some(_), Some(_), _) => Err(de::Error::custom("a list is a `file` or a `redis` set, not both")),
+                    (None, None, _) => Err(de::Error::custom("a list needs `file: path` or `redis: key`")),
+                }
             }
         }
         d.deserialize_any(ListVisitor)
@@ -928,7 +938,7 @@ default: maybe
         assert_eq!(
             errors(text),
             [
-                "3: list `bad`: unknown field `fil`, expected `file`",
+                "3: list `bad`: unknown field `fil`, expected one of `file`, `redis`, `cache`",
                 "6: rule `one`: unknown field `decison`, expected one of `id`, `on`, `when`, `rate_cap`, `decision`, `error`, `mode`",
                 "11: rule `three`: error.code: errCode 99 is below 100; OpenIM turns such codes into a generic server error, use 100 or more",
                 "12: unknown field `rule`, expected one of `lists`, `rules`, `default`, `error`",

@@ -20,6 +20,8 @@ pub struct PolicySet {
     pub(crate) index: Index,
     /// Every top-level body key a rule reads, sorted: decoders need keep no other.
     body_keys: Box<[Box<str>]>,
+    /// The rules that test a list held in Redis, in order: what a decision asks about.
+    pub(crate) redis_list_rules: Vec<u32>,
     warnings: Vec<Warning>,
     version: String,
     files: Vec<PathBuf>,
@@ -92,6 +94,7 @@ impl PolicySet {
             default: Outcome::Allow,
             index: Index::default(),
             body_keys: Box::default(),
+            redis_list_rules: Vec::new(),
             warnings: Vec::new(),
             version: String::new(),
             files: Vec::new(),
@@ -108,8 +111,20 @@ impl PolicySet {
     ) -> PolicySet {
         let index = Index::build(&rules);
         let body_keys = body_keys(&rules);
-        PolicySet { rules, default, index, body_keys, warnings, version, files }
+        let redis_list_rules =
+            (0..rules.len() as u32).filter(|&i| tests_a_redis_list(&rules[i as usize].when)).collect();
+        PolicySet { rules, default, index, body_keys, redis_list_rules, warnings, version, files }
     }
+}
+
+/// Whether `group` tests a list held in Redis.
+fn tests_a_redis_list(group: &Group) -> bool {
+    group.0.iter().any(|cond| match cond {
+        Cond::Field { test: Test::InList(list), .. } => list.redis.is_some(),
+        Cond::Field { .. } => false,
+        Cond::Any(groups) | Cond::All(groups) => groups.iter().any(tests_a_redis_list),
+        Cond::Not(g) => tests_a_redis_list(g),
+    })
 }
 
 /// The top-level body keys `rules` read, sorted and without repeats.

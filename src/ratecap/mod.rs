@@ -101,6 +101,7 @@ impl OnError {
 
 /// The store in use.
 #[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "made once at start-up; its size costs nothing")]
 pub enum CapStore {
     /// Counts in this process.
     Memory(MemoryCaps),
@@ -142,6 +143,15 @@ pub fn cap_key<V: AsRef<str>>(rule: &str, per: Duration, fields: &str, values: i
         key.push_str(v.as_ref());
     }
     key
+}
+
+/// A cap key cut in two: rule id, window and key field names; and the key values (empty for
+/// a cap without key fields). See [`cap_key`].
+pub(crate) fn cap_key_parts(key: &str) -> (&str, &str) {
+    match key.match_indices('\u{1f}').nth(2) {
+        Some((i, _)) => (&key[..i], &key[i + 1..]),
+        None => (key, ""),
+    }
 }
 
 /// The decision logic every store shares, given each key's count in its window: returns

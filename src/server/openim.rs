@@ -95,7 +95,7 @@ async fn handle(
         Ok(event) => event,
         Err(err) => return bad_request(&err, version, state.is_dry_run),
     };
-    let decision = set.decide_with_caps(&event, &state.caps, state.on_error).await;
+    let decision = set.decide_with_caps(&event, &state.caps, &state.lists, state.on_error).await;
     let latency = started.elapsed();
     if let Some(recorder) = &state.recorder {
         recorder.record(record::decided_line(&event, None, &decision, state.is_dry_run, set.version(), latency)).await;

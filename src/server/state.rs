@@ -10,6 +10,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::{BodyLimits, ConnLimits};
 use crate::config::{Cidr, Config};
+use crate::lists::ListStore;
 use crate::policy::PolicyStore;
 use crate::protocol::tencent::TencentAuth;
 use crate::ratecap::{CapStore, MemoryCaps, OnError, RedisCaps};
@@ -35,6 +36,8 @@ pub struct State {
     pub data_dir: PathBuf,
     /// Where rate caps are counted.
     pub caps: Arc<CapStore>,
+    /// Where lists held in Redis are asked.
+    pub lists: Arc<ListStore>,
     /// What a cap answers when its store cannot.
     pub on_error: OnError,
     /// Renders `/metrics`; `None` when no recorder is installed (as in library use).
@@ -96,6 +99,13 @@ impl State {
             }
             None => CapStore::Memory(MemoryCaps::new(config.cap_max_keys)),
         };
+        let lists = match &redis {
+            Some(target) => ListStore::new(
+                Some(target.connect_lazily(config.redis_timeout).map_err(StartError::Redis)?),
+                config.redis_timeout,
+            ),
+            None => ListStore::new(None, config.redis_timeout),
+        };
         let recorder = if config.is_recording {
             // Stream copies are not in a hurry: a longer timeout than the caps'.
             let stream = match &redis {
@@ -129,6 +139,7 @@ impl State {
             recorder,
             data_dir: config.data_dir.clone(),
             caps: Arc::new(caps),
+            lists: Arc::new(lists),
             on_error: config.on_error,
             metrics,
             admin_token: config.admin_token.clone(),

@@ -87,7 +87,7 @@ async fn decide(
     let set = state.policies.current();
     let answer = match decided.answer {
         TencentAnswer::Whole | TencentAnswer::Message => {
-            let decision = set.decide_with_caps(event, &state.caps, state.on_error).await;
+            let decision = set.decide_with_caps(event, &state.caps, &state.lists, state.on_error).await;
             let latency = started.elapsed();
             if let Some(recorder) = &state.recorder {
                 let line = record::decided_line(event, Some(meta), &decision, state.is_dry_run, set.version(), latency);
@@ -105,7 +105,8 @@ async fn decide(
             let mut decisions = Vec::with_capacity(items.len());
             for (id, item) in items {
                 let item_event = item_event(event, list, item);
-                decisions.push((id, set.decide_with_caps(&item_event, &state.caps, state.on_error).await));
+                decisions
+                    .push((id, set.decide_with_caps(&item_event, &state.caps, &state.lists, state.on_error).await));
             }
             let latency = started.elapsed();
             if let Some(recorder) = &state.recorder {
