@@ -37,8 +37,15 @@
 #    the same way (bench/peers/min_gate.js) when node is installed. Then latency at a fixed
 #    FIXED_RATE callbacks/s (examples/fixed_rate.rs, open loop), callgate against min.
 #
+# 6. The status page (PAGE=1, the default), in the same rotation: `page`, callgate whose
+#    GET /v1/live (all the status page reads) is fetched once a second for the whole run, as
+#    an open page does. Target: the same req/s as `callgate` (the page costs nothing).
+#
+# 7. A baseline (BASELINE=/path/to/another/callgate, off by default), in the same rotation:
+#    another build of callgate, say the commit before a change, on the same policies.
+#
 # Knobs (environment): ROUNDS=5 DURATION=6 WARMUP=3 THREADS=2 CONNS=32 RELOADS=5 NOREC=1 SCENARIOS=1 EXTRA
-# FIXED_RATE=5000 (0: off) FIXED_ROUNDS=3
+# FIXED_RATE=5000 (0: off) FIXED_ROUNDS=3 PAGE=1 BASELINE
 # PIN=0 (PIN=1: servers on CPU 0, wrk on CPU 1 with one thread; steadier on 2 cores)
 
 set -euo pipefail
@@ -51,6 +58,8 @@ CONNS=${CONNS:-32}
 RELOADS=${RELOADS:-5}
 PIN=${PIN:-0}
 NOREC=${NOREC:-1}
+PAGE=${PAGE:-1}
+BASELINE=${BASELINE:-}
 SCENARIOS=${SCENARIOS:-1}
 EXTRA=${EXTRA-500 1000 2000 3000}
 FIXED_RATE=${FIXED_RATE:-5000}
@@ -136,7 +145,7 @@ start_callgate() {
     local name=$1 dir=$2 line
     shift 2
     mkdir -p "$WORK/$name-data"
-    "${SERVER_CPU[@]}" "$CALLGATE" serve \
+    "${SERVER_CPU[@]}" "${CG_BIN:-$CALLGATE}" serve \
         --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
         --policies "$dir" --data-dir "$WORK/$name-data" --log-format json "$@" \
         >"$WORK/$name.out" 2>"$WORK/$name.log" &
@@ -233,6 +242,24 @@ for ns in $EXTRA; do
 done
 start_callgate callgate "$REPO/policies"
 ADDR[callgate]=$CG_ADDR PID[callgate]=$CG_PID
+if [[ "$PAGE" == 1 ]]; then
+    # The same callgate with its status page open: /v1/live fetched once a second, as the
+    # page does, for the whole run.
+    start_callgate page "$REPO/policies"
+    ADDR[page]=$CG_ADDR PID[page]=$CG_PID
+    NAMES+=(page)
+    (while kill -0 "${PID[page]}" 2>/dev/null; do
+        curl -s -o /dev/null --max-time 2 "http://$CG_ADMIN/v1/live" || true
+        sleep 1
+    done) &
+    PIDS+=("$!")
+fi
+if [[ -n "$BASELINE" ]]; then
+    # Another build of callgate (say, the commit before a change), in the same rotation.
+    CG_BIN=$BASELINE start_callgate baseline "$REPO/policies"
+    ADDR[baseline]=$CG_ADDR PID[baseline]=$CG_PID
+    NAMES+=(baseline)
+fi
 # start_peer NAME COMMAND...: starts a minimal gate that prints "listening on http://ADDR".
 start_peer() {
     local name=$1 line
@@ -596,6 +623,16 @@ LOAD_TOOK=$(grep -o '"took_ms":[0-9]*' "$WORK/reload.log" | cut -d: -f2 | tr '\n
         "$MED_CG" "$(med "${P99_OF[callgate]}")" \
         "$(awk -v r="$MED_CG" -v p="$(med "${P99_OF[callgate]}")" 'BEGIN { print (r >= 50000 && p < 5) ? "MET" : "NOT MET" }')"
     echo "callgate wrote $RECORDED records; $ERRORS error lines in its log"
+    if [[ -n "$BASELINE" ]]; then
+        printf 'baseline (%s): median %.0f req/s, ratio %s, CPU %.2f us/req; callgate: ratio %s, CPU %.2f us/req\n' \
+            "$BASELINE" "$(med "${RPS_OF[baseline]}")" "$(med "${RATIO_OF[baseline]}")" "$(med "${CPU_OF[baseline]}")" \
+            "$(med "${RATIO_OF[callgate]}")" "$(med "${CPU_OF[callgate]}")"
+    fi
+    if [[ "$PAGE" == 1 ]]; then
+        printf 'status page open (GET /v1/live each second): median %.0f req/s, ratio %s, CPU %.2f us/req; callgate without it: ratio %s, CPU %.2f us/req\n' \
+            "$(med "${RPS_OF[page]}")" "$(med "${RATIO_OF[page]}")" "$(med "${CPU_OF[page]}")" \
+            "$(med "${RATIO_OF[callgate]}")" "$(med "${CPU_OF[callgate]}")"
+    fi
     if [[ ${#CALIBRATION[@]} -gt 0 ]]; then
         echo "---- calibration: a bare server that does N ns more work per request ----"
         for name in "${CALIBRATION[@]}"; do

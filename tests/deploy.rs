@@ -2,10 +2,10 @@
 //! The files in deploy/ against the real binary, so they cannot rot: the example config
 //! names every setting and starts a server, the Kubernetes manifest's ConfigMap is the
 //! shipped policy set and serves as the kubelet mounts it, with the Deployment's settings,
-//! the systemd unit passes only real flags, the alert rules watch metrics the server
-//! exports, and the Dockerfile (which no container engine builds here) names callgate's
-//! settings, ports and paths as the manifest does, its health check follows readiness, and
-//! the binary needs no library its Debian base lacks.
+//! the systemd unit passes only real flags, the alert rules and the Grafana dashboard watch
+//! metrics the server exports, and the Dockerfile (which no container engine builds here)
+//! names callgate's settings, ports and paths as the manifest does, its health check follows
+//! readiness, and the binary needs no library its Debian base lacks.
 
 mod common;
 
@@ -392,22 +392,84 @@ async fn the_alert_rules_watch_metrics_the_server_exports() {
         }
     }
     assert!(names.len() >= 9, "{names:?}");
+    let (at_start, after) = scrapes_before_and_after_first_events().await;
+    for (name, in_increase) in &names {
+        assert!(!in_increase || exported(&at_start, name), "`{name}` is not exported at start-up:\n{at_start}");
+    }
+    for (name, _) in &names {
+        assert!(exported(&after, name), "`{name}` is not exported:\n{after}");
+    }
+}
+
+/// Whether the metrics `text` declares `name`.
+fn exported(text: &str, name: &str) -> bool {
+    text.lines().any(|l| l.starts_with(&format!("# TYPE {name} ")))
+}
+
+/// `/metrics` of a server with Redis (the shipped policies), at start and after its first
+/// events: a decision, a dry-run hit, a bad OpenIM and a bad Tencent callback.
+async fn scrapes_before_and_after_first_events() -> (String, String) {
     let redis = RedisServer::start();
     let url = redis.url();
     let server = Server::start(&repo("policies"), &["--redis-url", &url]);
     let scrape =
         || async { server.client.get(format!("{}/metrics", server.admin)).send().await.unwrap().text().await.unwrap() };
-    let exported = |text: &str, name: &str| text.lines().any(|l| l.starts_with(&format!("# TYPE {name} ")));
     let at_start = scrape().await;
-    for (name, in_increase) in &names {
-        assert!(!in_increase || exported(&at_start, name), "`{name}` is not exported at start-up:\n{at_start}");
-    }
-    // The rest appear with their first event: a decision, a bad callback of each kind.
     assert_eq!(server.post("/openim/callbackBeforeAddBlackCommand", STAFF_BLOCK).await.0, 200);
+    // `trial-no-unblock-of-unverified` is in dry run: it would deny a guest's unblock.
+    assert_eq!(server.post("/openim/callbackAfterRemoveBlackCommand", &unblock("u_1", "guest_1")).await.1, ALLOW);
     assert_eq!(server.post("/openim/callbackBeforeAddBlackCommand", "not json").await.0, 400);
     assert_eq!(server.post_tencent("CallbackCommand=Sns.CallbackBlackListDelete", "{}").await.0, 400);
-    let after = scrape().await;
-    for (name, _) in &names {
+    (at_start, scrape().await)
+}
+
+/// deploy/grafana-dashboard.json is a dashboard Grafana imports (unique panel ids, panels
+/// inside the 24-column grid, every query on the `datasource` variable), and every metric it
+/// queries is exported by a real server.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_metrics_the_server_exports() {
+    let dashboard: serde_json::Value = serde_json::from_str(&read("deploy/grafana-dashboard.json")).unwrap();
+    assert_eq!(dashboard["uid"], "callgate");
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids = BTreeSet::new();
+    let mut queries = Vec::new();
+    for panel in panels {
+        assert!(ids.insert(panel["id"].as_u64().unwrap()), "panel id repeated: {panel}");
+        let grid = &panel["gridPos"];
+        assert!(grid["x"].as_u64().unwrap() + grid["w"].as_u64().unwrap() <= 24, "{panel}");
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert!(panel["title"].as_str().is_some_and(|t| !t.is_empty()), "{panel}");
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{panel}");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{panel}");
+        for target in targets {
+            queries.push(target["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(query) = variable["query"]["query"].as_str() {
+            queries.push(query.to_string());
+        }
+    }
+    let names: BTreeSet<String> = queries.iter().flat_map(|q| rule_metrics(q)).map(|(name, _)| name).collect();
+    // Decisions, dry runs, latency, reloads, Redis, records, bad and forbidden requests.
+    for needed in [
+        "callgate_decisions_total",
+        "callgate_dry_run_hits_total",
+        "callgate_decision_seconds",
+        "callgate_policy_reloads_total",
+        "callgate_redis_errors_total",
+        "callgate_redis_circuit_open",
+        "callgate_records_failed_total",
+        "callgate_bad_requests_total",
+        "callgate_forbidden_total",
+    ] {
+        assert!(names.contains(needed), "the dashboard does not show `{needed}`: {names:?}");
+    }
+    let (_, after) = scrapes_before_and_after_first_events().await;
+    for name in &names {
         assert!(exported(&after, name), "`{name}` is not exported:\n{after}");
     }
 }

@@ -41,7 +41,7 @@ pub use cases::{CASES_DIR, CaseError, CaseReport, CaseRun, pinning_case, run_cas
 pub use error::{ListError, LoadError, LoadErrors, RuleError};
 pub use eval::{Listed, Plan};
 pub use load::{load_dir, load_dir_after};
-pub use model::{Commands, FieldPathError, Place, RedisSet, Step, TraceStep, Warning};
+pub use model::{Commands, FieldPathError, OnCommands, Place, RedisSet, Rule, Step, TraceStep, Warning};
 pub use reload::{PolicyStore, ReloadStatus, Reloaded, Watch, watch};
 pub use set::PolicySet;
 

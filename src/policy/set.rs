@@ -47,6 +47,16 @@ impl PolicySet {
         self.rules.len()
     }
 
+    /// The rules, in the order they are tried.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// What is decided when no rule holds.
+    pub fn default_outcome(&self) -> &Outcome {
+        &self.default
+    }
+
     /// What in the set is probably a mistake (a command no IM server sends, a field none of
     /// a rule's commands carries), in file and rule order. Warnings never refuse a set.
     pub fn warnings(&self) -> &[Warning] {

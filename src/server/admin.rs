@@ -1,4 +1,5 @@
-//! The admin listener: health, readiness, status and reload. Bound to loopback by default.
+//! The admin listener: health, readiness, status, reload, and the status page (`status`).
+//! Bound to loopback by default.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,7 +10,7 @@ use warp::{Filter, Rejection, Reply};
 
 use std::collections::HashMap;
 
-use super::State;
+use super::{State, status};
 use crate::decision::Outcome;
 use crate::protocol::{openim, tencent};
 use crate::record::{self, EventFilter};
@@ -58,7 +59,7 @@ pub fn routes(
 }
 
 /// What `GET /` on the admin port lists.
-const ENDPOINTS: [(&str, &str); 8] = [
+const ENDPOINTS: [(&str, &str); 9] = [
     ("GET /healthz", "the process is up (no token needed)"),
     ("GET /readyz", "a policy set is loaded and callgate is not draining (no token needed)"),
     ("GET /metrics", "Prometheus metrics"),
@@ -66,7 +67,8 @@ const ENDPOINTS: [(&str, &str); 8] = [
     ("POST /v1/reload", "reload the policy directory now"),
     ("POST /v1/explain", "decide a posted callback without recording it, with the trace of rules"),
     ("GET /v1/events", "records, with the filters of `callgate events` as query parameters"),
-    ("GET /", "this list"),
+    ("GET /v1/live", "what the status page shows: rules with their decisions, refusals, reload, health, plots"),
+    ("GET /", "this list; a browser (Accept: text/html) gets the status page (no token needed: it holds no data)"),
 ];
 
 #[derive(Debug)]
@@ -94,11 +96,17 @@ fn probes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), 
         }
         warp::reply::json(&json!({"status": "ready", "policy_version": version})).into_response()
     });
-    let index = warp::path::end().and(warp::get()).map(|| {
-        let endpoints: serde_json::Map<String, serde_json::Value> =
-            ENDPOINTS.iter().map(|(path, what)| ((*path).to_string(), json!(what))).collect();
-        warp::reply::json(&json!({"service": "callgate admin API", "endpoints": endpoints})).into_response()
-    });
+    // A browser gets the status page, which holds no data; any other client the index.
+    let index = warp::path::end().and(warp::get()).and(warp::header::optional::<String>("accept")).map(
+        |accept: Option<String>| {
+            if status::wants_page(accept.as_deref()) {
+                return status::page();
+            }
+            let endpoints: serde_json::Map<String, serde_json::Value> =
+                ENDPOINTS.iter().map(|(path, what)| ((*path).to_string(), json!(what))).collect();
+            warp::reply::json(&json!({"service": "callgate admin API", "endpoints": endpoints})).into_response()
+        },
+    );
     healthz.or(readyz).unify().or(index).unify()
 }
 
@@ -148,12 +156,13 @@ fn operator_routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Res
         .then(
             |query: String, body: bytes::Bytes, state: Arc<State>| async move { explain(&query, body, &state).await },
         );
+    let live = warp::path!("v1" / "live").and(warp::get()).and(with_state.clone()).then(status::live_reply);
     let events = warp::path!("v1" / "events")
         .and(warp::get())
         .and(warp::query::<EventsQuery>())
         .and(with_state)
         .then(|q: EventsQuery, state: Arc<State>| async move { events(q, &state).await });
-    metrics.or(status).unify().or(reload).unify().or(events).unify().or(explain).unify()
+    metrics.or(status).unify().or(live).unify().or(reload).unify().or(events).unify().or(explain).unify()
 }
 
 /// Decides a posted OpenIM or Tencent callback without recording or counting it, and says why.

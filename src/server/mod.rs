@@ -11,6 +11,7 @@ mod listen;
 mod observe;
 mod openim;
 mod state;
+mod status;
 mod tencent;
 
 pub use body::BodyLimits;
@@ -106,6 +107,7 @@ pub async fn serve(
             crate::throttle::flush();
         }
     });
+    tokio::spawn(state.live.clone().keep_time());
     if let CapStore::Memory(_) = &*state.caps {
         let caps = state.caps.clone();
         tokio::spawn(async move {

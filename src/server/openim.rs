@@ -100,7 +100,7 @@ async fn handle(
     if let Some(recorder) = &state.recorder {
         recorder.record(record::decided_line(&event, None, &decision, state.is_dry_run, set.version(), latency)).await;
     }
-    observe::decision(&event.command, &decision, state.is_dry_run, latency);
+    observe::decision(&state.live, &event, &decision, state.is_dry_run, latency);
     let answer = if state.is_dry_run { &Outcome::Allow } else { &decision.outcome };
     json_reply(StatusCode::OK, openim::encode(answer, version))
 }

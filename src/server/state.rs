@@ -57,6 +57,8 @@ pub struct State {
     pub shutdown_delay: std::time::Duration,
     /// Set when that drain begins.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The status page's numbers, kept as callbacks are decided.
+    pub live: Arc<super::status::Live>,
 }
 
 /// Why a server's state could not be built.
@@ -152,6 +154,7 @@ impl State {
             },
             shutdown_delay: config.shutdown_delay,
             draining: Arc::default(),
+            live: Arc::default(),
         })
     }
 }

@@ -93,7 +93,7 @@ async fn decide(
                 let line = record::decided_line(event, Some(meta), &decision, state.is_dry_run, set.version(), latency);
                 recorder.record(line).await;
             }
-            observe::decision(&event.command, &decision, state.is_dry_run, latency);
+            observe::decision(&state.live, event, &decision, state.is_dry_run, latency);
             let answered = if state.is_dry_run { &Outcome::Allow } else { &decision.outcome };
             tencent::encode_decision(answered, decided.family)
         }
@@ -114,7 +114,7 @@ async fn decide(
                 recorder.record(line).await;
             }
             for (_, decision) in &decisions {
-                observe::decision(&event.command, decision, state.is_dry_run, latency);
+                observe::decision(&state.live, event, decision, state.is_dry_run, latency);
             }
             let answered: Vec<(String, &Outcome)> = decisions
                 .iter()
@@ -151,6 +151,7 @@ async fn acknowledge(state: &State, event: &Event, meta: &TencentMeta, started: 
         }
     }
     metrics::counter!("callgate_tencent_callbacks_total").increment(1);
+    state.live.acked(&event.command);
     json_reply(StatusCode::OK, Bytes::from_static(tencent::OK))
 }
 

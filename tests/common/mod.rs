@@ -550,7 +550,8 @@ pub struct RedisServer {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
+/// A port free on 127.0.0.1 just now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
