@@ -528,6 +528,14 @@ pub fn tencent_decided(name: &str) -> Option<&'static Decided> {
     TENCENT_DECIDED.binary_search_by(|d| d.name.cmp(name)).ok().map(|i| &TENCENT_DECIDED[i])
 }
 
+/// Whether `key` is the body key of a per-item callback's list of items.
+pub fn is_item_list(key: &str) -> bool {
+    TENCENT_DECIDED.iter().any(|d| match d.answer {
+        TencentAnswer::ResultItems { list, .. } | TencentAnswer::RefusedAccounts { list, .. } => list == key,
+        TencentAnswer::Whole | TencentAnswer::Message => false,
+    })
+}
+
 /// Whether `name` is written as Tencent names its commands (`System.Name`). OpenIM's
 /// command names never hold a dot.
 pub fn is_tencent_name(name: &str) -> bool {

@@ -185,16 +185,20 @@ struct Pair {
 }
 
 /// Decodes and verifies one Tencent callback; `now` is the time `RequestTime` is checked
-/// against.
+/// against. Of the body, the event keeps the top-level keys `keep` accepts (the ones the
+/// policy set reads), the command's and the lists this module reads (`PairList`, a per-item
+/// command's items); the record keeps the raw body whole.
 pub fn decode(
     auth: &TencentAuth,
     query: &str,
     raw: Bytes,
     now: SystemTime,
+    keep: &dyn Fn(&str) -> bool,
 ) -> Result<(Event, TencentMeta), TencentError> {
     let q = Query::parse(query);
     check_auth(auth, &q, now)?;
-    let body = super::parse_object(&raw, &|_| true)?;
+    let keep = |key: &str| key == NAMING.body_key || key == "PairList" || catalog::is_item_list(key) || keep(key);
+    let body = super::parse_object(&raw, &keep)?;
     let command = crate::event::resolve_command(&NAMING, q.command.as_deref(), &body)?;
     if matches!(command.as_str(), "Sns.CallbackBlackListAdd" | "Sns.CallbackBlackListDelete") {
         let pairs = body.get("PairList").unwrap_or(&Value::Null);
@@ -354,7 +358,7 @@ mod tests {
 
     #[test]
     fn a_signed_fresh_callback_is_accepted() {
-        let (event, meta) = decode(&auth(), SIGNED, body(), at(NOW + 59)).unwrap();
+        let (event, meta) = decode(&auth(), SIGNED, body(), at(NOW + 59), &|_| true).unwrap();
         assert_eq!(event.command, "Sns.CallbackBlackListDelete");
         assert_eq!(
             (meta.sdk_app_id.as_str(), meta.client_ip.as_str(), meta.opt_platform.as_str()),
@@ -364,7 +368,7 @@ mod tests {
 
     #[test]
     fn each_check_refuses() {
-        let d = |q: &str, t: u64| decode(&auth(), q, body(), at(t)).map(|_| ()).unwrap_err().kind();
+        let d = |q: &str, t: u64| decode(&auth(), q, body(), at(t), &|_| true).map(|_| ()).unwrap_err().kind();
         assert_eq!(d(&SIGNED.replace("SdkAppid=1400000000&", ""), NOW), "missing_app_id");
         assert_eq!(d(&SIGNED.replace("SdkAppid=1400000000", "SdkAppid=1"), NOW), "wrong_app_id");
         assert_eq!(d(&SIGNED[..SIGNED.find("&Sign").unwrap()], NOW), "missing_sign");
@@ -381,14 +385,14 @@ mod tests {
 
     #[test]
     fn both_app_id_spellings_are_accepted() {
-        assert!(decode(&auth(), &SIGNED.replace("SdkAppid=", "SdkAppId="), body(), at(NOW)).is_ok());
+        assert!(decode(&auth(), &SIGNED.replace("SdkAppid=", "SdkAppId="), body(), at(NOW), &|_| true).is_ok());
     }
 
     #[test]
     fn body_checks() {
         let open = TencentAuth { app_id: None, token: None, max_skew: Duration::from_secs(60) };
         let d = |q: &str, b: &'static str| {
-            decode(&open, q, Bytes::from_static(b.as_bytes()), at(NOW)).map(|_| ()).unwrap_err().kind()
+            decode(&open, q, Bytes::from_static(b.as_bytes()), at(NOW), &|_| true).map(|_| ()).unwrap_err().kind()
         };
         assert_eq!(d("", "nope"), "not_json");
         assert_eq!(d("", "[]"), "not_object");
@@ -400,8 +404,14 @@ mod tests {
         );
         assert_eq!(d("CallbackCommand=Sns.CallbackBlackListAdd", "{}"), "bad_pair_list");
         assert!(
-            decode(&open, "CallbackCommand=Group.CallbackAfterNewMemberJoin", Bytes::from_static(b"{}"), at(NOW))
-                .is_ok()
+            decode(
+                &open,
+                "CallbackCommand=Group.CallbackAfterNewMemberJoin",
+                Bytes::from_static(b"{}"),
+                at(NOW),
+                &|_| true
+            )
+            .is_ok()
         );
     }
 }

@@ -64,7 +64,8 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
 /// Decode and verify; then decide a before-callback, or record (durably) and acknowledge
 /// a report of what happened.
 async fn handle(state: &State, query: &str, raw: Bytes, started: Instant, is_before: bool) -> warp::reply::Response {
-    let (event, meta) = match tencent::decode(&state.tencent, query, raw, SystemTime::now()) {
+    let set = state.policies.current();
+    let (event, meta) = match tencent::decode(&state.tencent, query, raw, SystemTime::now(), &|key| set.reads(key)) {
         Ok(decoded) => decoded,
         Err(err) => return fail(&err, is_before),
     };
