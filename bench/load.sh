@@ -23,7 +23,8 @@
 #    the same cap in a real redis-server started here; `tencent`, durable Tencent
 #    acknowledgements (target >= 10,000/s); `tencentdec`, signed Tencent before-callbacks
 #    (C2C.CallbackBeforeSendMsg) decided by rules like the shipped ones (target >= 0.9 of
-#    the OpenIM decisions' req/s, round by round). After the rounds Redis is killed and `capredis`
+#    the OpenIM decisions' req/s, round by round), and `single`, OpenIM's one-to-one message
+#    callback alone on the same set, for a like-for-like ratio. After the rounds Redis is killed and `capredis`
 #    is measured again: p99 with Redis down (target < 10 ms).
 #
 # 4. Calibration (EXTRA="500 1000 2000 3000", in ns; EXTRA= turns it off), in the same rotation:
@@ -349,7 +350,10 @@ YAML
         "http://${ADDR[tencentdec]}$(sed -n 's/^wrk.path = "\(.*\)"$/\1/p' "$WORK/tencent_before.lua")")
     [[ "$TC_ANSWER" == '{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}' ]] ||
         die "tencentdec does not allow the bench's C2C callback: $TC_ANSWER"
-    NAMES+=(cap capredis tencent tencentdec)
+    # The OpenIM callback of the same kind (a one-to-one message), on the same policy set.
+    start_callgate single "$WORK/tencent-policies"
+    ADDR[single]=$CG_ADDR PID[single]=$CG_PID LUA_OF[single]="$REPO/bench/openim_single.lua"
+    NAMES+=(cap capredis tencent tencentdec single)
 fi
 NAMES+=("${CALIBRATION[@]}")
 for name in "${NAMES[@]}"; do
@@ -659,6 +663,11 @@ LOAD_TOOK=$(grep -o '"took_ms":[0-9]*' "$WORK/reload.log" | cut -d: -f2 | tr '\n
             "$(med "${RPS_OF[tencentdec]}")" "$(med "${P99_OF[tencentdec]}")" "$TC_RATIOS"
         printf 'Tencent/OpenIM decisions: median ratio %s   target >= 0.9: %s\n' "$(med "$TC_RATIOS")" \
             "$(awk -v r="$(med "$TC_RATIOS")" 'BEGIN { print (r >= 0.9) ? "MET" : "NOT MET" }')"
+        TC_SINGLE=$(paste -d' ' <(tr ' ' '\n' <<<"${RPS_OF[tencentdec]}") <(tr ' ' '\n' <<<"${RPS_OF[single]}") |
+            awk 'NF == 2 && $2 > 0 { printf "%.3f ", $1 / $2 }')
+        printf 'like for like, Tencent C2C / OpenIM callbackBeforeSendSingleMsgCommand (%.0f req/s, CPU %.2f us/req): median ratio %s (rounds: %s)   target >= 0.9: %s\n' \
+            "$(med "${RPS_OF[single]}")" "$(med "${CPU_OF[single]}")" "$(med "$TC_SINGLE")" "$TC_SINGLE" \
+            "$(awk -v r="$(med "$TC_SINGLE")" 'BEGIN { print (r >= 0.9) ? "MET" : "NOT MET" }')"
         printf 'recording cost on OpenIM decisions (norec vs callgate req/s): %s\n' \
             "$(awk -v a="$(med "${RPS_OF[callgate]}")" -v b="$(med "${RPS_OF[norec]:-0}")" 'BEGIN { if (b > 0) printf "%.1f%% (target <= 20%%)", (1 - a / b) * 100; else print "n/a (NOREC=0)" }')"
     fi
