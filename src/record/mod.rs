@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::catalog::CodeFamily;
 use crate::decision::{CapHit, Decision, DryRunHit, Outcome};
 use crate::event::{Event, TencentMeta};
 
@@ -68,6 +69,19 @@ struct Head<'a> {
     operation_id: Option<&'a str>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     tencent: Option<&'a TencentMeta>,
+    #[serde(flatten)]
+    verdict: Verdict<'a>,
+    /// A callback decided item by item: each item's decision.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    items: &'a [ItemRecord<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy_version: Option<&'a str>,
+    latency_us: u64,
+}
+
+/// What was answered and why, as a record (or one item of it) shows it.
+#[derive(Serialize)]
+struct Verdict<'a> {
     /// The answer sent: `allow`, `deny`, `discard`, (Tencent) `ack`, or (Tencent, item by
     /// item) `partial`.
     decision: &'static str,
@@ -82,16 +96,35 @@ struct Head<'a> {
     /// Under `serve --dry-run`: what enforcement would have answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     would: Option<Would<'a>>,
-    /// A callback decided item by item: each item's decision.
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    items: &'a [ItemRecord<'a>],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    policy_version: Option<&'a str>,
-    latency_us: u64,
+}
+
+impl<'a> Verdict<'a> {
+    /// A decision's verdict; under `serve --dry-run` the answer was allow and `would` says
+    /// what enforcement would have answered. Codes are those `family` is sent.
+    fn of(decision: &'a Decision, is_dry_run: bool, family: CodeFamily) -> Verdict<'a> {
+        let answered = if is_dry_run { &Outcome::Allow } else { &decision.outcome };
+        Verdict {
+            decision: answered.as_str(),
+            rule: if is_dry_run { None } else { decision.rule.as_deref() },
+            error_code: answered.error_code_for(family),
+            dry_run: &decision.dry_run,
+            caps: &decision.caps,
+            would: is_dry_run.then(|| Would {
+                decision: decision.outcome.as_str(),
+                rule: decision.rule.as_deref(),
+                error_code: decision.outcome.error_code_for(family),
+            }),
+        }
+    }
+
+    /// An answer that no rule gave (`ack`, `partial`).
+    fn bare(decision: &'static str) -> Verdict<'a> {
+        Verdict { decision, rule: None, error_code: None, dry_run: &[], caps: &[], would: None }
+    }
 }
 
 #[derive(Serialize)]
-pub struct Would<'a> {
+struct Would<'a> {
     decision: &'static str,
     rule: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -109,49 +142,27 @@ pub fn decided_line(
     policy_version: &str,
     latency: Duration,
 ) -> Line {
-    let family = event.code_family();
-    let answered = if is_dry_run { &Outcome::Allow } else { &decision.outcome };
-    let would = is_dry_run.then(|| Would {
-        decision: decision.outcome.as_str(),
-        rule: decision.rule.as_deref(),
-        error_code: decision.outcome.error_code_for(family),
-    });
     let head = Head {
         time: now_rfc3339(),
         source: event.source.as_str(),
         command: &event.command,
         operation_id: tencent.is_none().then_some(event.operation_id.as_str()),
         tencent,
-        decision: answered.as_str(),
-        rule: if is_dry_run { None } else { decision.rule.as_deref() },
-        error_code: answered.error_code_for(family),
-        dry_run: &decision.dry_run,
-        caps: &decision.caps,
-        would,
+        verdict: Verdict::of(decision, is_dry_run, event.code_family()),
         items: &[],
         policy_version: Some(policy_version),
-        latency_us: latency.as_micros().try_into().unwrap_or(u64::MAX),
+        latency_us: micros(latency),
     };
     line(&head, event)
 }
 
 /// One item of a callback decided item by item, as its record shows it.
 #[derive(Serialize)]
-pub struct ItemRecord<'a> {
+struct ItemRecord<'a> {
     /// The item's account.
     account: &'a str,
-    /// What was answered for it.
-    decision: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rule: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error_code: Option<i32>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    dry_run: &'a [DryRunHit],
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    caps: &'a [CapHit],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    would: Option<Would<'a>>,
+    #[serde(flatten)]
+    verdict: Verdict<'a>,
 }
 
 /// The record line of a Tencent before-callback decided item by item (`items`: each
@@ -168,24 +179,9 @@ pub fn items_line(
     let family = event.code_family();
     let records: Vec<ItemRecord<'_>> = items
         .iter()
-        .map(|(account, decision)| {
-            let answered = if is_dry_run { &Outcome::Allow } else { &decision.outcome };
-            ItemRecord {
-                account,
-                decision: answered.as_str(),
-                rule: if is_dry_run { None } else { decision.rule.as_deref() },
-                error_code: answered.error_code_for(family),
-                dry_run: &decision.dry_run,
-                caps: &decision.caps,
-                would: is_dry_run.then(|| Would {
-                    decision: decision.outcome.as_str(),
-                    rule: decision.rule.as_deref(),
-                    error_code: decision.outcome.error_code_for(family),
-                }),
-            }
-        })
+        .map(|(account, decision)| ItemRecord { account, verdict: Verdict::of(decision, is_dry_run, family) })
         .collect();
-    let refused = records.iter().filter(|r| r.decision != "allow").count();
+    let refused = records.iter().filter(|r| r.verdict.decision != "allow").count();
     let decision = match refused {
         0 => "allow",
         n if n == records.len() => "deny",
@@ -197,15 +193,10 @@ pub fn items_line(
         command: &event.command,
         operation_id: None,
         tencent: Some(tencent),
-        decision,
-        rule: None,
-        error_code: None,
-        dry_run: &[],
-        caps: &[],
-        would: None,
+        verdict: Verdict::bare(decision),
         items: &records,
         policy_version: Some(policy_version),
-        latency_us: latency.as_micros().try_into().unwrap_or(u64::MAX),
+        latency_us: micros(latency),
     };
     line(&head, event)
 }
@@ -218,17 +209,17 @@ pub fn tencent_line(event: &Event, meta: &TencentMeta, latency: Duration) -> Lin
         command: &event.command,
         operation_id: None,
         tencent: Some(meta),
-        decision: "ack",
-        rule: None,
-        error_code: None,
-        dry_run: &[],
-        caps: &[],
-        would: None,
+        verdict: Verdict::bare("ack"),
         items: &[],
         policy_version: None,
-        latency_us: latency.as_micros().try_into().unwrap_or(u64::MAX),
+        latency_us: micros(latency),
     };
     line(&head, event)
+}
+
+/// A latency in whole µs, as records give it.
+fn micros(latency: Duration) -> u64 {
+    latency.as_micros().try_into().unwrap_or(u64::MAX)
 }
 
 /// Serialises `head`, then `"body":` with the body as received, and a newline. The raw body
