@@ -245,7 +245,11 @@ pub fn encode_fail(message: &str, is_before: bool) -> Bytes {
 /// Whether the command named in `query` (`CallbackCommand`) is a before-callback callgate
 /// decides: what an error answer must not refuse by accident.
 pub fn names_decided_command(query: &str) -> bool {
-    Query::parse(query).command.is_some_and(|c| catalog::tencent_decided(&c).is_some())
+    // The last `CallbackCommand`, as `Query::parse` takes it, without copying every parameter.
+    form_urlencoded::parse(query.as_bytes())
+        .filter(|(key, _)| key == "CallbackCommand")
+        .last()
+        .is_some_and(|(_, command)| catalog::tencent_decided(&command).is_some())
 }
 
 /// `ErrorCode` 2 on a message before-callback: drop the message, tell the sender it was sent.

@@ -15,6 +15,7 @@ use super::{Peer, State, access, closing, json_reply, observe};
 use crate::catalog::{self, Decided, TencentAnswer};
 use crate::decision::Outcome;
 use crate::event::{Event, ITEM_KEY, TencentMeta};
+use crate::policy::PolicySet;
 use crate::protocol::tencent::{self, TencentError};
 use crate::record;
 
@@ -70,7 +71,7 @@ async fn handle(state: &State, query: &str, raw: Bytes, started: Instant, is_bef
         Err(err) => return fail(&err, is_before),
     };
     match catalog::tencent_decided(&event.command) {
-        Some(decided) => decide(state, &event, &meta, decided, started).await,
+        Some(decided) => decide(state, &set, &event, &meta, decided, started).await,
         None => acknowledge(state, &event, &meta, started).await,
     }
 }
@@ -80,12 +81,12 @@ async fn handle(state: &State, query: &str, raw: Bytes, started: Instant, is_bef
 /// answers it.
 async fn decide(
     state: &State,
+    set: &PolicySet,
     event: &Event,
     meta: &TencentMeta,
     decided: &Decided,
     started: Instant,
 ) -> warp::reply::Response {
-    let set = state.policies.current();
     let answer = match decided.answer {
         TencentAnswer::Whole | TencentAnswer::Message => {
             let decision = set.decide_with_caps(event, &state.caps, &state.lists, state.on_error).await;
