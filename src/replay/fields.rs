@@ -3,6 +3,12 @@
 //! it (anything else is absent; `would` and `dry_run`, rarely there, are parsed whole), and the
 //! body is built only for the keys a policy set reads, by the parser the server decodes
 //! requests with. So a record costs one scan and a few small fields, however large its body.
+//!
+//! Two readers give the same [`Fields`]: `scan`, fast, for lines of the shape the server
+//! writes, and the exact one here (serde_json, as the request decoder parses), for every
+//! line `scan` leaves.
+
+mod scan;
 
 use std::borrow::Cow;
 
@@ -14,7 +20,7 @@ use super::Answer;
 use crate::protocol::{Key, TopLevel};
 
 /// The fields of a record that replay reads.
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq)]
 pub(super) struct Fields<'a> {
     time: Option<Cow<'a, str>>,
     source: Option<Cow<'a, str>>,
@@ -170,6 +176,12 @@ impl<'a> Fields<'a> {
     /// The fields of one record line, with the body keys `keep` accepts; `Err` when it is
     /// not a JSON object.
     pub(super) fn parse(line: &'a str, keep: &dyn Fn(&str) -> bool) -> Result<Fields<'a>, String> {
+        scan::fields(line, keep).map_or_else(|| Fields::parse_exact(line, keep), Ok)
+    }
+
+    /// [`Fields::parse`] by serde_json alone: what a line may hold, and every message, are
+    /// decided here.
+    fn parse_exact(line: &'a str, keep: &dyn Fn(&str) -> bool) -> Result<Fields<'a>, String> {
         let mut de = serde_json::Deserializer::from_str(line);
         let fields = de.deserialize_map(FieldsVisitor { keep }).and_then(|f| de.end().map(|()| f));
         fields.map_err(|e| format!("not JSON: {e}"))
