@@ -21,9 +21,10 @@ pub struct PolicySet {
     /// Every top-level body key a rule reads, by length then bytes: decoders need keep no
     /// other.
     body_keys: Box<[Box<str>]>,
-    /// Bit `n` set when a body key is `n` bytes long (bit 63: 63 or more). Asked for every
-    /// key of every body, [`PolicySet::reads`] answers most with this alone.
-    body_key_lengths: u64,
+    /// A bit set for each body key, from its length and a few of its bytes
+    /// ([`filter_bit`]). Asked for every key of every body, [`PolicySet::reads`] answers
+    /// most with this alone: keys of one length are common ("sendID", "recvID", "status").
+    body_key_filter: [u64; 4],
     /// The rules that test a list held in Redis, in order: what a decision asks about.
     pub(crate) redis_list_rules: Vec<u32>,
     warnings: Vec<Warning>,
@@ -67,7 +68,8 @@ impl PolicySet {
     /// rate-cap key, or below it by a dotted path or JSON pointer). A decoder may drop the
     /// other keys: no answer can depend on them.
     pub fn reads(&self, key: &str) -> bool {
-        if self.body_key_lengths & length_bit(key) == 0 {
+        let (word, bit) = filter_bit(key);
+        if self.body_key_filter[word] & bit == 0 {
             return false;
         }
         // By length first: most comparisons end without comparing bytes.
@@ -102,7 +104,7 @@ impl PolicySet {
             default: Outcome::Allow,
             index: Index::default(),
             body_keys: Box::default(),
-            body_key_lengths: 0,
+            body_key_filter: [0; 4],
             redis_list_rules: Vec::new(),
             warnings: Vec::new(),
             version: String::new(),
@@ -120,10 +122,14 @@ impl PolicySet {
     ) -> PolicySet {
         let index = Index::build(&rules);
         let body_keys = body_keys(&rules);
-        let body_key_lengths = body_keys.iter().fold(0, |bits, key| bits | length_bit(key));
+        let mut body_key_filter = [0; 4];
+        for key in &body_keys {
+            let (word, bit) = filter_bit(key);
+            body_key_filter[word] |= bit;
+        }
         let redis_list_rules =
             (0..rules.len() as u32).filter(|&i| tests_a_redis_list(&rules[i as usize].when)).collect();
-        PolicySet { rules, default, index, body_keys, body_key_lengths, redis_list_rules, warnings, version, files }
+        PolicySet { rules, default, index, body_keys, body_key_filter, redis_list_rules, warnings, version, files }
     }
 }
 
@@ -137,9 +143,15 @@ fn tests_a_redis_list(group: &Group) -> bool {
     })
 }
 
-/// The bit of [`PolicySet::body_key_lengths`] for `key`.
-fn length_bit(key: &str) -> u64 {
-    1 << key.len().min(63)
+/// The word and bit of [`PolicySet::body_key_filter`] for `key`: from its length, its first
+/// two bytes and its last, which tell apart most keys of one length ("operationID",
+/// "ownerUserID").
+fn filter_bit(key: &str) -> (usize, u64) {
+    let bytes = key.as_bytes();
+    let byte = |i: usize| bytes.get(i).map_or(0, |&b| usize::from(b));
+    let last = bytes.last().map_or(0, |&b| usize::from(b));
+    let n = (bytes.len() * 131 + byte(0) * 31 + byte(1) * 7 + last) % 256;
+    (n / 64, 1 << (n % 64))
 }
 
 /// The top-level body keys `rules` read, by length then bytes, without repeats.
