@@ -401,6 +401,12 @@ struct Run<'s> {
     /// millisecond share it, so it is parsed once.
     last_time: String,
     last_ms: u64,
+    /// The second (`YYYY-MM-DDTHH:MM:SS`) of the last time parsed whole, and its ms: the
+    /// records of one second differ only in their milliseconds.
+    second: String,
+    second_ms: u64,
+    /// The event replayed, kept from record to record so that its strings are reused.
+    event: Event,
     cap_store_errors: u64,
     changes: Changes,
     rules: BTreeMap<String, RuleCounts>,
@@ -420,6 +426,9 @@ impl<'s> Run<'s> {
             first_time: None,
             last_time: String::new(),
             last_ms: 0,
+            second: String::new(),
+            second_ms: 0,
+            event: Event::openim(String::new(), Map::new()),
             cap_store_errors: 0,
             changes: Changes::default(),
             rules: BTreeMap::new(),
@@ -443,8 +452,10 @@ impl<'s> Run<'s> {
         let text = raw.text.map_err(|e| format!("not UTF-8: {e}"))?;
         let set = self.set;
         // Of the body, only what the set reads, as the server decodes a request: no answer
-        // depends on the rest.
-        let mut fields = Fields::parse(text, &|key| key == "callbackCommand" || set.reads(key))?;
+        // depends on the rest. A case also shows the body's command.
+        let is_writing_cases = cases.is_some();
+        let keep = |key: &str| set.reads(key) || (is_writing_cases && key == "callbackCommand");
+        let mut fields = Fields::parse(text, &keep)?;
         if !passes(filter, &fields, text, cutoff) {
             self.records.filtered_out += 1;
             return Ok(None);
@@ -469,13 +480,15 @@ impl<'s> Run<'s> {
         let body = fields.take_body()?;
 
         self.tick(&time, at_ms);
-        let mut event = Event::openim(command.into_owned(), body);
-        if is_tencent {
-            event.source = Source::Tencent;
-        }
+        let mut event = std::mem::replace(&mut self.event, Event::openim(String::new(), Map::new()));
+        event.source = if is_tencent { Source::Tencent } else { Source::OpenIm };
+        event.command.clear();
+        event.command.push_str(&command);
+        event.operation_id.clear();
         if let Some(id) = fields.operation_id() {
-            event.operation_id = id.into_owned();
+            event.operation_id.push_str(&id);
         }
+        event.body = body;
         let (decision, is_counted) = self.decide(&event);
         let new = Answer {
             decision: decision.outcome.as_str(),
@@ -489,30 +502,53 @@ impl<'s> Run<'s> {
         {
             cases.offer(set, &Offer { at: raw, time: &time, event: &event, decision: &decision, direction, old: &old });
         }
-        let Some(direction) = direction else {
-            self.changes.unchanged += 1;
-            return Ok(None);
-        };
-        let change = Change {
+        let change = direction.map(|direction| Change {
             time: time.into_owned(),
-            operation_id: event.operation_id,
-            command: event.command,
+            operation_id: event.operation_id.clone(),
+            command: event.command.clone(),
             direction,
             old,
             new,
             at: place(raw),
+        });
+        self.event = event;
+        let Some(change) = change else {
+            self.changes.unchanged += 1;
+            return Ok(None);
         };
         self.changed(&change, text);
         Ok(Some(change))
     }
 
     /// The time of a record in ms since the epoch.
-    fn time_ms(&self, time: &str) -> Result<u64, String> {
+    fn time_ms(&mut self, time: &str) -> Result<u64, String> {
         if time == self.last_time && !self.last_time.is_empty() {
             return Ok(self.last_ms);
         }
+        // `YYYY-MM-DDTHH:MM:SS.mmmZ`, as the server writes times.
+        let (second, ms) = match time.as_bytes() {
+            [.., b'.', a, b, c, b'Z'] if time.len() == 24 && [a, b, c].iter().all(|d| d.is_ascii_digit()) => {
+                let ms = [a, b, c].iter().fold(0, |ms, &&d| ms * 10 + u64::from(d - b'0'));
+                (&time[..19], Some(ms))
+            }
+            _ => (time, None),
+        };
+        if let Some(ms) = ms
+            && second == self.second
+        {
+            return Ok(self.second_ms + ms);
+        }
         let at = humantime::parse_rfc3339_weak(time).map_err(|e| format!("`time` {time:?}: {e}"))?;
-        Ok(record::epoch_ms(at))
+        let at_ms = record::epoch_ms(at);
+        // From 1 s after the epoch, where ms are not clamped at 0.
+        if let Some(ms) = ms
+            && at_ms >= 1000
+        {
+            self.second.clear();
+            self.second.push_str(second);
+            self.second_ms = at_ms - ms;
+        }
+        Ok(at_ms)
     }
 
     /// Moves the virtual clock to a replayed record's time.
