@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use self::cases::Offer;
-use self::fields::Fields;
+use self::fields::{Fields, Spare};
 use crate::catalog;
 use crate::decision::Decision;
 use crate::event::{Event, Source};
@@ -405,8 +405,10 @@ struct Run<'s> {
     /// records of one second differ only in their milliseconds.
     second: String,
     second_ms: u64,
-    /// The event replayed, kept from record to record so that its strings are reused.
+    /// The event replayed, kept from record to record so that its strings are reused, and
+    /// those of its body.
     event: Event,
+    spare: Spare,
     cap_store_errors: u64,
     changes: Changes,
     rules: BTreeMap<String, RuleCounts>,
@@ -429,6 +431,7 @@ impl<'s> Run<'s> {
             second: String::new(),
             second_ms: 0,
             event: Event::openim(String::new(), Map::new()),
+            spare: Spare::default(),
             cap_store_errors: 0,
             changes: Changes::default(),
             rules: BTreeMap::new(),
@@ -455,7 +458,8 @@ impl<'s> Run<'s> {
         // depends on the rest. A case also shows the body's command.
         let is_writing_cases = cases.is_some();
         let keep = |key: &str| set.reads(key) || (is_writing_cases && key == "callbackCommand");
-        let mut fields = Fields::parse(text, &keep)?;
+        self.spare.recycle(std::mem::take(&mut self.event.body));
+        let mut fields = Fields::parse(text, &keep, &mut self.spare)?;
         if !passes(filter, &fields, text, cutoff) {
             self.records.filtered_out += 1;
             return Ok(None);
@@ -607,8 +611,9 @@ impl<'s> Run<'s> {
             Direction::DenyToAllow => self.changes.deny_to_allow += 1,
             Direction::OtherRule => self.changes.other_rule += 1,
         }
-        // The users are read from the whole body: changes are few, so it is built again.
-        let body = fields::whole_body(line);
+        // The line is read again for the users: changes are few.
+        let body = Fields::parse(line, &is_user_field, &mut self.spare).and_then(|mut f| f.take_body());
+        let body = body.unwrap_or_default();
         for user in users_of(&body) {
             if let Some(n) = self.users.get_mut(user) {
                 *n += 1;
@@ -616,6 +621,7 @@ impl<'s> Run<'s> {
                 self.users.insert(user.to_string(), 1);
             }
         }
+        self.spare.recycle(body);
         let examples = self.examples.entry(change.direction).or_default();
         if examples.len() < EXAMPLES {
             examples.push(change.clone());
@@ -671,12 +677,17 @@ fn count_rule(rules: &mut BTreeMap<String, RuleCounts>, rule: &str, f: impl FnOn
     }
 }
 
+/// Whether a body key names users, per [`USER_FIELDS`].
+fn is_user_field(key: &str) -> bool {
+    let has = |word: &str| key.as_bytes().windows(word.len()).any(|w| w.eq_ignore_ascii_case(word.as_bytes()));
+    has("user") || has("account") || key.eq_ignore_ascii_case("sendid") || key.eq_ignore_ascii_case("recvid")
+}
+
 /// The user IDs of a body, per [`USER_FIELDS`].
 fn users_of(body: &Map<String, Value>) -> Vec<&str> {
     let mut ids = Vec::new();
     for (key, value) in body {
-        let lower = key.to_ascii_lowercase();
-        if !(lower.contains("user") || lower.contains("account") || lower == "sendid" || lower == "recvid") {
+        if !is_user_field(key) {
             continue;
         }
         match value {

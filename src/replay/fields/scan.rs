@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{Fields, Integer};
+use super::{Fields, Integer, Spare};
 
 /// Nesting the scanner follows inside one value; deeper lines are left to serde_json, whose
 /// limit (128, counted from the line) is then never the scanner's to apply.
@@ -23,12 +23,8 @@ const MAX_DEPTH: u32 = 60;
 
 /// The fields of `line`, with the body keys `keep` accepts; `None` when the line is not of
 /// the shape this reader reads (then it may be valid or not).
-pub(super) fn fields<'a>(line: &'a str, keep: &dyn Fn(&str) -> bool) -> Option<Fields<'a>> {
-    // Chunks without an early exit inside, so that the check is vectorised.
-    if line.as_bytes().chunks(32).any(|chunk| chunk.iter().fold(false, |is_control, &b| is_control | (b < 0x20))) {
-        return None;
-    }
-    let mut s = Scanner { text: line, at: 0 };
+pub(super) fn fields<'a>(line: &'a str, keep: &dyn Fn(&str) -> bool, spare: &mut Spare) -> Option<Fields<'a>> {
+    let mut s = Scanner { text: line, at: 0, marks: marks(line.as_bytes())?, marks_at: 0 };
     s.spaces();
     s.eat(b'{')?;
     let mut f = Fields::default();
@@ -50,7 +46,7 @@ pub(super) fn fields<'a>(line: &'a str, keep: &dyn Fn(&str) -> bool) -> Option<F
                     s.value()?;
                     f.has_items = true;
                 }
-                "body" => f.body = Some(Ok(s.body(keep)?)),
+                "body" => f.body = Some(Ok(s.body(keep, spare)?)),
                 _ => {
                     s.value()?;
                 }
@@ -70,9 +66,16 @@ fn parse<'a, T: Deserialize<'a>>(text: &'a str) -> Option<T> {
 }
 
 /// A position in a line. Every method returns `None` for what is not of the common shape.
+///
+/// The line is not checked for control characters first: outside strings any but the
+/// bytes of JSON's grammar ends the scan, and the bytes of every string are in a block
+/// whose marks were taken ([`marks`] refuses a block with one).
 struct Scanner<'a> {
     text: &'a str,
     at: usize,
+    /// The quotes and backslashes of the 64 bytes from `marks_at`, a bit each.
+    marks: u64,
+    marks_at: usize,
 }
 
 impl<'a> Scanner<'a> {
@@ -116,6 +119,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// An object key without escapes, and the colon after it.
+    #[inline]
     fn key(&mut self) -> Option<&'a str> {
         self.spaces();
         let (key, has_escapes) = self.string()?;
@@ -124,16 +128,35 @@ impl<'a> Scanner<'a> {
         (!has_escapes).then_some(key)
     }
 
+    /// The first quote or backslash from `from` on; `None` when there is none, or a
+    /// control character is met.
+    #[inline(always)]
+    fn next_mark(&mut self, mut from: usize) -> Option<usize> {
+        let bytes = self.text.as_bytes();
+        loop {
+            let offset = from.wrapping_sub(self.marks_at);
+            if offset < 64 {
+                let rest = self.marks >> offset;
+                if rest != 0 {
+                    return Some(from + rest.trailing_zeros() as usize);
+                }
+                from = self.marks_at + 64;
+            }
+            self.marks_at = from & !63;
+            self.marks = marks(bytes.get(self.marks_at..).filter(|rest| !rest.is_empty())?)?;
+        }
+    }
+
     /// At a string's opening quote: the text between the quotes as written, and whether it
     /// has escapes (each one checked).
+    #[inline(always)]
     fn string(&mut self) -> Option<(&'a str, bool)> {
-        let bytes = self.text.as_bytes();
-        if bytes.get(self.at) != Some(&b'"') {
+        if self.peek()? != b'"' {
             return None;
         }
         let start = self.at + 1;
-        let end = start + quote_or_backslash(bytes.get(start..)?)?;
-        if bytes[end] != b'"' {
+        let end = self.next_mark(start)?;
+        if self.text.as_bytes()[end] != b'"' {
             return self.escaped_string(start, end);
         }
         self.at = end + 1;
@@ -150,7 +173,7 @@ impl<'a> Scanner<'a> {
                 b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => at += 2,
                 _ => return None,
             }
-            at += quote_or_backslash(bytes.get(at..)?)?;
+            at = self.next_mark(at)?;
             if bytes[at] == b'"' {
                 self.at = at + 1;
                 return Some((self.text.get(start..at)?, true));
@@ -261,7 +284,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The record's body, an object: its kept keys.
-    fn body(&mut self, keep: &dyn Fn(&str) -> bool) -> Option<Map<String, Value>> {
+    fn body(&mut self, keep: &dyn Fn(&str) -> bool, spare: &mut Spare) -> Option<Map<String, Value>> {
         self.eat(b'{')?;
         let mut body = Map::new();
         if self.is_empty_container(b'}') {
@@ -273,12 +296,12 @@ impl<'a> Scanner<'a> {
                 let start = self.at;
                 let value = match self.peek()? {
                     b'"' => match self.string()? {
-                        (text, false) => Value::String(text.to_string()),
+                        (text, false) => Value::String(spare.string(text)),
                         (_, true) => parse(&self.text[start..self.at])?,
                     },
                     _ => parse(self.value()?)?,
                 };
-                body.insert(key.to_string(), value);
+                body.insert(spare.string(key), value);
             } else {
                 self.value()?;
             }
@@ -289,32 +312,39 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Where the first `"` or `\` of `bytes` is. Eight bytes at a time: strings in records are
-/// mostly short IDs, for which a vectorised search costs more to set up than it saves.
-#[inline]
-fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
+/// The quotes and backslashes of the first 64 bytes of `bytes` (a line's end padded with
+/// spaces), a bit each, found eight bytes at a time; `None` if they hold a control character.
+fn marks(bytes: &[u8]) -> Option<u64> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const LOWS: u64 = u64::from_ne_bytes([0x7f; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    /// The high bit of each byte of `x` that is zero; a bit above a zero byte may be set too,
-    /// never one below the first, so the lowest set bit is exact.
+    /// The high bit of each byte of `x` that is zero.
     fn zero_bytes(x: u64) -> u64 {
-        x.wrapping_sub(ONES) & !x & HIGHS
+        !(((x & LOWS) + LOWS) | x) & HIGHS
     }
-    let mut at = 0;
-    while let Some(&chunk) = bytes.get(at..).and_then(|rest| rest.first_chunk::<8>()) {
-        let word = u64::from_le_bytes(chunk);
-        let found = zero_bytes(word ^ (ONES * u64::from(b'"'))) | zero_bytes(word ^ (ONES * u64::from(b'\\')));
-        if found != 0 {
-            return Some(at + found.trailing_zeros() as usize / 8);
+    let mut padded = [b' '; 64];
+    let block = match bytes.first_chunk::<64>() {
+        Some(block) => block,
+        None => {
+            padded[..bytes.len()].copy_from_slice(bytes);
+            &padded
         }
-        at += 8;
+    };
+    let (mut marks, mut control) = (0, 0);
+    for (i, word) in block.as_chunks::<8>().0.iter().enumerate() {
+        let word = u64::from_le_bytes(*word);
+        // Some byte is below 0x20 exactly when this has a high bit set.
+        control |= word.wrapping_sub(ONES * 0x20) & !word;
+        let found = zero_bytes(word ^ (ONES * u64::from(b'"'))) | zero_bytes(word ^ (ONES * u64::from(b'\\')));
+        // The high bit of byte `k` to bit `k`, then to the word's place in the block.
+        marks |= ((found >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * i);
     }
-    bytes.get(at..)?.iter().position(|&b| b == b'"' || b == b'\\').map(|i| at + i)
+    (control & HIGHS == 0).then_some(marks)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::Fields;
+    use super::super::{Fields, Spare};
     use super::fields;
 
     /// Record lines as the server writes them, and odder ones of the shape the scanner reads.
@@ -333,7 +363,7 @@ mod tests {
 
     /// The scanner reads `line` as the exact reader does, or leaves it to it.
     fn assert_agrees(line: &str) -> bool {
-        let Some(fast) = fields(line, &keep) else { return false };
+        let Some(fast) = fields(line, &keep, &mut Spare::default()) else { return false };
         assert_eq!(Ok(&fast), Fields::parse_exact(line, &keep).as_ref(), "{line}");
         true
     }
@@ -363,10 +393,10 @@ mod tests {
             r#"{"body":{}"#,
             "",
         ] {
-            assert!(fields(line, &keep).is_none(), "{line}");
+            assert!(fields(line, &keep, &mut Spare::default()).is_none(), "{line}");
         }
         let deep = format!(r#"{{"body":{{"x":{}{}}}}}"#, "[".repeat(62), "]".repeat(62));
-        assert!(fields(&deep, &keep).is_none());
+        assert!(fields(&deep, &keep, &mut Spare::default()).is_none());
         let deep_enough = format!(r#"{{"body":{{"x":{}{}}}}}"#, "[".repeat(61), "]".repeat(61));
         assert!(assert_agrees(&deep_enough));
     }
