@@ -34,7 +34,9 @@ const REGEX_SET_CHUNK: usize = 32;
 #[derive(Debug, Default)]
 struct Prefixes {
     by_prefix: foldhash::HashMap<Box<[u8]>, RuleIds>,
-    longest: usize,
+    /// Bit `n` set when some prefix is `n` bytes long (bit 63: 63 or more), so that a text
+    /// is looked up only at the lengths there are.
+    lengths: u64,
 }
 
 /// Unanchored regexes of one field, by a literal every match begins with.
@@ -166,7 +168,7 @@ impl<'r> Builder<'r> {
                 Some((true, literals)) => {
                     let index = self.prefixes.entry(field).or_default();
                     for literal in literals {
-                        index.longest = index.longest.max(literal.len());
+                        index.lengths |= 1 << literal.len().min(63);
                         push_once(index.by_prefix.entry(literal.into()).or_default(), i);
                     }
                 }
@@ -263,9 +265,16 @@ impl FieldAnchors {
             }
         }
         let bytes = text.as_bytes();
-        for len in 1..=bytes.len().min(self.prefixes.longest) {
-            if let Some(ids) = self.prefixes.by_prefix.get(&bytes[..len]) {
-                out.extend_from_slice(ids);
+        let mut lengths = self.prefixes.lengths;
+        while lengths != 0 {
+            let len = lengths.trailing_zeros() as usize;
+            lengths &= lengths - 1;
+            // Past 62, every length up to the text's.
+            let lens = if len == 63 { 63..bytes.len() + 1 } else { len..len + 1 };
+            for len in lens {
+                if let Some(ids) = bytes.get(..len).and_then(|prefix| self.prefixes.by_prefix.get(prefix)) {
+                    out.extend_from_slice(ids);
+                }
             }
         }
         if let Some(substrings) = &self.substrings {
@@ -320,5 +329,27 @@ mod tests {
         assert_eq!(p("_word\\d+$").map(|(a, _)| a), Some(false));
         assert_eq!(p("^.*x"), None, "no literal prefix");
         assert_eq!(p("(?m)^sys_").map(|(a, _)| a), Some(false), "line anchors are not text anchors");
+    }
+
+    #[test]
+    fn prefixes_are_found_at_every_length_they_have() {
+        let long = "a".repeat(70);
+        let dir = tempfile::tempdir().unwrap();
+        let rule = |id: &str, pattern: &str| {
+            format!(
+                "  - id: {id}\n    when:\n      sendID: {{ regex: '^{pattern}' }}\n    decision: deny\n    error: {{ code: 150, message: no }}\n"
+            )
+        };
+        let rules = [rule("long", &format!("{long}b")), rule("longer", &format!("{long}aa")), rule("short", "ab")];
+        std::fs::write(dir.path().join("10.yaml"), format!("rules:\n{}", rules.concat())).unwrap();
+        let set = crate::policy::load_dir(dir.path()).unwrap();
+        let decided = |id: &str| {
+            let body = serde_json::json!({ "sendID": id }).as_object().unwrap().clone();
+            set.decide(&crate::event::Event::openim("c", body)).rule
+        };
+        assert_eq!(decided(&format!("{long}b")).as_deref(), Some("long"));
+        assert_eq!(decided(&format!("{long}aax")).as_deref(), Some("longer"));
+        assert_eq!(decided("abc").as_deref(), Some("short"));
+        assert_eq!(decided(&long), None);
     }
 }
