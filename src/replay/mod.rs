@@ -28,7 +28,7 @@ use serde_json::{Map, Value};
 use self::cases::Offer;
 use self::fields::{Fields, Spare};
 use crate::catalog;
-use crate::decision::Decision;
+use crate::decision::{Decision, Outcome};
 use crate::event::{Event, Source};
 use crate::policy::PolicySet;
 use crate::ratecap::{MemoryCaps, OnError};
@@ -412,6 +412,8 @@ struct Run<'s> {
     cap_store_errors: u64,
     changes: Changes,
     rules: BTreeMap<String, RuleCounts>,
+    /// The counts of [`DEFAULT_RULE`], put in `rules` by the report.
+    default_counts: Option<RuleCounts>,
     users: HashMap<String, u64>,
     examples: BTreeMap<Direction, Vec<Change>>,
 }
@@ -435,6 +437,7 @@ impl<'s> Run<'s> {
             cap_store_errors: 0,
             changes: Changes::default(),
             rules: BTreeMap::new(),
+            default_counts: None,
             users: HashMap::new(),
             examples: BTreeMap::new(),
         }
@@ -497,7 +500,11 @@ impl<'s> Run<'s> {
         let new = Answer {
             decision: decision.outcome.as_str(),
             rule: decision.rule.as_deref().map(str::to_string),
-            error_code: decision.outcome.error_code_for(event.code_family()).map(i64::from),
+            // The command's code family only for a refusal: most callbacks are allowed.
+            error_code: match &decision.outcome {
+                Outcome::Deny(refusal) => Some(i64::from(refusal.code_for(event.code_family()))),
+                Outcome::Allow | Outcome::Discard => None,
+            },
         };
         self.count(&fields, &old, &new, &decision);
         let direction = direction(&old, &new);
@@ -592,14 +599,25 @@ impl<'s> Run<'s> {
 
     /// Counts a replayed record's decisions, then and now, per rule.
     fn count(&mut self, fields: &Fields<'_>, old: &Answer, new: &Answer, decision: &Decision) {
-        let rules = &mut self.rules;
-        count_rule(rules, old.rule_name(), |n| n.before.add(old.decision));
-        count_rule(rules, new.rule_name(), |n| n.after.add(new.decision));
+        self.count_rule(old.rule_name(), |n| n.before.add(old.decision));
+        self.count_rule(new.rule_name(), |n| n.after.add(new.decision));
         for rule in fields.would_denies() {
-            count_rule(rules, &rule, |n| n.would_deny_before += 1);
+            self.count_rule(&rule, |n| n.would_deny_before += 1);
         }
         for hit in decision.dry_run.iter().filter(|h| h.outcome.is_refusal()) {
-            count_rule(rules, &hit.rule, |n| n.would_deny_after += 1);
+            self.count_rule(&hit.rule, |n| n.would_deny_after += 1);
+        }
+    }
+
+    /// Applies `f` to the counts of `rule`, allocating its name only the first time it is
+    /// met; the default's, which count most records, are kept apart from the map.
+    fn count_rule(&mut self, rule: &str, f: impl FnOnce(&mut RuleCounts)) {
+        if rule == DEFAULT_RULE {
+            return f(self.default_counts.get_or_insert_default());
+        }
+        match self.rules.get_mut(rule) {
+            Some(counts) => f(counts),
+            None => f(self.rules.entry(rule.to_string()).or_default()),
         }
     }
 
@@ -628,7 +646,10 @@ impl<'s> Run<'s> {
         }
     }
 
-    fn report(self) -> Report {
+    fn report(mut self) -> Report {
+        if let Some(counts) = self.default_counts.take() {
+            self.rules.insert(DEFAULT_RULE.to_string(), counts);
+        }
         let mut top: Vec<AffectedUser> =
             self.users.into_iter().map(|(user, changed)| AffectedUser { user, changed }).collect();
         top.sort_by(|a, b| b.changed.cmp(&a.changed).then_with(|| a.user.cmp(&b.user)));
@@ -666,14 +687,6 @@ fn direction(old: &Answer, new: &Answer) -> Option<Direction> {
         (true, false) => Some(Direction::DenyToAllow),
         _ if old != new => Some(Direction::OtherRule),
         _ => None,
-    }
-}
-
-/// Applies `f` to the counts of `rule`, allocating its name only the first time it is met.
-fn count_rule(rules: &mut BTreeMap<String, RuleCounts>, rule: &str, f: impl FnOnce(&mut RuleCounts)) {
-    match rules.get_mut(rule) {
-        Some(counts) => f(counts),
-        None => f(rules.entry(rule.to_string()).or_default()),
     }
 }
 

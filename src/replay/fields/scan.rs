@@ -79,11 +79,13 @@ struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.text.as_bytes().get(self.at).copied()
     }
 
     /// Skips spaces, the only whitespace in a line without control characters.
+    #[inline(always)]
     fn spaces(&mut self) {
         while self.peek() == Some(b' ') {
             self.at += 1;
@@ -91,12 +93,14 @@ impl<'a> Scanner<'a> {
     }
 
     /// Takes `byte`, after spaces.
+    #[inline(always)]
     fn eat(&mut self, byte: u8) -> Option<()> {
         self.spaces();
         (self.peek()? == byte).then(|| self.at += 1)
     }
 
     /// After an opening bracket: takes the closing `close` if the container is empty.
+    #[inline(always)]
     fn is_empty_container(&mut self, close: u8) -> bool {
         self.spaces();
         let is_empty = self.peek() == Some(close);
@@ -107,6 +111,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// After an object's member: `false` past a comma, `true` past the closing brace.
+    #[inline(always)]
     fn is_last_member(&mut self) -> Option<bool> {
         self.spaces();
         let byte = self.peek()?;
@@ -119,7 +124,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// An object key without escapes, and the colon after it.
-    #[inline]
+    #[inline(always)]
     fn key(&mut self) -> Option<&'a str> {
         self.spaces();
         let (key, has_escapes) = self.string()?;
@@ -160,7 +165,8 @@ impl<'a> Scanner<'a> {
             return self.escaped_string(start, end);
         }
         self.at = end + 1;
-        Some((self.text.get(start..end)?, false))
+        // Both ends are next to a quote: on character boundaries.
+        Some((&self.text[start..end], false))
     }
 
     /// The rest of [`Scanner::string`] from its first escape, at `at`.
@@ -176,12 +182,13 @@ impl<'a> Scanner<'a> {
             at = self.next_mark(at)?;
             if bytes[at] == b'"' {
                 self.at = at + 1;
-                return Some((self.text.get(start..at)?, true));
+                return Some((&self.text[start..at], true));
             }
         }
     }
 
     /// A value read as `Value::as_str` reads it: a string, or `None` for any other value.
+    #[inline(always)]
     fn text(&mut self) -> Option<Option<Cow<'a, str>>> {
         if self.peek()? != b'"' {
             self.value()?;
@@ -197,6 +204,7 @@ impl<'a> Scanner<'a> {
 
     /// Integers of at most 18 digits, which serde_json reads as `u64` or `i64`; a fraction,
     /// an exponent or more digits (which may overflow a `f64`) are left to it.
+    #[inline(always)]
     fn number(&mut self) -> Option<()> {
         if self.peek() == Some(b'-') {
             self.at += 1;
@@ -215,6 +223,7 @@ impl<'a> Scanner<'a> {
         is_plain.then_some(())
     }
 
+    #[inline(always)]
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         let bytes = self.text.as_bytes();
         bytes.get(self.at..)?.starts_with(word).then(|| self.at += word.len())
@@ -284,6 +293,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The record's body, an object: its kept keys.
+    #[inline(always)]
     fn body(&mut self, keep: &dyn Fn(&str) -> bool, spare: &mut Spare) -> Option<Map<String, Value>> {
         self.eat(b'{')?;
         let mut body = Map::new();
