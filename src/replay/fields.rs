@@ -205,7 +205,7 @@ impl Spare {
 impl<'a> Fields<'a> {
     /// The fields of one record line, with the body keys `keep` accepts (built with `spare`
     /// strings); `Err` when it is not a JSON object.
-    pub(super) fn parse(line: &'a str, keep: &dyn Fn(&str) -> bool, spare: &mut Spare) -> Result<Fields<'a>, String> {
+    pub(super) fn parse(line: &'a str, keep: &impl Fn(&str) -> bool, spare: &mut Spare) -> Result<Fields<'a>, String> {
         scan::fields(line, keep, spare).map_or_else(|| Fields::parse_exact(line, keep), Ok)
     }
 

@@ -23,7 +23,7 @@ const MAX_DEPTH: u32 = 60;
 
 /// The fields of `line`, with the body keys `keep` accepts; `None` when the line is not of
 /// the shape this reader reads (then it may be valid or not).
-pub(super) fn fields<'a>(line: &'a str, keep: &dyn Fn(&str) -> bool, spare: &mut Spare) -> Option<Fields<'a>> {
+pub(super) fn fields<'a>(line: &'a str, keep: &impl Fn(&str) -> bool, spare: &mut Spare) -> Option<Fields<'a>> {
     let mut s = Scanner { text: line, at: 0, marks: marks(line.as_bytes())?, marks_at: 0 };
     s.spaces();
     s.eat(b'{')?;
@@ -79,6 +79,13 @@ struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
+    /// The text from `start` to `end`, both next to one of JSON's ASCII bytes: on character
+    /// boundaries.
+    #[inline(always)]
+    fn slice(&self, start: usize, end: usize) -> &'a str {
+        self.text.split_at(end).0.split_at(start).1
+    }
+
     #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.text.as_bytes().get(self.at).copied()
@@ -165,8 +172,7 @@ impl<'a> Scanner<'a> {
             return self.escaped_string(start, end);
         }
         self.at = end + 1;
-        // Both ends are next to a quote: on character boundaries.
-        Some((&self.text[start..end], false))
+        Some((self.slice(start, end), false))
     }
 
     /// The rest of [`Scanner::string`] from its first escape, at `at`.
@@ -182,7 +188,7 @@ impl<'a> Scanner<'a> {
             at = self.next_mark(at)?;
             if bytes[at] == b'"' {
                 self.at = at + 1;
-                return Some((&self.text[start..at], true));
+                return Some((self.slice(start, at), true));
             }
         }
     }
@@ -199,7 +205,7 @@ impl<'a> Scanner<'a> {
         if !has_escapes {
             return Some(Some(Cow::Borrowed(text)));
         }
-        Some(Some(Cow::Owned(parse::<String>(&self.text[start..self.at])?)))
+        Some(Some(Cow::Owned(parse::<String>(self.slice(start, self.at))?)))
     }
 
     /// Integers of at most 18 digits, which serde_json reads as `u64` or `i64`; a fraction,
@@ -267,7 +273,7 @@ impl<'a> Scanner<'a> {
             // After a value: close what it ends, up to the next value.
             loop {
                 if depth == 0 {
-                    return Some(&self.text[start..self.at]);
+                    return Some(self.slice(start, self.at));
                 }
                 self.spaces();
                 let is_object = open & 1 == 1;
@@ -294,7 +300,7 @@ impl<'a> Scanner<'a> {
 
     /// The record's body, an object: its kept keys.
     #[inline(always)]
-    fn body(&mut self, keep: &dyn Fn(&str) -> bool, spare: &mut Spare) -> Option<Map<String, Value>> {
+    fn body(&mut self, keep: &impl Fn(&str) -> bool, spare: &mut Spare) -> Option<Map<String, Value>> {
         self.eat(b'{')?;
         let mut body = Map::new();
         if self.is_empty_container(b'}') {
@@ -307,7 +313,7 @@ impl<'a> Scanner<'a> {
                 let value = match self.peek()? {
                     b'"' => match self.string()? {
                         (text, false) => Value::String(spare.string(text)),
-                        (_, true) => parse(&self.text[start..self.at])?,
+                        (_, true) => parse(self.slice(start, self.at))?,
                     },
                     _ => parse(self.value()?)?,
                 };
