@@ -172,41 +172,43 @@ impl<'de> Visitor<'de> for Loose {
     }
 }
 
-/// Strings of bodies replayed before, reused for the keys and string values the next bodies
-/// keep: a replay builds a body for every record, mostly of the same few short keys.
+/// Bodies built before, one per command, each rewritten in place by the next record of its
+/// command: a replay builds a body for every record, and records of one command mostly keep
+/// the same keys, so their strings and nodes are reused. (With serde_json's
+/// `preserve_order`, a body's keys would then keep the earlier body's order: a caller that
+/// shows bodies passes new `Bodies` each time.)
 #[derive(Default)]
-pub(super) struct Spare(Vec<String>);
+pub(super) struct Bodies(Vec<(String, Map<String, Value>)>);
 
-impl Spare {
-    /// Strings kept at most, and the longest kept: memory stays flat.
-    const MAX: usize = 64;
-    const MAX_LEN: usize = 256;
+impl Bodies {
+    /// Commands whose bodies are kept at most.
+    const MAX: usize = 16;
 
-    /// `text` as a String, in a spare one when there is one.
-    fn string(&mut self, text: &str) -> String {
-        let mut s = self.0.pop().unwrap_or_default();
-        s.clear();
-        s.push_str(text);
-        s
+    /// The body kept for `command`, taken out; an empty one if none is.
+    fn take(&mut self, command: Option<&str>) -> Map<String, Value> {
+        let kept = self.0.iter_mut().find(|(c, _)| Some(c.as_str()) == command);
+        kept.map(|(_, body)| std::mem::take(body)).unwrap_or_default()
     }
 
-    /// Keeps the strings of `body` for the next bodies.
-    pub(super) fn recycle(&mut self, body: Map<String, Value>) {
-        for (key, value) in body {
-            for s in [Some(key), if let Value::String(s) = value { Some(s) } else { None }].into_iter().flatten() {
-                if self.0.len() < Self::MAX && s.capacity() <= Self::MAX_LEN {
-                    self.0.push(s);
-                }
-            }
+    /// Keeps `body`, of a record of `command`, for the next record of that command.
+    pub(super) fn keep(&mut self, command: &str, body: Map<String, Value>) {
+        if let Some((_, kept)) = self.0.iter_mut().find(|(c, _)| c == command) {
+            *kept = body;
+        } else if self.0.len() < Self::MAX {
+            self.0.push((command.to_string(), body));
         }
     }
 }
 
 impl<'a> Fields<'a> {
-    /// The fields of one record line, with the body keys `keep` accepts (built with `spare`
-    /// strings); `Err` when it is not a JSON object.
-    pub(super) fn parse(line: &'a str, keep: &impl Fn(&str) -> bool, spare: &mut Spare) -> Result<Fields<'a>, String> {
-        scan::fields(line, keep, spare).map_or_else(|| Fields::parse_exact(line, keep), Ok)
+    /// The fields of one record line, with the body keys `keep` accepts; `Err` when it is
+    /// not a JSON object. The body may be one of `bodies` rewritten in place.
+    pub(super) fn parse(
+        line: &'a str,
+        keep: &impl Fn(&str) -> bool,
+        bodies: &mut Bodies,
+    ) -> Result<Fields<'a>, String> {
+        scan::fields(line, keep, bodies).map_or_else(|| Fields::parse_exact(line, keep), Ok)
     }
 
     /// [`Fields::parse`] by serde_json alone: what a line may hold, and every message, are
@@ -291,14 +293,14 @@ mod tests {
 
     /// A line's fields, with every body key.
     fn parse(line: &str) -> Result<Fields<'_>, String> {
-        Fields::parse(line, &|_| true, &mut Spare::default())
+        Fields::parse(line, &|_| true, &mut Bodies::default())
     }
 
     #[test]
     fn fields_read_as_a_parsed_value_reads_them() {
         let line = r#"{"time":"t\u0031","source":"openim","command":5,"decision":"deny","rule":null,"error_code":150.0,
             "dry_run":[{"rule":"a","would":"deny"},7,{"rule":"b","would":"allow"}],"body":{"x":1,"y":[2]}}"#;
-        let mut f = Fields::parse(line, &|k| k == "y", &mut Spare::default()).unwrap();
+        let mut f = Fields::parse(line, &|k| k == "y", &mut Bodies::default()).unwrap();
         assert_eq!(f.time().as_deref(), Some("t1"));
         assert_eq!(f.command(), None, "not a string");
         assert_eq!(f.operation_id(), None);

@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use self::cases::Offer;
-use self::fields::{Fields, Spare};
+use self::fields::{Bodies, Fields};
 use crate::catalog;
 use crate::decision::{Decision, Outcome};
 use crate::event::{Event, Source};
@@ -405,10 +405,10 @@ struct Run<'s> {
     /// records of one second differ only in their milliseconds.
     second: String,
     second_ms: u64,
-    /// The event replayed, kept from record to record so that its strings are reused, and
-    /// those of its body.
+    /// The event replayed, kept from record to record so that its strings are reused; its
+    /// bodies kept by command, each rewritten in place by the next of its command.
     event: Event,
-    spare: Spare,
+    bodies: Bodies,
     cap_store_errors: u64,
     changes: Changes,
     rules: BTreeMap<String, RuleCounts>,
@@ -433,7 +433,7 @@ impl<'s> Run<'s> {
             second: String::new(),
             second_ms: 0,
             event: Event::openim(String::new(), Map::new()),
-            spare: Spare::default(),
+            bodies: Bodies::default(),
             cap_store_errors: 0,
             changes: Changes::default(),
             rules: BTreeMap::new(),
@@ -461,8 +461,9 @@ impl<'s> Run<'s> {
         // depends on the rest. A case also shows the body's command.
         let is_writing_cases = cases.is_some();
         let keep = |key: &str| set.reads(key) || (is_writing_cases && key == "callbackCommand");
-        self.spare.recycle(std::mem::take(&mut self.event.body));
-        let mut fields = Fields::parse(text, &keep, &mut self.spare)?;
+        // A case shows the body: built afresh, its keys in its own order.
+        let bodies = if is_writing_cases { &mut Bodies::default() } else { &mut self.bodies };
+        let mut fields = Fields::parse(text, &keep, bodies)?;
         if !passes(filter, &fields, text, cutoff) {
             self.records.filtered_out += 1;
             return Ok(None);
@@ -522,6 +523,9 @@ impl<'s> Run<'s> {
             new,
             at: place(raw),
         });
+        if !is_writing_cases {
+            self.bodies.keep(&event.command, std::mem::take(&mut event.body));
+        }
         self.event = event;
         let Some(change) = change else {
             self.changes.unchanged += 1;
@@ -630,7 +634,7 @@ impl<'s> Run<'s> {
             Direction::OtherRule => self.changes.other_rule += 1,
         }
         // The line is read again for the users: changes are few.
-        let body = Fields::parse(line, &is_user_field, &mut self.spare).and_then(|mut f| f.take_body());
+        let body = Fields::parse(line, &is_user_field, &mut Bodies::default()).and_then(|mut f| f.take_body());
         let body = body.unwrap_or_default();
         for user in users_of(&body) {
             if let Some(n) = self.users.get_mut(user) {
@@ -639,7 +643,6 @@ impl<'s> Run<'s> {
                 self.users.insert(user.to_string(), 1);
             }
         }
-        self.spare.recycle(body);
         let examples = self.examples.entry(change.direction).or_default();
         if examples.len() < EXAMPLES {
             examples.push(change.clone());

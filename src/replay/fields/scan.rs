@@ -15,7 +15,10 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{Fields, Integer, Spare};
+use super::{Bodies, Fields, Integer};
+
+/// Distinct body keys kept at most; a body keeping more is left to serde_json.
+const MAX_KEPT: usize = 32;
 
 /// Nesting the scanner follows inside one value; deeper lines are left to serde_json, whose
 /// limit (128, counted from the line) is then never the scanner's to apply.
@@ -23,7 +26,9 @@ const MAX_DEPTH: u32 = 60;
 
 /// The fields of `line`, with the body keys `keep` accepts; `None` when the line is not of
 /// the shape this reader reads (then it may be valid or not).
-pub(super) fn fields<'a>(line: &'a str, keep: &impl Fn(&str) -> bool, spare: &mut Spare) -> Option<Fields<'a>> {
+/// The body is the one `bodies` kept for the command, if the line names it first (as the
+/// server writes records), rewritten.
+pub(super) fn fields<'a>(line: &'a str, keep: &impl Fn(&str) -> bool, bodies: &mut Bodies) -> Option<Fields<'a>> {
     let mut s = Scanner { text: line, at: 0, marks: marks(line.as_bytes())?, marks_at: 0 };
     s.spaces();
     s.eat(b'{')?;
@@ -46,7 +51,11 @@ pub(super) fn fields<'a>(line: &'a str, keep: &impl Fn(&str) -> bool, spare: &mu
                     s.value()?;
                     f.has_items = true;
                 }
-                "body" => f.body = Some(Ok(s.body(keep, spare)?)),
+                "body" => {
+                    let mut body = bodies.take(f.command.as_deref());
+                    s.body(keep, &mut body)?;
+                    f.body = Some(Ok(body));
+                }
                 _ => {
                     s.value()?;
                 }
@@ -298,33 +307,53 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// The record's body, an object: its kept keys.
+    /// The record's body, an object: its kept keys, written over `body`'s.
     #[inline(always)]
-    fn body(&mut self, keep: &impl Fn(&str) -> bool, spare: &mut Spare) -> Option<Map<String, Value>> {
+    fn body(&mut self, keep: &impl Fn(&str) -> bool, body: &mut Map<String, Value>) -> Option<()> {
         self.eat(b'{')?;
-        let mut body = Map::new();
-        if self.is_empty_container(b'}') {
-            return Some(body);
-        }
-        loop {
-            let key = self.key()?;
-            if keep(key) {
-                let start = self.at;
-                let value = match self.peek()? {
-                    b'"' => match self.string()? {
-                        (text, false) => Value::String(spare.string(text)),
-                        (_, true) => parse(self.slice(start, self.at))?,
-                    },
-                    _ => parse(self.value()?)?,
-                };
-                body.insert(spare.string(key), value);
-            } else {
-                self.value()?;
+        // The kept keys met, so that those of the earlier body not met again are dropped.
+        let mut met = [""; MAX_KEPT];
+        let mut n = 0;
+        if !self.is_empty_container(b'}') {
+            loop {
+                let key = self.key()?;
+                if keep(key) {
+                    let start = self.at;
+                    match self.peek()? {
+                        b'"' => match self.string()? {
+                            (text, false) => {
+                                if let Some(Value::String(s)) = body.get_mut(key) {
+                                    s.clear();
+                                    s.push_str(text);
+                                } else {
+                                    body.insert(key.to_string(), Value::String(text.to_string()));
+                                }
+                            }
+                            (_, true) => {
+                                body.insert(key.to_string(), parse(self.slice(start, self.at))?);
+                            }
+                        },
+                        _ => {
+                            body.insert(key.to_string(), parse(self.value()?)?);
+                        }
+                    }
+                    if !met[..n].contains(&key) {
+                        *met.get_mut(n)? = key;
+                        n += 1;
+                    }
+                } else {
+                    self.value()?;
+                }
+                if self.is_last_member()? {
+                    break;
+                }
             }
-            if self.is_last_member()? {
-                return Some(body);
-            }
         }
+        // Every key met is in `body`: any other is the earlier body's.
+        if body.len() != n {
+            body.retain(|key, _| met[..n].contains(&key.as_str()));
+        }
+        Some(())
     }
 }
 
@@ -360,7 +389,9 @@ fn marks(bytes: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Fields, Spare};
+    use serde_json::Value;
+
+    use super::super::{Bodies, Fields};
     use super::fields;
 
     /// Record lines as the server writes them, and odder ones of the shape the scanner reads.
@@ -377,10 +408,19 @@ mod tests {
         matches!(key, "sendID" | "recvID" | "blackUserID" | "n" | "z" | "From_Account")
     }
 
-    /// The scanner reads `line` as the exact reader does, or leaves it to it.
+    /// The scanner reads `line` as the exact reader does, or leaves it to it; and the same
+    /// whether it writes the body over nothing or over an earlier one.
     fn assert_agrees(line: &str) -> bool {
-        let Some(fast) = fields(line, &keep, &mut Spare::default()) else { return false };
+        let Some(fast) = fields(line, &keep, &mut Bodies::default()) else { return false };
         assert_eq!(Ok(&fast), Fields::parse_exact(line, &keep).as_ref(), "{line}");
+        let Value::Object(earlier) = serde_json::json!({"sendID": "s", "recvID": 1, "z": [1], "a": "b"}) else {
+            unreachable!()
+        };
+        let mut bodies = Bodies::default();
+        for command in ["c", "callbackBeforeAddBlackCommand", "callbackBeforeSendSingleMsgCommand"] {
+            bodies.keep(command, earlier.clone());
+        }
+        assert_eq!(fields(line, &keep, &mut bodies).as_ref(), Some(&fast), "over an earlier body: {line}");
         true
     }
 
@@ -409,10 +449,17 @@ mod tests {
             r#"{"body":{}"#,
             "",
         ] {
-            assert!(fields(line, &keep, &mut Spare::default()).is_none(), "{line}");
+            assert!(fields(line, &keep, &mut Bodies::default()).is_none(), "{line}");
         }
+        let body = |n: usize| (0..n).map(|i| format!(r#""k{i}":{i}"#)).collect::<Vec<_>>().join(",");
+        let all = |_: &str| true;
+        assert!(
+            fields(&format!(r#"{{"body":{{{}}}}}"#, body(33)), &all, &mut Bodies::default()).is_none(),
+            "33 keys kept"
+        );
+        assert!(fields(&format!(r#"{{"body":{{{},"k0":1}}}}"#, body(32)), &all, &mut Bodies::default()).is_some());
         let deep = format!(r#"{{"body":{{"x":{}{}}}}}"#, "[".repeat(62), "]".repeat(62));
-        assert!(fields(&deep, &keep, &mut Spare::default()).is_none());
+        assert!(fields(&deep, &keep, &mut Bodies::default()).is_none());
         let deep_enough = format!(r#"{{"body":{{"x":{}{}}}}}"#, "[".repeat(61), "]".repeat(61));
         assert!(assert_agrees(&deep_enough));
     }
