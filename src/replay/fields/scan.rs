@@ -30,7 +30,6 @@ const MAX_DEPTH: u32 = 60;
 /// server writes records), rewritten.
 pub(super) fn fields<'a>(line: &'a str, keep: &impl Fn(&str) -> bool, bodies: &mut Bodies) -> Option<Fields<'a>> {
     let mut s = Scanner { text: line, at: 0, marks: marks(line.as_bytes())?, marks_at: 0 };
-    s.spaces();
     s.eat(b'{')?;
     let mut f = Fields::default();
     if !s.is_empty_container(b'}') {
@@ -108,18 +107,29 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// The next byte that is not a space, stepping to it. Spaces between tokens are rare,
+    /// so they are skipped only when met, not looked for before every token.
+    #[inline(always)]
+    fn next(&mut self) -> Option<u8> {
+        match self.peek()? {
+            b' ' => {
+                self.spaces();
+                self.peek()
+            }
+            byte => Some(byte),
+        }
+    }
+
     /// Takes `byte`, after spaces.
     #[inline(always)]
     fn eat(&mut self, byte: u8) -> Option<()> {
-        self.spaces();
-        (self.peek()? == byte).then(|| self.at += 1)
+        (self.next()? == byte).then(|| self.at += 1)
     }
 
     /// After an opening bracket: takes the closing `close` if the container is empty.
     #[inline(always)]
     fn is_empty_container(&mut self, close: u8) -> bool {
-        self.spaces();
-        let is_empty = self.peek() == Some(close);
+        let is_empty = self.next() == Some(close);
         if is_empty {
             self.at += 1;
         }
@@ -129,8 +139,7 @@ impl<'a> Scanner<'a> {
     /// After an object's member: `false` past a comma, `true` past the closing brace.
     #[inline(always)]
     fn is_last_member(&mut self) -> Option<bool> {
-        self.spaces();
-        let byte = self.peek()?;
+        let byte = self.next()?;
         self.at += 1;
         match byte {
             b',' => Some(false),
@@ -142,10 +151,9 @@ impl<'a> Scanner<'a> {
     /// An object key without escapes, and the colon after it.
     #[inline(always)]
     fn key(&mut self) -> Option<&'a str> {
-        self.spaces();
+        self.next()?;
         let (key, has_escapes) = self.string()?;
         self.eat(b':')?;
-        self.spaces();
         (!has_escapes).then_some(key)
     }
 
@@ -168,7 +176,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// At a string's opening quote: the text between the quotes as written, and whether it
+    /// At a string's opening quote (spaces before it skipped): the text between the quotes as written, and whether it
     /// has escapes (each one checked).
     #[inline(always)]
     fn string(&mut self) -> Option<(&'a str, bool)> {
@@ -205,7 +213,7 @@ impl<'a> Scanner<'a> {
     /// A value read as `Value::as_str` reads it: a string, or `None` for any other value.
     #[inline(always)]
     fn text(&mut self) -> Option<Option<Cow<'a, str>>> {
-        if self.peek()? != b'"' {
+        if self.next()? != b'"' {
             self.value()?;
             return Some(None);
         }
@@ -246,13 +254,14 @@ impl<'a> Scanner<'a> {
 
     /// At a value: checks it and steps past it; its text.
     fn value(&mut self) -> Option<&'a str> {
+        self.next()?;
         let start = self.at;
         // One bit per open container, the innermost lowest: set for an object.
         let mut open: u64 = 0;
         let mut depth = 0;
         loop {
             // At a value.
-            match self.peek()? {
+            match self.next()? {
                 b'"' => {
                     self.string()?;
                 }
@@ -267,8 +276,6 @@ impl<'a> Scanner<'a> {
                         open = open << 1 | u64::from(is_object);
                         if is_object {
                             self.key()?;
-                        } else {
-                            self.spaces();
                         }
                         continue;
                     }
@@ -284,19 +291,15 @@ impl<'a> Scanner<'a> {
                 if depth == 0 {
                     return Some(self.slice(start, self.at));
                 }
-                self.spaces();
                 let is_object = open & 1 == 1;
-                let byte = self.peek()?;
+                let byte = self.next()?;
                 self.at += 1;
                 match byte {
                     b',' if is_object => {
                         self.key()?;
                         break;
                     }
-                    b',' => {
-                        self.spaces();
-                        break;
-                    }
+                    b',' => break,
                     b'}' if is_object => {}
                     b']' if !is_object => {}
                     _ => return None,
@@ -318,8 +321,9 @@ impl<'a> Scanner<'a> {
             loop {
                 let key = self.key()?;
                 if keep(key) {
+                    let first = self.next()?;
                     let start = self.at;
-                    match self.peek()? {
+                    match first {
                         b'"' => match self.string()? {
                             (text, false) => {
                                 if let Some(Value::String(s)) = body.get_mut(key) {
