@@ -193,7 +193,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The rest of [`Scanner::string`] from its first escape, at `at`.
-    #[cold]
+    #[inline(always)]
     fn escaped_string(&mut self, start: usize, mut at: usize) -> Option<(&'a str, bool)> {
         let bytes = self.text.as_bytes();
         loop {
@@ -253,6 +253,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// At a value: checks it and steps past it; its text.
+    #[inline(always)]
     fn value(&mut self) -> Option<&'a str> {
         self.next()?;
         let start = self.at;
