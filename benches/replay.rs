@@ -15,9 +15,10 @@
 //! once.
 //!
 //! `CALLGATE_REPLAY_BENCH_WRITE=DIR` writes the records (`DIR/records`, the bytes of a
-//! throughput run) and the 1,000-rule set (`DIR/rules_1000`) and measures nothing, so that
-//! `callgate replay` itself can be profiled over them (`valgrind --tool=callgrind`, whose
-//! instruction counts do not depend on what else the machine runs).
+//! throughput run, or `CALLGATE_REPLAY_BENCH_BYTES`) and the 1,000-rule set
+//! (`DIR/rules_1000`) and measures nothing, so that `callgate replay` itself can be profiled
+//! over them (`valgrind --tool=callgrind`, whose instruction counts do not depend on what
+//! else the machine runs) or its peak memory taken (`/usr/bin/time -v`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark harness")]
 
@@ -167,7 +168,7 @@ const RECORDS_SEED: u64 = 1;
 fn benches(c: &mut Criterion) {
     let bytes = if is_bench_mode() { THROUGHPUT_BYTES } else { QUICK_BYTES };
     if let Some(dir) = std::env::var_os("CALLGATE_REPLAY_BENCH_WRITE") {
-        write_for_profiling(Path::new(&dir), bytes);
+        write_for_profiling(Path::new(&dir), large_bytes().unwrap_or(bytes));
         return;
     }
     let shipped = shipped();
@@ -236,10 +237,15 @@ fn cpu_ns() -> u64 {
     stat.split_whitespace().next().and_then(|ns| ns.parse().ok()).unwrap_or(0)
 }
 
+/// `CALLGATE_REPLAY_BENCH_BYTES`, when set.
+fn large_bytes() -> Option<u64> {
+    std::env::var("CALLGATE_REPLAY_BENCH_BYTES").ok().and_then(|b| b.parse().ok())
+}
+
 /// Replays `CALLGATE_REPLAY_BENCH_BYTES` (default 1 GiB) of records with `set`; the peak
 /// memory of the replay alone.
 fn memory(set: &PolicySet) -> String {
-    let bytes = std::env::var("CALLGATE_REPLAY_BENCH_BYTES").ok().and_then(|b| b.parse().ok()).unwrap_or(MEMORY_BYTES);
+    let bytes = large_bytes().unwrap_or(MEMORY_BYTES);
     let started = Instant::now();
     let records = write_records(set, bytes, 2);
     let written_in = started.elapsed();
