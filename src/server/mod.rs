@@ -207,6 +207,9 @@ fn zero_counters() {
     for reason in ["timeout", "redis", "circuit_open", "full"] {
         metrics::counter!("callgate_ratecap_errors_total", "reason" => reason).increment(0);
     }
+    for reason in ["timeout", "redis", "circuit_open", "no_redis"] {
+        metrics::counter!("callgate_list_errors_total", "reason" => reason).increment(0);
+    }
     for reason in ["timeout", "redis"] {
         metrics::counter!("callgate_redis_errors_total", "reason" => reason).increment(0);
     }
