@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use warp::http::{Method, StatusCode};
 use warp::{Filter, Rejection};
 
@@ -13,11 +14,14 @@ use serde_json::{Map, Value};
 use super::body::read_limited;
 use super::{Peer, State, access, closing, json_reply, observe};
 use crate::catalog::{self, Decided, TencentAnswer};
-use crate::decision::Outcome;
+use crate::decision::{Decision, Outcome};
 use crate::event::{Event, ITEM_KEY, TencentMeta};
 use crate::policy::PolicySet;
 use crate::protocol::tencent::{self, TencentError};
 use crate::record;
+
+/// Items of one per-item callback decided at once.
+const ITEMS_AT_ONCE: usize = 32;
 
 /// The Tencent callback route.
 pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
@@ -104,12 +108,19 @@ async fn decide(
                 Ok(items) => items,
                 Err(err) => return fail(&err, true),
             };
-            let mut decisions = Vec::with_capacity(items.len());
-            for (id, item) in items {
-                let item_event = item_event(event, list, item);
-                decisions
-                    .push((id, set.decide_with_caps(&item_event, &state.caps, &state.lists, state.on_error).await));
-            }
+            // Each item is its own decision, so they are decided concurrently: a Redis round
+            // trip each, at once, not one after another. Caps stay exact (each check is atomic
+            // in its store), but items competing for a cap's last room may not get it in list
+            // order. At most ITEMS_AT_ONCE at a time, as each holds a copy of the body's fields.
+            let pending: Vec<_> = items
+                .into_iter()
+                .map(|(id, item)| async move {
+                    let item_event = item_event(event, list, item);
+                    (id, set.decide_with_caps(&item_event, &state.caps, &state.lists, state.on_error).await)
+                })
+                .collect();
+            let decisions: Vec<(String, Decision)> =
+                futures_util::stream::iter(pending).buffered(ITEMS_AT_ONCE).collect().await;
             let latency = started.elapsed();
             if let Some(recorder) = &state.recorder {
                 let line = record::items_line(event, meta, &decisions, state.is_dry_run, set.version(), latency);
