@@ -32,7 +32,8 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
         .then(
             |method: Method, query: String, len: Option<u64>, peer: Option<Peer>, body, state: Arc<State>| async move {
                 let started = Instant::now();
-                let is_before = tencent::names_decided_command(&query);
+                let query = tencent::Query::parse(&query);
+                let is_before = query.names_decided_command();
                 if !access::is_source_allowed(&state.allow_sources, peer) {
                     access::note_forbidden("tencent", "source", peer);
                     return closing(json_reply(StatusCode::FORBIDDEN, tencent::encode_fail("forbidden", is_before)));
@@ -64,7 +65,13 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response
 
 /// Decode and verify; then decide a before-callback, or record (durably) and acknowledge
 /// a report of what happened.
-async fn handle(state: &State, query: &str, raw: Bytes, started: Instant, is_before: bool) -> warp::reply::Response {
+async fn handle(
+    state: &State,
+    query: &tencent::Query<'_>,
+    raw: Bytes,
+    started: Instant,
+    is_before: bool,
+) -> warp::reply::Response {
     let set = state.policies.current();
     let (event, meta) = match tencent::decode(&state.tencent, query, raw, SystemTime::now(), &|key| set.reads(key)) {
         Ok(decoded) => decoded,
