@@ -132,7 +132,7 @@ impl<'a> Query<'a> {
     pub fn parse(raw: &'a str) -> Query<'a> {
         let mut q = Query::default();
         for pair in raw.split('&').filter(|pair| !pair.is_empty()) {
-            let (key, value) = if pair.contains(['%', '+']) {
+            let (key, value) = if pair.bytes().any(|b| b == b'%' || b == b'+') {
                 match form_urlencoded::parse(pair.as_bytes()).next() {
                     Some((k, v)) => (k, v),
                     None => continue,
