@@ -6,8 +6,9 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use hyper::body::Incoming;
+use warp::http::request::Parts;
 use warp::http::{Method, StatusCode};
-use warp::{Filter, Rejection};
 
 use serde_json::{Map, Value};
 
@@ -23,52 +24,48 @@ use crate::record;
 /// Items of one per-item callback decided at once.
 const ITEMS_AT_ONCE: usize = 32;
 
-/// The Tencent callback route.
-pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    warp::path!("tencent")
-        .and(warp::method())
-        .and(query)
-        .and(warp::header::optional::<u64>("content-length"))
-        .and(warp::ext::optional::<Peer>())
-        .and(warp::body::stream())
-        .and(warp::any().map(move || state.clone()))
-        .then(
-            |method: Method, query: String, len: Option<u64>, peer: Option<Peer>, body, state: Arc<State>| async move {
-                let started = Instant::now();
-                let is_before = tencent::names_decided_command(&query);
-                if !access::is_source_allowed(&state.allow_sources, peer) {
-                    access::note_forbidden("tencent", "source", peer);
-                    return closing(json_reply(StatusCode::FORBIDDEN, tencent::encode_fail("forbidden", is_before)));
-                }
-                if method != Method::POST {
-                    let mut reply = closing(json_reply(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        tencent::encode_fail("callbacks must be POSTed", is_before),
-                    ));
-                    reply.headers_mut().insert(warp::http::header::ALLOW, warp::http::HeaderValue::from_static("POST"));
-                    return reply;
-                }
-                let Ok(_working) = state.busy.try_acquire() else {
-                    metrics::counter!("callgate_busy_total", "source" => "tencent").increment(1);
-                    return closing(json_reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        tencent::encode_fail("callgate is busy; retry", is_before),
-                    ));
-                };
-                let body = match read_limited(len, body, &state.body_limits).await {
-                    Ok(body) => body,
-                    Err(err) => return fail(&TencentError::Body(err), is_before),
-                };
-                // The body's room in the in-flight budget is held until the answer.
-                handle(&state, &query, body.bytes, started, is_before).await
-            },
-        )
+/// Serves one request to `/tencent`.
+pub async fn serve(state: Arc<State>, parts: &Parts, body: Incoming) -> warp::reply::Response {
+    let started = Instant::now();
+    let query = tencent::Query::parse(parts.uri.query().unwrap_or(""));
+    let is_before = query.names_decided_command();
+    let peer = parts.extensions.get::<Peer>().copied();
+    if !access::is_source_allowed(&state.allow_sources, peer) {
+        access::note_forbidden("tencent", "source", peer);
+        return closing(json_reply(StatusCode::FORBIDDEN, tencent::encode_fail("forbidden", is_before)));
+    }
+    if parts.method != Method::POST {
+        let mut reply = closing(json_reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            tencent::encode_fail("callbacks must be POSTed", is_before),
+        ));
+        reply.headers_mut().insert(warp::http::header::ALLOW, warp::http::HeaderValue::from_static("POST"));
+        return reply;
+    }
+    let Ok(_working) = state.busy.try_acquire() else {
+        metrics::counter!("callgate_busy_total", "source" => "tencent").increment(1);
+        return closing(json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            tencent::encode_fail("callgate is busy; retry", is_before),
+        ));
+    };
+    let body = match read_limited(body, &state.body_limits).await {
+        Ok(body) => body,
+        Err(err) => return fail(&TencentError::Body(err), is_before),
+    };
+    // The body's room in the in-flight budget is held until the answer.
+    handle(&state, &query, body.bytes, started, is_before).await
 }
 
 /// Decode and verify; then decide a before-callback, or record (durably) and acknowledge
 /// a report of what happened.
-async fn handle(state: &State, query: &str, raw: Bytes, started: Instant, is_before: bool) -> warp::reply::Response {
+async fn handle(
+    state: &State,
+    query: &tencent::Query<'_>,
+    raw: Bytes,
+    started: Instant,
+    is_before: bool,
+) -> warp::reply::Response {
     let set = state.policies.current();
     let (event, meta) = match tencent::decode(&state.tencent, query, raw, SystemTime::now(), &|key| set.reads(key)) {
         Ok(decoded) => decoded,
