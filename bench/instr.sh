@@ -18,6 +18,11 @@
 #
 # Instructions are not time (a cache miss or a syscall costs more than its count says, and the
 # kernel's share is not counted), so the ratios here guide work; load.sh's are the targets.
+# Totals move by a few per cent between runs of the same build, with how work happens to batch
+# (the record writer's group commits, the runtime's wake-ups); the cost of a function the
+# request calls (`callgrind_annotate --inclusive=yes`, e.g. `record::decided_line`) does not.
+# valgrind has no SHA instructions, so a Tencent Sign is hashed in software here, and counted
+# at several times what it costs on a CPU with them.
 #
 # Knobs: REQUESTS=2000 RATE=400 CONNS=4. Needs valgrind and a release build (made here).
 

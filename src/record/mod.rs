@@ -18,7 +18,6 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use serde::Serialize;
-use serde::ser::{SerializeStruct, Serializer};
 
 use crate::catalog::CodeFamily;
 use crate::decision::{CapHit, Decision, DryRunHit, Outcome};
@@ -60,63 +59,42 @@ impl Line {
     }
 }
 
-/// The fields of a record, except the body, which is spliced in as received. Serialised by
-/// hand as one flat object (a verdict's fields beside the others): serde's `flatten` would
-/// make every field a map entry through a buffering serializer, which cost a tenth of
-/// deciding a callback (bench/instr.sh).
+/// The fields of a record, except the body, which is spliced in as received.
+#[derive(Serialize)]
 struct Head<'a> {
     time: String,
     source: &'static str,
     command: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     operation_id: Option<&'a str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
     tencent: Option<&'a TencentMeta>,
+    #[serde(flatten)]
     verdict: Verdict<'a>,
     /// A callback decided item by item: each item's decision.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
     items: &'a [ItemRecord<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
     policy_version: Option<&'a str>,
     latency_us: u64,
 }
 
-/// The most fields a verdict writes, and a head (serde_json reads a length of 0 as `{}`).
-const VERDICT_FIELDS: usize = 6;
-const HEAD_FIELDS: usize = 9 + VERDICT_FIELDS;
-
-impl Serialize for Head<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut out = serializer.serialize_struct("Head", HEAD_FIELDS)?;
-        out.serialize_field("time", &self.time)?;
-        out.serialize_field("source", self.source)?;
-        out.serialize_field("command", self.command)?;
-        if let Some(operation_id) = self.operation_id {
-            out.serialize_field("operation_id", operation_id)?;
-        }
-        if let Some(tencent) = self.tencent {
-            out.serialize_field("sdk_app_id", &tencent.sdk_app_id)?;
-            out.serialize_field("client_ip", &tencent.client_ip)?;
-            out.serialize_field("opt_platform", &tencent.opt_platform)?;
-        }
-        self.verdict.serialize_fields(&mut out)?;
-        if !self.items.is_empty() {
-            out.serialize_field("items", self.items)?;
-        }
-        if let Some(version) = self.policy_version {
-            out.serialize_field("policy_version", version)?;
-        }
-        out.serialize_field("latency_us", &self.latency_us)?;
-        out.end()
-    }
-}
-
 /// What was answered and why, as a record (or one item of it) shows it.
+#[derive(Serialize)]
 struct Verdict<'a> {
     /// The answer sent: `allow`, `deny`, `discard`, (Tencent) `ack`, or (Tencent, item by
     /// item) `partial`.
     decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error_code: Option<i32>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
     dry_run: &'a [DryRunHit],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
     caps: &'a [CapHit],
     /// Under `serve --dry-run`: what enforcement would have answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
     would: Option<Would<'a>>,
 }
 
@@ -142,27 +120,6 @@ impl<'a> Verdict<'a> {
     /// An answer that no rule gave (`ack`, `partial`).
     fn bare(decision: &'static str) -> Verdict<'a> {
         Verdict { decision, rule: None, error_code: None, dry_run: &[], caps: &[], would: None }
-    }
-
-    /// Its fields, those with something to say, into the object being written.
-    fn serialize_fields<S: SerializeStruct>(&self, out: &mut S) -> Result<(), S::Error> {
-        out.serialize_field("decision", self.decision)?;
-        if let Some(rule) = self.rule {
-            out.serialize_field("rule", rule)?;
-        }
-        if let Some(code) = self.error_code {
-            out.serialize_field("error_code", &code)?;
-        }
-        if !self.dry_run.is_empty() {
-            out.serialize_field("dry_run", self.dry_run)?;
-        }
-        if !self.caps.is_empty() {
-            out.serialize_field("caps", self.caps)?;
-        }
-        if let Some(would) = &self.would {
-            out.serialize_field("would", would)?;
-        }
-        Ok(())
     }
 }
 
@@ -200,19 +157,12 @@ pub fn decided_line(
 }
 
 /// One item of a callback decided item by item, as its record shows it.
+#[derive(Serialize)]
 struct ItemRecord<'a> {
     /// The item's account.
     account: &'a str,
+    #[serde(flatten)]
     verdict: Verdict<'a>,
-}
-
-impl Serialize for ItemRecord<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut out = serializer.serialize_struct("ItemRecord", 1 + VERDICT_FIELDS)?;
-        out.serialize_field("account", self.account)?;
-        self.verdict.serialize_fields(&mut out)?;
-        out.end()
-    }
 }
 
 /// The record line of a Tencent before-callback decided item by item (`items`: each
