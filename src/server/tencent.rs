@@ -10,13 +10,11 @@ use hyper::body::Incoming;
 use warp::http::request::Parts;
 use warp::http::{Method, StatusCode};
 
-use serde_json::{Map, Value};
-
 use super::body::read_limited;
 use super::{Peer, State, access, closing, json_reply, observe};
 use crate::catalog::{self, Decided, TencentAnswer};
 use crate::decision::{Decision, Outcome};
-use crate::event::{Event, ITEM_KEY, TencentMeta};
+use crate::event::{Event, TencentMeta};
 use crate::policy::PolicySet;
 use crate::protocol::tencent::{self, TencentError};
 use crate::record;
@@ -112,7 +110,7 @@ async fn decide(
             let pending: Vec<_> = items
                 .into_iter()
                 .map(|(id, item)| async move {
-                    let item_event = item_event(event, list, item);
+                    let item_event = event.item(list, item);
                     (id, set.decide_with_caps(&item_event, &state.caps, &state.lists, state.on_error).await)
                 })
                 .collect();
@@ -135,15 +133,6 @@ async fn decide(
     };
     metrics::counter!("callgate_tencent_callbacks_total").increment(1);
     json_reply(StatusCode::OK, answer)
-}
-
-/// What the rules see of one item: the callback's top-level fields but the list, and the
-/// item under `item` (so `item.To_Account` names its account).
-fn item_event(event: &Event, list: &str, item: &Value) -> Event {
-    let mut body: Map<String, Value> =
-        event.body.iter().filter(|(key, _)| *key != list).map(|(k, v)| (k.clone(), v.clone())).collect();
-    body.insert(ITEM_KEY.to_string(), item.clone());
-    Event { body, ..Event::offline(event.command.clone(), Map::new()) }
 }
 
 /// Records durably, then acknowledges, a report of what happened.
