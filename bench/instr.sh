@@ -11,7 +11,8 @@
 # another), the counters are dumped, and their total divided by the requests sent is printed,
 # with the callgrind file to read with `callgrind_annotate --inclusive=yes FILE`.
 #
-# Contenders: callgate (shipped policies, records on), norec (records off), min and minnorec
+# Contenders: callgate (shipped policies, records on), norec (records off), cap (a rate cap
+# on every callback, 5,000 owners, as load.sh's cap), min and minnorec
 # (examples/min_gate.rs with and without records: the least a hand-written gate does, issue
 # 19), single (OpenIM's one-to-one message callback) and tencentdec (Tencent's
 # C2C.CallbackBeforeSendMsg, signed), the last two on the same policy set (issue 16).
@@ -75,7 +76,20 @@ rules:
     error: { code: 120001, message: "system accounts take no messages" }
 YAML
 
+# cap: one rate cap keyed on the owner, checked and counted on every callback (as load.sh's).
+mkdir -p "$WORK/cap-policies"
+cat >"$WORK/cap-policies/10-cap.yaml" <<'YAML'
+rules:
+  - id: unblock-rate
+    rate_cap: { key: [ownerUserID], max: 1000000, per: 1h }
+    decision: deny
+    error: { code: 20002, message: "too many unblocks, try later" }
+YAML
+
 # Request files (PATH<TAB>BODY per line), as fixed_rate reads them.
+for i in $(seq 0 4999); do
+    printf '/openim/callbackAfterRemoveBlackCommand\t{"callbackCommand":"callbackAfterRemoveBlackCommand","ownerUserID":"u_%d","blackUserID":"u_1005"}\n' "$i"
+done >"$WORK/cap.tsv"
 grep -P '^/openim/callbackBeforeSendSingleMsgCommand\t' bench/openim-requests.tsv | head -1 >"$WORK/single.tsv"
 TC_TOKEN=instr-token
 TC_TIME=$(date +%s)
@@ -91,6 +105,7 @@ contender() {
     case $1 in
     callgate) CMD=("${serve[@]}" --policies policies) ;;
     norec) CMD=("${serve[@]}" --policies policies --records false) ;;
+    cap) CMD=("${serve[@]}" --policies "$WORK/cap-policies") REQS=$WORK/cap.tsv ;;
     min) CMD=("$MIN_GATE" 127.0.0.1:0 "$WORK/min-records.jsonl") ;;
     minnorec) CMD=("$MIN_GATE" 127.0.0.1:0 -) ;;
     single) CMD=("${serve[@]}" --policies "$WORK/tencent-policies") REQS=$WORK/single.tsv ;;
@@ -99,7 +114,7 @@ contender() {
             --tencent-token "$TC_TOKEN" --tencent-max-skew 1h)
         REQS=$WORK/tencentdec.tsv
         ;;
-    *) die "unknown contender $1 (callgate norec min minnorec single tencentdec)" ;;
+    *) die "unknown contender $1 (callgate norec cap min minnorec single tencentdec)" ;;
     esac
 }
 
@@ -140,7 +155,7 @@ measure() {
 }
 
 NAMES=("$@")
-((${#NAMES[@]})) || NAMES=(callgate norec min minnorec single tencentdec)
+((${#NAMES[@]})) || NAMES=(callgate norec cap min minnorec single tencentdec)
 for name in "${NAMES[@]}"; do
     measure "$name"
 done
