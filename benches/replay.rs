@@ -13,6 +13,11 @@
 //! `cargo bench --bench replay` ends with a summary that checks both. Without `--bench` (as
 //! under `cargo test --all-targets`) the directories are a few MiB and each benchmark runs
 //! once.
+//!
+//! `CALLGATE_REPLAY_BENCH_WRITE=DIR` writes the records (`DIR/records`, the bytes of a
+//! throughput run) and the 1,000-rule set (`DIR/rules_1000`) and measures nothing, so that
+//! `callgate replay` itself can be profiled over them (`valgrind --tool=callgrind`, whose
+//! instruction counts do not depend on what else the machine runs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark harness")]
 
@@ -52,9 +57,13 @@ struct Records {
     files: usize,
 }
 
-/// Writes about `bytes` of records decided by `set` into a new directory.
+/// Writes about `bytes` of records decided by `set` into a new temporary directory.
 fn write_records(set: &PolicySet, bytes: u64, seed: u64) -> Records {
-    let dir = tempfile::tempdir().unwrap();
+    write_records_into(tempfile::tempdir().unwrap(), set, bytes, seed)
+}
+
+/// Writes about `bytes` of records decided by `set` into `dir`, empty.
+fn write_records_into(dir: tempfile::TempDir, set: &PolicySet, bytes: u64, seed: u64) -> Records {
     let mut rng = Rng(seed);
     let (mut records, mut written, mut files) = (0u64, 0u64, 0usize);
     let mut file: Option<std::io::BufWriter<std::fs::File>> = None;
@@ -135,13 +144,37 @@ fn shipped() -> PolicySet {
     load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap()
 }
 
+/// Writes the throughput records and the 1,000-rule set under `dir`, kept.
+fn write_for_profiling(dir: &Path, bytes: u64) {
+    write_set(&dir.join("rules_1000"), 1_000, RULES_SEED);
+    std::fs::create_dir_all(dir).unwrap();
+    let records = write_records_into(tempfile::tempdir_in(dir).unwrap(), &shipped(), bytes, RECORDS_SEED);
+    let kept = dir.join("records");
+    std::fs::rename(records.dir.keep(), &kept).unwrap();
+    println!(
+        "{} records, {} bytes, in {}; 1,000 rules in {}",
+        records.records,
+        records.bytes,
+        kept.display(),
+        dir.join("rules_1000").display()
+    );
+}
+
+/// The seeds of the 1,000-rule set and of the throughput records.
+const RULES_SEED: u64 = 0x5eed_1000;
+const RECORDS_SEED: u64 = 1;
+
 fn benches(c: &mut Criterion) {
+    let bytes = if is_bench_mode() { THROUGHPUT_BYTES } else { QUICK_BYTES };
+    if let Some(dir) = std::env::var_os("CALLGATE_REPLAY_BENCH_WRITE") {
+        write_for_profiling(Path::new(&dir), bytes);
+        return;
+    }
     let shipped = shipped();
     let generated = tempfile::tempdir().unwrap();
-    write_set(generated.path(), 1_000, 0x5eed_1000);
+    write_set(generated.path(), 1_000, RULES_SEED);
     let rules_1k = load_dir(generated.path()).unwrap();
-    let bytes = if is_bench_mode() { THROUGHPUT_BYTES } else { QUICK_BYTES };
-    let records = write_records(&shipped, bytes, 1);
+    let records = write_records(&shipped, bytes, RECORDS_SEED);
     println!(
         "{} records ({} bytes each on average), {:.1} MiB in {} file(s); replayed with the shipped set ({} rules) and 1,000 generated rules",
         records.records,

@@ -5,7 +5,7 @@
 //! `warn` over what compiled and assembles the [`PolicySet`], and `reload` swaps it in.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use super::error::{ListError, LoadError, LoadErrors, RuleError};
 use super::lines::RuleLines;
 use super::model::{
     Cond, FieldPath, Group, List, OnCommands, Place, RateCap, RedisSet, Rule, Scalar, ScalarSet, SourceFile, Test,
-    glob_reaches,
+    TextSet, glob_reaches,
 };
 use super::parse::{self, RawDecision, RawEntry, RawError, RawFile, RawGroup, RawList, RawMode, RawOps};
 use super::set::PolicySet;
@@ -242,7 +242,7 @@ fn compile_lists(
                         Ok(set) => {
                             lists.insert(
                                 name.clone(),
-                                Arc::new(List { name: name.clone(), ids: HashSet::new(), redis: Some(set) }),
+                                Arc::new(List { name: name.clone(), ids: TextSet::default(), redis: Some(set) }),
                             );
                         }
                         Err(kind) => errors.push(list_err(kind)),
@@ -250,7 +250,7 @@ fn compile_lists(
                     continue;
                 }
                 RawList::Inline(values) => {
-                    let mut ids = HashSet::with_capacity(values.len());
+                    let mut ids = TextSet::with_capacity_and_hasher(values.len(), Default::default());
                     for v in values {
                         match v {
                             Scalar::Text(t) => {
@@ -303,7 +303,7 @@ fn redis_set(key: &str, cache: Option<&str>) -> Result<RedisSet, ListError> {
 }
 
 /// One ID a line; blank lines and lines starting with `#` are skipped; spaces trimmed.
-fn parse_list_file(text: &str) -> HashSet<Box<str>> {
+fn parse_list_file(text: &str) -> TextSet {
     text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(Into::into).collect()
 }
 

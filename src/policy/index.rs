@@ -33,8 +33,10 @@ const REGEX_SET_CHUNK: usize = 32;
 /// Anchored regexes of one field, by literal prefix.
 #[derive(Debug, Default)]
 struct Prefixes {
-    by_prefix: HashMap<Box<[u8]>, RuleIds>,
-    longest: usize,
+    by_prefix: foldhash::HashMap<Box<[u8]>, RuleIds>,
+    /// Bit `n` set when some prefix is `n` bytes long (bit 63: 63 or more), so that a text
+    /// is looked up only at the lengths there are.
+    lengths: u64,
 }
 
 /// Unanchored regexes of one field, by a literal every match begins with.
@@ -47,13 +49,20 @@ struct Substrings {
 
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    equals: Vec<(FieldPath, HashMap<Box<str>, RuleIds>)>,
-    lists: Vec<(FieldPath, Arc<List>, RuleIds)>,
-    prefixes: Vec<(FieldPath, Prefixes)>,
-    substrings: Vec<(FieldPath, Substrings)>,
-    regexes: Vec<(FieldPath, RegexSet, RuleIds)>,
-    by_command: HashMap<Box<str>, RuleIds>,
+    /// The anchors on each field, so that a callback's field is looked up once for all.
+    fields: Vec<(FieldPath, FieldAnchors)>,
+    by_command: foldhash::HashMap<Box<str>, RuleIds>,
     always: RuleIds,
+}
+
+/// The anchors filed under one field.
+#[derive(Debug, Default)]
+struct FieldAnchors {
+    equals: foldhash::HashMap<Box<str>, RuleIds>,
+    lists: Vec<(Arc<List>, RuleIds)>,
+    prefixes: Prefixes,
+    substrings: Option<Substrings>,
+    regexes: Vec<(RegexSet, RuleIds)>,
 }
 
 enum Anchor<'a> {
@@ -107,12 +116,12 @@ fn group_anchor(group: &Group) -> Option<Anchor<'_>> {
 /// The index while it is built: keyed by the rules' own fields, made owned by `finish`.
 #[derive(Default)]
 struct Builder<'r> {
-    equals: HashMap<&'r FieldPath, HashMap<Box<str>, RuleIds>>,
+    equals: HashMap<&'r FieldPath, foldhash::HashMap<Box<str>, RuleIds>>,
     lists: HashMap<(&'r FieldPath, &'r str), (Arc<List>, RuleIds)>,
     regexes: HashMap<&'r FieldPath, (Vec<&'r str>, RuleIds)>,
     prefixes: HashMap<&'r FieldPath, Prefixes>,
     substrings: HashMap<&'r FieldPath, HashMap<Vec<u8>, RuleIds>>,
-    by_command: HashMap<Box<str>, RuleIds>,
+    by_command: foldhash::HashMap<Box<str>, RuleIds>,
     always: RuleIds,
 }
 
@@ -159,7 +168,7 @@ impl<'r> Builder<'r> {
                 Some((true, literals)) => {
                     let index = self.prefixes.entry(field).or_default();
                     for literal in literals {
-                        index.longest = index.longest.max(literal.len());
+                        index.lengths |= 1 << literal.len().min(63);
                         push_once(index.by_prefix.entry(literal.into()).or_default(), i);
                     }
                 }
@@ -174,34 +183,41 @@ impl<'r> Builder<'r> {
 
     /// The finished index: automatons and regex sets built, every rule list owned.
     fn finish(self) -> Index {
-        let mut index = Index {
-            equals: self.equals.into_iter().map(|(f, m)| (f.clone(), m)).collect(),
-            lists: self.lists.into_iter().map(|((f, _), (l, ids))| (f.clone(), l, ids)).collect(),
-            prefixes: self.prefixes.into_iter().map(|(f, p)| (f.clone(), p)).collect(),
-            by_command: self.by_command,
-            always: self.always,
-            ..Index::default()
-        };
+        let mut fields: HashMap<&FieldPath, FieldAnchors> = HashMap::new();
+        let mut always = self.always;
+        for (field, equals) in self.equals {
+            fields.entry(field).or_default().equals = equals;
+        }
+        for ((field, _), list) in self.lists {
+            fields.entry(field).or_default().lists.push(list);
+        }
+        for (field, prefixes) in self.prefixes {
+            fields.entry(field).or_default().prefixes = prefixes;
+        }
         for (field, by_literal) in self.substrings {
             let (literals, rules): (Vec<Vec<u8>>, Vec<RuleIds>) = by_literal.into_iter().unzip();
             match AhoCorasick::new(&literals) {
-                Ok(automaton) => index.substrings.push((field.clone(), Substrings { automaton, rules })),
+                Ok(automaton) => fields.entry(field).or_default().substrings = Some(Substrings { automaton, rules }),
                 // Too large for an automaton: check those rules on every callback instead.
-                Err(_) => index.always.extend(rules.into_iter().flatten()),
+                Err(_) => always.extend(rules.into_iter().flatten()),
             }
         }
         for (field, (patterns, ids)) in self.regexes {
             for (patterns, ids) in patterns.chunks(REGEX_SET_CHUNK).zip(ids.chunks(REGEX_SET_CHUNK)) {
                 match RegexSet::new(patterns) {
-                    Ok(set) => index.regexes.push((field.clone(), set, ids.to_vec())),
+                    Ok(set) => fields.entry(field).or_default().regexes.push((set, ids.to_vec())),
                     // A set can exceed the size limit where each regex alone did not; those
                     // rules are then checked on every callback: slower, still exact.
-                    Err(_) => index.always.extend_from_slice(ids),
+                    Err(_) => always.extend_from_slice(ids),
                 }
             }
         }
-        index.always.sort_unstable();
-        index
+        always.sort_unstable();
+        Index {
+            fields: fields.into_iter().map(|(field, anchors)| (field.clone(), anchors)).collect(),
+            by_command: self.by_command,
+            always,
+        }
     }
 }
 
@@ -222,42 +238,9 @@ impl Index {
     /// The rules that could hold for this callback, in rule order, without duplicates.
     pub(crate) fn candidates(&self, command: &str, body: &Map<String, Value>) -> RuleIds {
         let mut out = RuleIds::with_capacity(8);
-        for (field, by_text) in &self.equals {
-            if let Some(text) = lookup(body, field).and_then(value_text)
-                && let Some(ids) = by_text.get(&*text)
-            {
-                out.extend_from_slice(ids);
-            }
-        }
-        for (field, list, ids) in &self.lists {
-            if let Some(text) = lookup(body, field).and_then(value_text)
-                && list.ids.contains(&*text)
-            {
-                out.extend_from_slice(ids);
-            }
-        }
-        for (field, index) in &self.prefixes {
+        for (field, anchors) in &self.fields {
             if let Some(text) = lookup(body, field).and_then(value_text) {
-                let bytes = text.as_bytes();
-                for len in 1..=bytes.len().min(index.longest) {
-                    if let Some(ids) = index.by_prefix.get(&bytes[..len]) {
-                        out.extend_from_slice(ids);
-                    }
-                }
-            }
-        }
-        for (field, index) in &self.substrings {
-            if let Some(text) = lookup(body, field).and_then(value_text) {
-                for m in index.automaton.find_overlapping_iter(text.as_bytes()) {
-                    if let Some(ids) = index.rules.get(m.pattern().as_usize()) {
-                        out.extend_from_slice(ids);
-                    }
-                }
-            }
-        }
-        for (field, set, ids) in &self.regexes {
-            if let Some(text) = lookup(body, field).and_then(value_text) {
-                out.extend(set.matches(&text).iter().filter_map(|m| ids.get(m).copied()));
+                anchors.candidates(&text, &mut out);
             }
         }
         if let Some(ids) = self.by_command.get(command) {
@@ -267,6 +250,43 @@ impl Index {
         out.sort_unstable();
         out.dedup();
         out
+    }
+}
+
+impl FieldAnchors {
+    /// Adds to `out` the rules filed under this field that `text`, its value, may hold for.
+    fn candidates(&self, text: &str, out: &mut RuleIds) {
+        if let Some(ids) = self.equals.get(text) {
+            out.extend_from_slice(ids);
+        }
+        for (list, ids) in &self.lists {
+            if list.ids.contains(text) {
+                out.extend_from_slice(ids);
+            }
+        }
+        let bytes = text.as_bytes();
+        let mut lengths = self.prefixes.lengths;
+        while lengths != 0 {
+            let len = lengths.trailing_zeros() as usize;
+            lengths &= lengths - 1;
+            // Past 62, every length up to the text's.
+            let lens = if len == 63 { 63..bytes.len() + 1 } else { len..len + 1 };
+            for len in lens {
+                if let Some(ids) = bytes.get(..len).and_then(|prefix| self.prefixes.by_prefix.get(prefix)) {
+                    out.extend_from_slice(ids);
+                }
+            }
+        }
+        if let Some(substrings) = &self.substrings {
+            for m in substrings.automaton.find_overlapping_iter(bytes) {
+                if let Some(ids) = substrings.rules.get(m.pattern().as_usize()) {
+                    out.extend_from_slice(ids);
+                }
+            }
+        }
+        for (set, ids) in &self.regexes {
+            out.extend(set.matches(text).iter().filter_map(|m| ids.get(m).copied()));
+        }
     }
 }
 
@@ -309,5 +329,27 @@ mod tests {
         assert_eq!(p("_word\\d+$").map(|(a, _)| a), Some(false));
         assert_eq!(p("^.*x"), None, "no literal prefix");
         assert_eq!(p("(?m)^sys_").map(|(a, _)| a), Some(false), "line anchors are not text anchors");
+    }
+
+    #[test]
+    fn prefixes_are_found_at_every_length_they_have() {
+        let long = "a".repeat(70);
+        let dir = tempfile::tempdir().unwrap();
+        let rule = |id: &str, pattern: &str| {
+            format!(
+                "  - id: {id}\n    when:\n      sendID: {{ regex: '^{pattern}' }}\n    decision: deny\n    error: {{ code: 150, message: no }}\n"
+            )
+        };
+        let rules = [rule("long", &format!("{long}b")), rule("longer", &format!("{long}aa")), rule("short", "ab")];
+        std::fs::write(dir.path().join("10.yaml"), format!("rules:\n{}", rules.concat())).unwrap();
+        let set = crate::policy::load_dir(dir.path()).unwrap();
+        let decided = |id: &str| {
+            let body = serde_json::json!({ "sendID": id }).as_object().unwrap().clone();
+            set.decide(&crate::event::Event::openim("c", body)).rule
+        };
+        assert_eq!(decided(&format!("{long}b")).as_deref(), Some("long"));
+        assert_eq!(decided(&format!("{long}aax")).as_deref(), Some("longer"));
+        assert_eq!(decided("abc").as_deref(), Some("short"));
+        assert_eq!(decided(&long), None);
     }
 }

@@ -21,9 +21,10 @@ pub struct PolicySet {
     /// Every top-level body key a rule reads, by length then bytes: decoders need keep no
     /// other.
     body_keys: Box<[Box<str>]>,
-    /// Bit `n` set when a body key is `n` bytes long (bit 63: 63 or more). Asked for every
-    /// key of every body, [`PolicySet::reads`] answers most with this alone.
-    body_key_lengths: u64,
+    /// For each of 256 slots ([`slot_of`] a key), the body key in it: 0 for none, `SEVERAL`
+    /// when more than one, else its place in `body_keys` plus one. Asked for every key of
+    /// every body, [`PolicySet::reads`] answers with one comparison at most, mostly none.
+    body_key_slots: [u16; 256],
     /// The rules that test a list held in Redis, in order: what a decision asks about.
     pub(crate) redis_list_rules: Vec<u32>,
     warnings: Vec<Warning>,
@@ -66,12 +67,16 @@ impl PolicySet {
     /// Whether any rule of the set reads the top-level body key `key` (in a condition, a
     /// rate-cap key, or below it by a dotted path or JSON pointer). A decoder may drop the
     /// other keys: no answer can depend on them.
+    #[inline]
     pub fn reads(&self, key: &str) -> bool {
-        if self.body_key_lengths & length_bit(key) == 0 {
-            return false;
+        match self.body_key_slots[slot_of(key)] {
+            0 => false,
+            // By length first: most comparisons end without comparing bytes.
+            SEVERAL => {
+                self.body_keys.binary_search_by(|k| (k.len(), k.as_bytes()).cmp(&(key.len(), key.as_bytes()))).is_ok()
+            }
+            i => self.body_keys.get(usize::from(i) - 1).is_some_and(|k| **k == *key),
         }
-        // By length first: most comparisons end without comparing bytes.
-        self.body_keys.binary_search_by(|k| (k.len(), k.as_bytes()).cmp(&(key.len(), key.as_bytes()))).is_ok()
     }
 
     /// Every compiled regex of the set, by pattern.
@@ -102,7 +107,7 @@ impl PolicySet {
             default: Outcome::Allow,
             index: Index::default(),
             body_keys: Box::default(),
-            body_key_lengths: 0,
+            body_key_slots: [0; 256],
             redis_list_rules: Vec::new(),
             warnings: Vec::new(),
             version: String::new(),
@@ -120,10 +125,17 @@ impl PolicySet {
     ) -> PolicySet {
         let index = Index::build(&rules);
         let body_keys = body_keys(&rules);
-        let body_key_lengths = body_keys.iter().fold(0, |bits, key| bits | length_bit(key));
+        let mut body_key_slots = [0; 256];
+        for (i, key) in body_keys.iter().enumerate() {
+            let slot = &mut body_key_slots[slot_of(key)];
+            *slot = match (*slot, u16::try_from(i + 1)) {
+                (0, Ok(i)) if i != SEVERAL => i,
+                _ => SEVERAL,
+            };
+        }
         let redis_list_rules =
             (0..rules.len() as u32).filter(|&i| tests_a_redis_list(&rules[i as usize].when)).collect();
-        PolicySet { rules, default, index, body_keys, body_key_lengths, redis_list_rules, warnings, version, files }
+        PolicySet { rules, default, index, body_keys, body_key_slots, redis_list_rules, warnings, version, files }
     }
 }
 
@@ -137,9 +149,18 @@ fn tests_a_redis_list(group: &Group) -> bool {
     })
 }
 
-/// The bit of [`PolicySet::body_key_lengths`] for `key`.
-fn length_bit(key: &str) -> u64 {
-    1 << key.len().min(63)
+/// A slot of [`PolicySet::body_key_slots`] holding more than one key.
+const SEVERAL: u16 = u16::MAX;
+
+/// The slot of [`PolicySet::body_key_slots`] for `key`: from its length, its first two
+/// bytes and its last, which tell apart most keys of one length ("operationID",
+/// "ownerUserID").
+#[inline]
+fn slot_of(key: &str) -> usize {
+    let bytes = key.as_bytes();
+    let byte = |i: usize| bytes.get(i).map_or(0, |&b| usize::from(b));
+    let last = bytes.last().map_or(0, |&b| usize::from(b));
+    (bytes.len() * 131 + byte(0) * 31 + byte(1) * 7 + last) % 256
 }
 
 /// The top-level body keys `rules` read, by length then bytes, without repeats.
@@ -182,6 +203,21 @@ mod tests {
         let other = "k".repeat(64);
         for key in ["sendid", "sendIE", "e", "inner", "ex.inner", "groupIDs", "", other.as_str()] {
             assert!(!set.reads(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn reads_every_key_of_a_set_whose_keys_share_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let fields: String = (0..600).map(|i| format!("      field{i}: {{ exists: true }}\n")).collect();
+        let yaml = format!("rules:\n  - id: r\n    when:\n{fields}    decision: allow\n");
+        std::fs::write(dir.path().join("10.yaml"), yaml).unwrap();
+        let set = super::super::load_dir(dir.path()).unwrap();
+        assert!(set.body_key_slots.contains(&super::SEVERAL));
+        for i in 0..600 {
+            assert!(set.reads(&format!("field{i}")), "field{i}");
+            assert!(!set.reads(&format!("fielD{i}")), "fielD{i}");
+            assert!(!set.reads(&format!("field{}", i + 600)));
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Reading records back: the filters of `callgate events` and `GET /v1/events`.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -163,7 +163,7 @@ pub struct RawLine<'a> {
 }
 
 /// Reads the record files of `dir` in order, oldest first, from `after`, handing every line
-/// to `each`: one pass, one line in memory at a time, whatever the files' size. Files
+/// to `each`: one pass, one buffer of lines in memory at a time, whatever the files' size. Files
 /// holding only records older than `since_ms` (ms since the epoch; judged by the next
 /// file's creation) are passed over. Returns where reading stopped, just past the last whole
 /// line: an unfinished line is handed over but not passed. A file deleted meanwhile
@@ -183,6 +183,7 @@ pub fn visit(
         Err(e) => return Err(read_err(e)),
     };
     let mut cursor = after.clone();
+    let mut lines = Lines::default();
     for (i, file) in files.iter().enumerate() {
         let start = match &after.file {
             Some(read) if file < read => continue,
@@ -197,32 +198,90 @@ pub fn visit(
             continue;
         }
         let mut reader = match std::fs::File::open(file) {
-            Ok(f) => BufReader::new(f),
+            Ok(f) => f,
             // Deleted by the retention since it was listed: its records are gone.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(read_err(e)),
         };
         reader.seek(SeekFrom::Start(start)).map_err(read_err)?;
+        lines.start(reader);
         let mut offset = start;
         let mut number = (start == 0).then_some(0);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let n = reader.read_until(b'\n', &mut line).map_err(read_err)?;
-            if n == 0 {
-                break;
-            }
+        while let Some((line, is_unfinished)) = lines.next().map_err(read_err)? {
             number = number.map(|k| k + 1);
-            let is_unfinished = line.pop() != Some(b'\n');
-            each(RawLine { file, line: number, text: std::str::from_utf8(&line), is_unfinished });
+            each(RawLine { file, line: number, text: std::str::from_utf8(line), is_unfinished });
             if is_unfinished {
                 break;
             }
-            offset += n as u64;
+            offset += line.len() as u64 + 1;
         }
         cursor = Cursor { file: Some(file.clone()), offset };
     }
     Ok(cursor)
+}
+
+/// Lines of one file, read in large blocks and handed out from the block, not copied.
+#[derive(Default)]
+struct Lines {
+    file: Option<std::fs::File>,
+    /// Read bytes; `buf[at..end]` are not handed out yet.
+    buf: Vec<u8>,
+    at: usize,
+    end: usize,
+    is_at_end: bool,
+}
+
+impl Lines {
+    /// Bytes read at a time; a longer line grows the buffer to hold it.
+    const BLOCK: usize = 256 << 10;
+
+    /// Reads `file` from where it stands, keeping the buffer.
+    fn start(&mut self, file: std::fs::File) {
+        *self = Lines { file: Some(file), buf: std::mem::take(&mut self.buf), ..Lines::default() };
+    }
+
+    /// The next line without its newline, and whether it has none (the file ends in it);
+    /// `None` past the end.
+    fn next(&mut self) -> std::io::Result<Option<(&[u8], bool)>> {
+        let mut searched = 0;
+        loop {
+            if let Some(n) = memchr::memchr(b'\n', &self.buf[self.at + searched..self.end]) {
+                let line = self.at..self.at + searched + n;
+                self.at = line.end + 1;
+                return Ok(Some((&self.buf[line], false)));
+            }
+            searched = self.end - self.at;
+            if self.is_at_end {
+                let line = self.at..self.end;
+                self.at = self.end;
+                return Ok((!line.is_empty()).then(|| (&self.buf[line], true)));
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Reads more after what is not handed out yet, moved to the buffer's start.
+    fn fill(&mut self) -> std::io::Result<()> {
+        self.buf.copy_within(self.at..self.end, 0);
+        self.end -= self.at;
+        self.at = 0;
+        if self.buf.len() < self.end + Self::BLOCK / 2 {
+            self.buf.resize((self.end + Self::BLOCK / 2).max(Self::BLOCK), 0);
+        }
+        let Some(file) = &mut self.file else {
+            self.is_at_end = true;
+            return Ok(());
+        };
+        let n = loop {
+            match file.read(&mut self.buf[self.end..]) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                read => break read?,
+            }
+        };
+        self.end += n;
+        self.is_at_end = n == 0;
+        Ok(())
+    }
 }
 
 /// Like [`query`], but only the lines written after `after`; also returns where reading
@@ -303,5 +362,31 @@ mod tests {
         assert!(f("deny").matches(&deny, None));
         assert!(!f("deny").matches(&dry, None));
         assert!(f("nope").validate().is_err());
+    }
+
+    #[test]
+    fn lines_are_whole_across_blocks_and_longer_than_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records");
+        // Lines ending just before, at and after a block's end, one over two blocks long,
+        // empty ones, and a last line without its newline.
+        let lengths = [Lines::BLOCK - 1, 0, Lines::BLOCK - 2, 1, 2 * Lines::BLOCK + 3, 0, 5];
+        let lines: Vec<Vec<u8>> = lengths.iter().enumerate().map(|(i, &n)| vec![b'a' + i as u8; n]).collect();
+        let mut text = lines.join(&b'\n');
+        std::fs::write(&path, &text).unwrap();
+        let mut read = Lines::default();
+        read.start(std::fs::File::open(&path).unwrap());
+        for (i, line) in lines.iter().enumerate() {
+            let is_last = i == lines.len() - 1;
+            assert_eq!(read.next().unwrap(), Some((&line[..], is_last)), "line {i}");
+        }
+        assert_eq!(read.next().unwrap(), None);
+        // Ending in a newline: no last, empty line.
+        text.push(b'\n');
+        std::fs::write(&path, &text).unwrap();
+        read.start(std::fs::File::open(&path).unwrap());
+        let count =
+            std::iter::from_fn(|| read.next().unwrap().map(|(_, is_unfinished)| assert!(!is_unfinished))).count();
+        assert_eq!(count, lines.len());
     }
 }

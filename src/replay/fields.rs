@@ -3,6 +3,12 @@
 //! it (anything else is absent; `would` and `dry_run`, rarely there, are parsed whole), and the
 //! body is built only for the keys a policy set reads, by the parser the server decodes
 //! requests with. So a record costs one scan and a few small fields, however large its body.
+//!
+//! Two readers give the same [`Fields`]: `scan`, fast, for lines of the shape the server
+//! writes, and the exact one here (serde_json, as the request decoder parses), for every
+//! line `scan` leaves.
+
+mod scan;
 
 use std::borrow::Cow;
 
@@ -14,7 +20,7 @@ use super::Answer;
 use crate::protocol::{Key, TopLevel};
 
 /// The fields of a record that replay reads.
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq)]
 pub(super) struct Fields<'a> {
     time: Option<Cow<'a, str>>,
     source: Option<Cow<'a, str>>,
@@ -166,10 +172,46 @@ impl<'de> Visitor<'de> for Loose {
     }
 }
 
+/// Strings of bodies replayed before, reused for the keys and string values the next bodies
+/// keep: a replay builds a body for every record, mostly of the same few short keys.
+#[derive(Default)]
+pub(super) struct Spare(Vec<String>);
+
+impl Spare {
+    /// Strings kept at most, and the longest kept: memory stays flat.
+    const MAX: usize = 64;
+    const MAX_LEN: usize = 256;
+
+    /// `text` as a String, in a spare one when there is one.
+    fn string(&mut self, text: &str) -> String {
+        let mut s = self.0.pop().unwrap_or_default();
+        s.clear();
+        s.push_str(text);
+        s
+    }
+
+    /// Keeps the strings of `body` for the next bodies.
+    pub(super) fn recycle(&mut self, body: Map<String, Value>) {
+        for (key, value) in body {
+            for s in [Some(key), if let Value::String(s) = value { Some(s) } else { None }].into_iter().flatten() {
+                if self.0.len() < Self::MAX && s.capacity() <= Self::MAX_LEN {
+                    self.0.push(s);
+                }
+            }
+        }
+    }
+}
+
 impl<'a> Fields<'a> {
-    /// The fields of one record line, with the body keys `keep` accepts; `Err` when it is
-    /// not a JSON object.
-    pub(super) fn parse(line: &'a str, keep: &dyn Fn(&str) -> bool) -> Result<Fields<'a>, String> {
+    /// The fields of one record line, with the body keys `keep` accepts (built with `spare`
+    /// strings); `Err` when it is not a JSON object.
+    pub(super) fn parse(line: &'a str, keep: &impl Fn(&str) -> bool, spare: &mut Spare) -> Result<Fields<'a>, String> {
+        scan::fields(line, keep, spare).map_or_else(|| Fields::parse_exact(line, keep), Ok)
+    }
+
+    /// [`Fields::parse`] by serde_json alone: what a line may hold, and every message, are
+    /// decided here.
+    fn parse_exact(line: &'a str, keep: &dyn Fn(&str) -> bool) -> Result<Fields<'a>, String> {
         let mut de = serde_json::Deserializer::from_str(line);
         let fields = de.deserialize_map(FieldsVisitor { keep }).and_then(|f| de.end().map(|()| f));
         fields.map_err(|e| format!("not JSON: {e}"))
@@ -243,66 +285,51 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// The whole body of a record line, all its keys (empty when there is none).
-pub(super) fn whole_body(line: &str) -> Map<String, Value> {
-    match serde_json::from_str::<Value>(line) {
-        Ok(Value::Object(mut record)) => match record.remove("body") {
-            Some(Value::Object(body)) => body,
-            _ => Map::new(),
-        },
-        _ => Map::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A line's fields, with every body key.
+    fn parse(line: &str) -> Result<Fields<'_>, String> {
+        Fields::parse(line, &|_| true, &mut Spare::default())
+    }
 
     #[test]
     fn fields_read_as_a_parsed_value_reads_them() {
         let line = r#"{"time":"t\u0031","source":"openim","command":5,"decision":"deny","rule":null,"error_code":150.0,
             "dry_run":[{"rule":"a","would":"deny"},7,{"rule":"b","would":"allow"}],"body":{"x":1,"y":[2]}}"#;
-        let mut f = Fields::parse(line, &|k| k == "y").unwrap();
+        let mut f = Fields::parse(line, &|k| k == "y", &mut Spare::default()).unwrap();
         assert_eq!(f.time().as_deref(), Some("t1"));
         assert_eq!(f.command(), None, "not a string");
         assert_eq!(f.operation_id(), None);
         assert_eq!(f.old_answer().unwrap(), Answer { decision: "deny", rule: None, error_code: None });
         assert_eq!(f.would_denies(), ["a"]);
         assert_eq!(f.take_body().unwrap(), serde_json::json!({"y": [2]}).as_object().unwrap().clone());
-        assert_eq!(whole_body(line), serde_json::json!({"x": 1, "y": [2]}).as_object().unwrap().clone());
-        let all = |_: &str| true;
-        assert!(Fields::parse(r#"{"body":[1]}"#, &all).unwrap().take_body().is_err());
-        assert!(Fields::parse(r#"{}"#, &all).unwrap().take_body().is_err());
-        assert!(Fields::parse("[1]", &all).is_err());
-        assert!(Fields::parse(r#"{"body":{}} x"#, &all).is_err(), "trailing characters");
-        let odd = Fields::parse(
-            r#"{"source":["openim"],"decision":"deny","rule":{"r":1},"error_code":18446744073709551615}"#,
-            &all,
-        )
-        .unwrap();
+        assert!(parse(r#"{"body":[1]}"#).unwrap().take_body().is_err());
+        assert!(parse(r#"{}"#).unwrap().take_body().is_err());
+        assert!(parse("[1]").is_err());
+        assert!(parse(r#"{"body":{}} x"#).is_err(), "trailing characters");
+        let odd = parse(r#"{"source":["openim"],"decision":"deny","rule":{"r":1},"error_code":18446744073709551615}"#)
+            .unwrap();
         assert_eq!(odd.source(), None);
         assert_eq!(odd.old_answer().unwrap(), Answer { decision: "deny", rule: None, error_code: None });
-        let twice = Fields::parse(r#"{"command":"a","command":"b"}"#, &all).unwrap();
+        let twice = parse(r#"{"command":"a","command":"b"}"#).unwrap();
         assert_eq!(twice.command().as_deref(), Some("b"), "the last, as in a parsed Value");
     }
 
     #[test]
     fn the_old_answer_is_the_would_under_server_dry_run() {
-        let all = |_: &str| true;
-        let live = Fields::parse(r#"{"decision": "deny", "rule": "r", "error_code": 150}"#, &all).unwrap();
+        let live = parse(r#"{"decision": "deny", "rule": "r", "error_code": 150}"#).unwrap();
         assert_eq!(
             live.old_answer().unwrap(),
             Answer { decision: "deny", rule: Some("r".into()), error_code: Some(150) }
         );
-        let dry = Fields::parse(
-            r#"{"decision": "allow", "would": {"decision": "deny", "rule": "w", "error_code": 151}}"#,
-            &all,
-        )
-        .unwrap();
+        let dry =
+            parse(r#"{"decision": "allow", "would": {"decision": "deny", "rule": "w", "error_code": 151}}"#).unwrap();
         assert_eq!(
             dry.old_answer().unwrap(),
             Answer { decision: "deny", rule: Some("w".into()), error_code: Some(151) }
         );
-        assert!(Fields::parse(r#"{"decision": "ack"}"#, &all).unwrap().old_answer().is_err());
+        assert!(parse(r#"{"decision": "ack"}"#).unwrap().old_answer().is_err());
     }
 }

@@ -26,9 +26,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use self::cases::Offer;
-use self::fields::Fields;
+use self::fields::{Fields, Spare};
 use crate::catalog;
-use crate::decision::Decision;
+use crate::decision::{Decision, Outcome};
 use crate::event::{Event, Source};
 use crate::policy::PolicySet;
 use crate::ratecap::{MemoryCaps, OnError};
@@ -401,9 +401,19 @@ struct Run<'s> {
     /// millisecond share it, so it is parsed once.
     last_time: String,
     last_ms: u64,
+    /// The second (`YYYY-MM-DDTHH:MM:SS`) of the last time parsed whole, and its ms: the
+    /// records of one second differ only in their milliseconds.
+    second: String,
+    second_ms: u64,
+    /// The event replayed, kept from record to record so that its strings are reused, and
+    /// those of its body.
+    event: Event,
+    spare: Spare,
     cap_store_errors: u64,
     changes: Changes,
     rules: BTreeMap<String, RuleCounts>,
+    /// The counts of [`DEFAULT_RULE`], put in `rules` by the report.
+    default_counts: Option<RuleCounts>,
     users: HashMap<String, u64>,
     examples: BTreeMap<Direction, Vec<Change>>,
 }
@@ -420,9 +430,14 @@ impl<'s> Run<'s> {
             first_time: None,
             last_time: String::new(),
             last_ms: 0,
+            second: String::new(),
+            second_ms: 0,
+            event: Event::openim(String::new(), Map::new()),
+            spare: Spare::default(),
             cap_store_errors: 0,
             changes: Changes::default(),
             rules: BTreeMap::new(),
+            default_counts: None,
             users: HashMap::new(),
             examples: BTreeMap::new(),
         }
@@ -443,8 +458,11 @@ impl<'s> Run<'s> {
         let text = raw.text.map_err(|e| format!("not UTF-8: {e}"))?;
         let set = self.set;
         // Of the body, only what the set reads, as the server decodes a request: no answer
-        // depends on the rest.
-        let mut fields = Fields::parse(text, &|key| key == "callbackCommand" || set.reads(key))?;
+        // depends on the rest. A case also shows the body's command.
+        let is_writing_cases = cases.is_some();
+        let keep = |key: &str| set.reads(key) || (is_writing_cases && key == "callbackCommand");
+        self.spare.recycle(std::mem::take(&mut self.event.body));
+        let mut fields = Fields::parse(text, &keep, &mut self.spare)?;
         if !passes(filter, &fields, text, cutoff) {
             self.records.filtered_out += 1;
             return Ok(None);
@@ -469,18 +487,24 @@ impl<'s> Run<'s> {
         let body = fields.take_body()?;
 
         self.tick(&time, at_ms);
-        let mut event = Event::openim(command.into_owned(), body);
-        if is_tencent {
-            event.source = Source::Tencent;
-        }
+        let mut event = std::mem::replace(&mut self.event, Event::openim(String::new(), Map::new()));
+        event.source = if is_tencent { Source::Tencent } else { Source::OpenIm };
+        event.command.clear();
+        event.command.push_str(&command);
+        event.operation_id.clear();
         if let Some(id) = fields.operation_id() {
-            event.operation_id = id.into_owned();
+            event.operation_id.push_str(&id);
         }
+        event.body = body;
         let (decision, is_counted) = self.decide(&event);
         let new = Answer {
             decision: decision.outcome.as_str(),
             rule: decision.rule.as_deref().map(str::to_string),
-            error_code: decision.outcome.error_code_for(event.code_family()).map(i64::from),
+            // The command's code family only for a refusal: most callbacks are allowed.
+            error_code: match &decision.outcome {
+                Outcome::Deny(refusal) => Some(i64::from(refusal.code_for(event.code_family()))),
+                Outcome::Allow | Outcome::Discard => None,
+            },
         };
         self.count(&fields, &old, &new, &decision);
         let direction = direction(&old, &new);
@@ -489,30 +513,53 @@ impl<'s> Run<'s> {
         {
             cases.offer(set, &Offer { at: raw, time: &time, event: &event, decision: &decision, direction, old: &old });
         }
-        let Some(direction) = direction else {
-            self.changes.unchanged += 1;
-            return Ok(None);
-        };
-        let change = Change {
+        let change = direction.map(|direction| Change {
             time: time.into_owned(),
-            operation_id: event.operation_id,
-            command: event.command,
+            operation_id: event.operation_id.clone(),
+            command: event.command.clone(),
             direction,
             old,
             new,
             at: place(raw),
+        });
+        self.event = event;
+        let Some(change) = change else {
+            self.changes.unchanged += 1;
+            return Ok(None);
         };
         self.changed(&change, text);
         Ok(Some(change))
     }
 
     /// The time of a record in ms since the epoch.
-    fn time_ms(&self, time: &str) -> Result<u64, String> {
+    fn time_ms(&mut self, time: &str) -> Result<u64, String> {
         if time == self.last_time && !self.last_time.is_empty() {
             return Ok(self.last_ms);
         }
+        // `YYYY-MM-DDTHH:MM:SS.mmmZ`, as the server writes times.
+        let (second, ms) = match time.as_bytes() {
+            [.., b'.', a, b, c, b'Z'] if time.len() == 24 && [a, b, c].iter().all(|d| d.is_ascii_digit()) => {
+                let ms = [a, b, c].iter().fold(0, |ms, &&d| ms * 10 + u64::from(d - b'0'));
+                (&time[..19], Some(ms))
+            }
+            _ => (time, None),
+        };
+        if let Some(ms) = ms
+            && second == self.second
+        {
+            return Ok(self.second_ms + ms);
+        }
         let at = humantime::parse_rfc3339_weak(time).map_err(|e| format!("`time` {time:?}: {e}"))?;
-        Ok(record::epoch_ms(at))
+        let at_ms = record::epoch_ms(at);
+        // From 1 s after the epoch, where ms are not clamped at 0.
+        if let Some(ms) = ms
+            && at_ms >= 1000
+        {
+            self.second.clear();
+            self.second.push_str(second);
+            self.second_ms = at_ms - ms;
+        }
+        Ok(at_ms)
     }
 
     /// Moves the virtual clock to a replayed record's time.
@@ -552,14 +599,25 @@ impl<'s> Run<'s> {
 
     /// Counts a replayed record's decisions, then and now, per rule.
     fn count(&mut self, fields: &Fields<'_>, old: &Answer, new: &Answer, decision: &Decision) {
-        let rules = &mut self.rules;
-        count_rule(rules, old.rule_name(), |n| n.before.add(old.decision));
-        count_rule(rules, new.rule_name(), |n| n.after.add(new.decision));
+        self.count_rule(old.rule_name(), |n| n.before.add(old.decision));
+        self.count_rule(new.rule_name(), |n| n.after.add(new.decision));
         for rule in fields.would_denies() {
-            count_rule(rules, &rule, |n| n.would_deny_before += 1);
+            self.count_rule(&rule, |n| n.would_deny_before += 1);
         }
         for hit in decision.dry_run.iter().filter(|h| h.outcome.is_refusal()) {
-            count_rule(rules, &hit.rule, |n| n.would_deny_after += 1);
+            self.count_rule(&hit.rule, |n| n.would_deny_after += 1);
+        }
+    }
+
+    /// Applies `f` to the counts of `rule`, allocating its name only the first time it is
+    /// met; the default's, which count most records, are kept apart from the map.
+    fn count_rule(&mut self, rule: &str, f: impl FnOnce(&mut RuleCounts)) {
+        if rule == DEFAULT_RULE {
+            return f(self.default_counts.get_or_insert_default());
+        }
+        match self.rules.get_mut(rule) {
+            Some(counts) => f(counts),
+            None => f(self.rules.entry(rule.to_string()).or_default()),
         }
     }
 
@@ -571,8 +629,9 @@ impl<'s> Run<'s> {
             Direction::DenyToAllow => self.changes.deny_to_allow += 1,
             Direction::OtherRule => self.changes.other_rule += 1,
         }
-        // The users are read from the whole body: changes are few, so it is built again.
-        let body = fields::whole_body(line);
+        // The line is read again for the users: changes are few.
+        let body = Fields::parse(line, &is_user_field, &mut self.spare).and_then(|mut f| f.take_body());
+        let body = body.unwrap_or_default();
         for user in users_of(&body) {
             if let Some(n) = self.users.get_mut(user) {
                 *n += 1;
@@ -580,13 +639,17 @@ impl<'s> Run<'s> {
                 self.users.insert(user.to_string(), 1);
             }
         }
+        self.spare.recycle(body);
         let examples = self.examples.entry(change.direction).or_default();
         if examples.len() < EXAMPLES {
             examples.push(change.clone());
         }
     }
 
-    fn report(self) -> Report {
+    fn report(mut self) -> Report {
+        if let Some(counts) = self.default_counts.take() {
+            self.rules.insert(DEFAULT_RULE.to_string(), counts);
+        }
         let mut top: Vec<AffectedUser> =
             self.users.into_iter().map(|(user, changed)| AffectedUser { user, changed }).collect();
         top.sort_by(|a, b| b.changed.cmp(&a.changed).then_with(|| a.user.cmp(&b.user)));
@@ -627,20 +690,17 @@ fn direction(old: &Answer, new: &Answer) -> Option<Direction> {
     }
 }
 
-/// Applies `f` to the counts of `rule`, allocating its name only the first time it is met.
-fn count_rule(rules: &mut BTreeMap<String, RuleCounts>, rule: &str, f: impl FnOnce(&mut RuleCounts)) {
-    match rules.get_mut(rule) {
-        Some(counts) => f(counts),
-        None => f(rules.entry(rule.to_string()).or_default()),
-    }
+/// Whether a body key names users, per [`USER_FIELDS`].
+fn is_user_field(key: &str) -> bool {
+    let has = |word: &str| key.as_bytes().windows(word.len()).any(|w| w.eq_ignore_ascii_case(word.as_bytes()));
+    has("user") || has("account") || key.eq_ignore_ascii_case("sendid") || key.eq_ignore_ascii_case("recvid")
 }
 
 /// The user IDs of a body, per [`USER_FIELDS`].
 fn users_of(body: &Map<String, Value>) -> Vec<&str> {
     let mut ids = Vec::new();
     for (key, value) in body {
-        let lower = key.to_ascii_lowercase();
-        if !(lower.contains("user") || lower.contains("account") || lower == "sendid" || lower == "recvid") {
+        if !is_user_field(key) {
             continue;
         }
         match value {
