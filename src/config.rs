@@ -137,7 +137,8 @@ pub struct Settings {
     #[arg(long, env = "CALLGATE_REDIS_CLUSTER", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub redis_cluster: Option<bool>,
 
-    /// How long a Redis call may take before the cap answers per --on-error [default: 50ms]
+    /// How long a Redis call may take before the caps and lists it asks answer per --on-error
+    /// [default: 50ms]
     #[arg(long, env = "CALLGATE_REDIS_TIMEOUT", value_name = "DURATION")]
     pub redis_timeout: Option<String>,
 
@@ -155,7 +156,8 @@ pub struct Settings {
     #[arg(long, env = "CALLGATE_REDIS_CLIENT_KEY", value_name = "FILE")]
     pub redis_client_key: Option<PathBuf>,
 
-    /// What a rate cap answers when its store cannot: allow (fail open) or deny [default: allow]
+    /// What a rate cap, or a test on a list held in Redis, answers when its store cannot: allow
+    /// (fail open; the list reads as empty) or deny (it holds every ID) [default: allow]
     #[arg(long, env = "CALLGATE_ON_ERROR", value_name = "ANSWER")]
     pub on_error: Option<OnError>,
 

@@ -59,6 +59,16 @@ impl Event {
         Event { source, command, operation_id: String::new(), body, raw: Bytes::new() }
     }
 
+    /// What the rules see of one item of a callback decided item by item: the callback's
+    /// top-level fields but the item list `list`, and the item under [`ITEM_KEY`] (so
+    /// `item.To_Account` names its account). The server and `replay` decide each item so.
+    pub fn item(&self, list: &str, item: &Value) -> Event {
+        let mut body: Map<String, Value> =
+            self.body.iter().filter(|(key, _)| *key != list).map(|(k, v)| (k.clone(), v.clone())).collect();
+        body.insert(ITEM_KEY.to_string(), item.clone());
+        Event { body, ..Event::offline(self.command.clone(), Map::new()) }
+    }
+
     /// Where a refusal's code for this callback must lie.
     pub fn code_family(&self) -> CodeFamily {
         code_family_of(&self.command)

@@ -13,7 +13,8 @@
 //! - [`server`]: the warp listeners; the only module that knows HTTP
 //! - [`ratecap`]: rolling-window counts for rate caps, in memory or in Redis
 //! - [`lists`]: membership of lists held in Redis sets, asked live (with an optional short cache)
-//! - [`redis_client`]: how caps and the record stream reach Redis (one server or a cluster, TLS)
+//! - [`redis_client`]: how caps, lists and the record stream reach Redis (one server or a cluster, TLS)
+//! - [`redis_health`]: the one circuit breaker for Redis, shared by caps and lists
 //! - [`replay`]: recorded OpenIM callbacks decided again with a candidate policy set
 //! - [`duration`]: the `30s`/`1m` syntax shared by policies and config
 //! - [`throttle`]: log lines an attacker cannot flood (a few a second per kind, then a count)
@@ -29,6 +30,7 @@ pub mod protocol;
 pub mod ratecap;
 pub mod record;
 pub mod redis_client;
+pub mod redis_health;
 pub mod replay;
 pub mod server;
 pub mod throttle;

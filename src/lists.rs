@@ -1,15 +1,28 @@
 //! The list store: answers whether IDs are in lists held in Redis sets
 //! (`lists: banned: { redis: "app:banned-users" }`), asked live so that an application's
-//! `SADD` is seen by the next callback. One `SMISMEMBER` per list a decision asks about,
-//! each bounded by the Redis timeout; an optional per-list cache reuses an answer for at most
-//! its `cache` duration. Knows no rules: policy evaluation says what to ask.
+//! `SADD` is seen by the next callback. Knows no rules: policy evaluation says what to ask.
+//!
+//! A decision's questions cost one round trip: one `SMISMEMBER` per set (all the IDs asked of
+//! it at once), every set in one pipeline. In a Redis Cluster a pipeline must stay on one
+//! slot (the redis crate refuses one whose keys cross slots), so the sets are pipelined per
+//! slot and the slots asked concurrently: as many round trips, but at once. Each pipeline is
+//! bounded by the Redis timeout and goes through the circuit breaker shared with rate caps
+//! ([`crate::redis_health`]): while it is open, nothing is asked and [`ListStore::ask`] fails
+//! at once. An optional per-list cache reuses an answer for at most its `cache` duration.
+//!
+//! A decision's rate caps cannot go in the same round trip: which caps it checks depends on
+//! these answers (a rule's cap counts only when its conditions hold). So a decision that asks
+//! a list and checks a cap in Redis costs two round trips; one with either alone costs one.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use redis::cluster_routing::Slot;
 
 use crate::policy::RedisSet;
 use crate::redis_client::RedisConn;
+use crate::redis_health::{RedisCallError, RedisHealth};
 
 /// Answers kept at most; past that the cache is emptied (it only saves round trips).
 const MAX_CACHED: usize = 100_000;
@@ -26,6 +39,19 @@ pub enum ListStoreError {
     /// Redis answered with an error or the connection failed.
     #[error("redis: {0}")]
     Redis(String),
+    /// The circuit breaker is open after repeated failures: nothing was asked.
+    #[error("redis is unavailable (circuit open)")]
+    CircuitOpen,
+}
+
+impl From<RedisCallError> for ListStoreError {
+    fn from(err: RedisCallError) -> ListStoreError {
+        match err {
+            RedisCallError::Timeout(t) => ListStoreError::Timeout(t),
+            RedisCallError::Redis(e) => ListStoreError::Redis(e),
+            RedisCallError::CircuitOpen => ListStoreError::CircuitOpen,
+        }
+    }
 }
 
 impl ListStoreError {
@@ -35,13 +61,15 @@ impl ListStoreError {
             ListStoreError::NoRedis(_) => "no_redis",
             ListStoreError::Timeout(_) => "timeout",
             ListStoreError::Redis(_) => "redis",
+            ListStoreError::CircuitOpen => "circuit_open",
         }
     }
 }
 
 /// Where lists held in Redis are asked.
 pub struct ListStore {
-    conn: Option<RedisConn>,
+    /// The Redis asked, and the breaker it shares with rate caps.
+    redis: Option<(RedisConn, Arc<RedisHealth>)>,
     timeout: Duration,
     /// (set key, ID) → (is a member, when Redis said so).
     cache: Mutex<HashMap<(String, String), (bool, Instant)>>,
@@ -54,17 +82,18 @@ impl std::fmt::Debug for ListStore {
 }
 
 impl ListStore {
-    /// A store asking the Redis of `conn`, each call bounded by `timeout`; with no `conn`,
-    /// every question fails (and is answered per `--on-error`).
-    pub fn new(conn: Option<RedisConn>, timeout: Duration) -> ListStore {
-        ListStore { conn, timeout, cache: Mutex::new(HashMap::new()) }
+    /// A store asking the Redis of `redis`, each pipeline bounded by `timeout` and guarded by
+    /// its breaker; with no Redis, every question fails (and is answered per `--on-error`).
+    pub fn new(redis: Option<(RedisConn, Arc<RedisHealth>)>, timeout: Duration) -> ListStore {
+        ListStore { redis, timeout, cache: Mutex::new(HashMap::new()) }
     }
 
     /// Whether each `(set, id)` is a member, in order: from the cache when its answer is
-    /// younger than the set's `cache`, else one `SMISMEMBER` per set.
+    /// younger than the set's `cache`, else asked in one round trip (see the module doc).
     pub async fn ask(&self, questions: &[(&RedisSet, &str)]) -> Result<Vec<bool>, ListStoreError> {
         let mut answers = vec![None; questions.len()];
         self.answer_from_cache(questions, &mut answers);
+        // Each set asked, with the questions (indices) asked of it.
         let mut by_set: Vec<(&RedisSet, Vec<usize>)> = Vec::new();
         for (i, (set, _)) in questions.iter().enumerate() {
             if answers[i].is_some() {
@@ -75,14 +104,17 @@ impl ListStore {
                 None => by_set.push((set, vec![i])),
             }
         }
-        for (set, asked) in by_set {
-            let ids: Vec<&str> = asked.iter().map(|&i| questions[i].1).collect();
-            let members = self.smismember(set, &ids).await?;
-            for (&i, is_member) in asked.iter().zip(members) {
-                answers[i] = Some(is_member);
-            }
-            if !set.cache.is_zero() {
-                self.keep(set, &ids, &asked, &answers);
+        if !by_set.is_empty() {
+            let asks: Vec<(&RedisSet, Vec<&str>)> =
+                by_set.iter().map(|(set, asked)| (*set, asked.iter().map(|&i| questions[i].1).collect())).collect();
+            let members = self.smismember(&asks).await?;
+            for (((set, asked), (_, ids)), members) in by_set.iter().zip(&asks).zip(members) {
+                for (&i, is_member) in asked.iter().zip(members) {
+                    answers[i] = Some(is_member);
+                }
+                if !set.cache.is_zero() {
+                    self.keep(set, ids, asked, &answers);
+                }
             }
         }
         Ok(answers.into_iter().map(|a| a.unwrap_or(false)).collect())
@@ -115,20 +147,50 @@ impl ListStore {
         }
     }
 
-    async fn smismember(&self, set: &RedisSet, ids: &[&str]) -> Result<Vec<bool>, ListStoreError> {
-        let Some(conn) = &self.conn else { return Err(ListStoreError::NoRedis(set.key.clone())) };
-        let mut conn = conn.clone();
-        let mut cmd = redis::cmd("SMISMEMBER");
-        cmd.arg(&set.key).arg(ids);
-        match tokio::time::timeout(self.timeout, cmd.query_async::<Vec<bool>>(&mut conn)).await {
-            Ok(Ok(members)) if members.len() == ids.len() => Ok(members),
-            Ok(Ok(members)) => {
-                Err(ListStoreError::Redis(format!("{} answers to {} questions", members.len(), ids.len())))
+    /// For each `(set, ids)`, whether each ID is a member: one pipeline of `SMISMEMBER`s per
+    /// slot (one in all on one server), the pipelines sent at once.
+    async fn smismember(&self, asks: &[(&RedisSet, Vec<&str>)]) -> Result<Vec<Vec<bool>>, ListStoreError> {
+        let Some((conn, health)) = &self.redis else {
+            return Err(ListStoreError::NoRedis(asks.first().map(|(set, _)| set.key.clone()).unwrap_or_default()));
+        };
+        let is_cluster = matches!(conn, RedisConn::Cluster(_));
+        let pipelines = by_slot(asks.iter().map(|(set, _)| &*set.key), is_cluster).into_iter().map(|sets| async move {
+            let mut pipe = redis::pipe();
+            for &i in &sets {
+                pipe.cmd("SMISMEMBER").arg(&asks[i].0.key).arg(&asks[i].1);
             }
-            Ok(Err(e)) => Err(ListStoreError::Redis(e.to_string())),
-            Err(_) => Err(ListStoreError::Timeout(self.timeout)),
+            let mut conn = conn.clone();
+            let replies: Vec<Vec<bool>> = health.call(self.timeout, pipe.query_async(&mut conn)).await?;
+            let is_whole =
+                replies.len() == sets.len() && sets.iter().zip(&replies).all(|(&i, r)| r.len() == asks[i].1.len());
+            if !is_whole {
+                return Err(ListStoreError::Redis(format!(
+                    "answers to {} sets do not match the questions",
+                    sets.len()
+                )));
+            }
+            Ok(sets.into_iter().zip(replies))
+        });
+        let mut members = vec![Vec::new(); asks.len()];
+        for (i, reply) in futures_util::future::try_join_all(pipelines).await?.into_iter().flatten() {
+            members[i] = reply;
+        }
+        Ok(members)
+    }
+}
+
+/// The keys at each index of `keys`, grouped so that one pipeline can carry each group: in a
+/// cluster, by slot; on one server, all in one.
+fn by_slot<'k>(keys: impl Iterator<Item = &'k str>, is_cluster: bool) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(Option<Slot>, Vec<usize>)> = Vec::new();
+    for (i, key) in keys.enumerate() {
+        let slot = is_cluster.then(|| Slot::for_key(key));
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, group)) => group.push(i),
+            None => groups.push((slot, vec![i])),
         }
     }
+    groups.into_iter().map(|(_, group)| group).collect()
 }
 
 #[cfg(test)]
@@ -152,5 +214,13 @@ mod tests {
         let mut answers = [None];
         store.answer_from_cache(&[(&uncached, "fresh")], &mut answers);
         assert_eq!(answers, [None], "a list without cache is asked every time");
+    }
+
+    #[test]
+    fn sets_are_pipelined_together_on_one_server_and_per_slot_in_a_cluster() {
+        let keys = ["app:banned-users", "app:muted-users", "{app}:a", "{app}:b"];
+        assert_eq!(by_slot(keys.into_iter(), false), vec![vec![0, 1, 2, 3]]);
+        assert_eq!(by_slot(keys.into_iter(), true), vec![vec![0], vec![1], vec![2, 3]]);
+        assert_eq!(by_slot([].into_iter(), true), Vec::<Vec<usize>>::new());
     }
 }

@@ -2,9 +2,12 @@
 //! Tencent Cloud Chat before-callbacks decided by the policies, over real HTTP with signed
 //! requests: allow, refuse with the custom code, discard, per-item answers (`ResultItem`,
 //! `RefusedMembers_Account`), a cap counting items, dry run (rule and server), a bad Sign,
-//! the default, a rule with a code per family, records, metrics and `callgate test`.
+//! the default, a rule with a code per family, records, metrics and `callgate test`; the
+//! items of a large invitation decided concurrently against a cap in Redis.
 
 mod common;
+
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -264,6 +267,44 @@ async fn a_cap_counts_items_and_refuses_past_its_max() {
     assert_eq!(codes(&send(&server, add, &friend_add("u_cap", &["a_3", "a_4", "a_5"])).await.1), [0, 38002, 38002]);
     // Another sender has a cap of its own.
     assert_eq!(codes(&send(&server, add, &friend_add("u_other", &["a_1"])).await.1), [0]);
+}
+
+/// The items of one callback are decided concurrently: a 100-member invitation checked
+/// against a cap in Redis, behind a proxy that adds 5 ms each way, takes a few round trips
+/// of 10 ms, not one per member; and the cap, checked atomically per item, allows exactly its
+/// max of the 100.
+#[tokio::test]
+async fn a_large_invitation_is_decided_in_a_few_round_trips_and_its_cap_stays_exact() {
+    const ONE_WAY: Duration = Duration::from_millis(5);
+    let redis = RedisServer::start();
+    let proxy = LatencyProxy::start(redis.port, ONE_WAY).await;
+    let dir = PolicyDir::with(
+        "policy.yaml",
+        "rules:\n  - id: invite-rate\n    on: Group.CallbackBeforeInviteJoinGroup\n    rate_cap: { key: [Operator_Account], max: 60, per: 1m }\n    decision: deny\n    error: { code: 10105, message: too many invitations }\n",
+    );
+    let server = start(&dir, &["--redis-url", &proxy.url(), "--redis-timeout", "2s"]);
+    server.wait_for_log("redis is reachable", Duration::from_secs(10)).await;
+    let invite_cmd = "Group.CallbackBeforeInviteJoinGroup";
+    // Loads the cap's script into Redis, so that the timed invitation does not.
+    send(&server, invite_cmd, &invite(&["m_warm"])).await;
+
+    let members: Vec<String> = (0..100).map(|i| format!("m_{i}")).collect();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let (status, answer) = send(&server, invite_cmd, &invite(&members)).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{answer}");
+    let refused = serde_json::from_str::<Value>(&answer).unwrap()["RefusedMembers_Account"].as_array().unwrap().len();
+    assert_eq!(refused, 100 - 59, "59 of the cap's 60 were left after the warm-up: {answer}");
+    let key = "callgate:cap:invite-rate\u{1f}60000\u{1f}Operator_Account\u{1f}{u_1}";
+    assert_eq!(redis.command(&["ZCARD", key]), ":60", "allowed items are counted, refused ones not");
+    let round_trip = 2 * ONE_WAY;
+    eprintln!("a 100-member invitation with a cap in redis, round trip {round_trip:?}: {took:?}");
+    assert!(
+        took < 30 * round_trip,
+        "100 items took {took:?}, {} round trips",
+        took.as_millis() / round_trip.as_millis()
+    );
 }
 
 #[tokio::test]

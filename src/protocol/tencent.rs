@@ -7,6 +7,7 @@
 //! decided, and answered here per command: as a whole, or item by item. Checks run cheapest
 //! and most telling first: app ID, then signature, then the body.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -112,33 +113,51 @@ impl TencentError {
     }
 }
 
-/// The query parameters Tencent sends.
+/// The query parameters Tencent sends, read once per callback. A parameter given twice counts
+/// by its last value.
 #[derive(Debug, Default)]
-struct Query {
-    sdk_app_id: Option<String>,
-    command: Option<String>,
-    client_ip: String,
-    opt_platform: String,
-    sign: Option<String>,
-    request_time: Option<String>,
+pub struct Query<'a> {
+    sdk_app_id: Option<Cow<'a, str>>,
+    command: Option<Cow<'a, str>>,
+    client_ip: Cow<'a, str>,
+    opt_platform: Cow<'a, str>,
+    sign: Option<Cow<'a, str>>,
+    request_time: Option<Cow<'a, str>>,
 }
 
-impl Query {
-    fn parse(raw: &str) -> Query {
+impl<'a> Query<'a> {
+    /// Reads `raw` (the query string, without `?`) as `application/x-www-form-urlencoded`.
+    /// A pair without `%` or `+` (all Tencent sends) is borrowed as it is; only the others are
+    /// decoded, by `form_urlencoded`, so both read every query alike.
+    pub fn parse(raw: &'a str) -> Query<'a> {
         let mut q = Query::default();
-        for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
-            let v = v.into_owned();
-            match &*k {
-                "SdkAppid" | "SdkAppId" => q.sdk_app_id = Some(v),
-                "CallbackCommand" => q.command = Some(v),
-                "ClientIP" => q.client_ip = v,
-                "OptPlatform" => q.opt_platform = v,
-                "Sign" => q.sign = Some(v),
-                "RequestTime" => q.request_time = Some(v),
+        for pair in raw.split('&').filter(|pair| !pair.is_empty()) {
+            let (key, value) = if pair.bytes().any(|b| b == b'%' || b == b'+') {
+                match form_urlencoded::parse(pair.as_bytes()).next() {
+                    Some((k, v)) => (k, v),
+                    None => continue,
+                }
+            } else {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (Cow::Borrowed(k), Cow::Borrowed(v))
+            };
+            match &*key {
+                "SdkAppid" | "SdkAppId" => q.sdk_app_id = Some(value),
+                "CallbackCommand" => q.command = Some(value),
+                "ClientIP" => q.client_ip = value,
+                "OptPlatform" => q.opt_platform = value,
+                "Sign" => q.sign = Some(value),
+                "RequestTime" => q.request_time = Some(value),
                 _ => {}
             }
         }
         q
+    }
+
+    /// Whether the command named by `CallbackCommand` is a before-callback callgate decides:
+    /// what an error answer must not refuse by accident.
+    pub fn names_decided_command(&self) -> bool {
+        self.command.as_deref().is_some_and(|command| catalog::tencent_decided(command).is_some())
     }
 }
 
@@ -150,7 +169,7 @@ pub fn sign(token: &str, request_time: &str) -> String {
     hex::encode(h.finalize())
 }
 
-fn check_auth(auth: &TencentAuth, q: &Query, now: SystemTime) -> Result<(), TencentError> {
+fn check_auth(auth: &TencentAuth, q: &Query<'_>, now: SystemTime) -> Result<(), TencentError> {
     if let Some(app_id) = &auth.app_id {
         match &q.sdk_app_id {
             None => return Err(TencentError::MissingAppId),
@@ -168,9 +187,13 @@ fn check_auth(auth: &TencentAuth, q: &Query, now: SystemTime) -> Result<(), Tenc
     if skew_secs > auth.max_skew.as_secs() {
         return Err(TencentError::StaleRequestTime { skew_secs, max_secs: auth.max_skew.as_secs() });
     }
-    let expected = sign(token, time_text);
-    let given = sign_given.to_ascii_lowercase();
-    if !bool::from(expected.as_bytes().ct_eq(given.as_bytes())) {
+    // Compared as the 32 bytes the hex digits stand for (either case), without building text.
+    let mut given = [0u8; 32];
+    if hex::decode_to_slice(sign_given, &mut given).is_err() {
+        return Err(TencentError::WrongSign);
+    }
+    let expected = Sha256::new().chain_update(token.as_bytes()).chain_update(time_text.as_bytes()).finalize();
+    if !bool::from(expected.as_slice().ct_eq(&given)) {
         return Err(TencentError::WrongSign);
     }
     Ok(())
@@ -190,13 +213,12 @@ struct Pair {
 /// command's items); the record keeps the raw body whole.
 pub fn decode(
     auth: &TencentAuth,
-    query: &str,
+    q: &Query<'_>,
     raw: Bytes,
     now: SystemTime,
     keep: &dyn Fn(&str) -> bool,
 ) -> Result<(Event, TencentMeta), TencentError> {
-    let q = Query::parse(query);
-    check_auth(auth, &q, now)?;
+    check_auth(auth, q, now)?;
     let keep = |key: &str| key == NAMING.body_key || key == "PairList" || catalog::is_item_list(key) || keep(key);
     let body = super::parse_object(&raw, &keep)?;
     let command = crate::event::resolve_command(&NAMING, q.command.as_deref(), &body)?;
@@ -207,9 +229,9 @@ pub fn decode(
         }
     }
     let meta = TencentMeta {
-        sdk_app_id: q.sdk_app_id.unwrap_or_default(),
-        client_ip: q.client_ip,
-        opt_platform: q.opt_platform,
+        sdk_app_id: q.sdk_app_id.as_deref().unwrap_or_default().to_string(),
+        client_ip: q.client_ip.to_string(),
+        opt_platform: q.opt_platform.to_string(),
     };
     let event = Event { source: Source::Tencent, command, operation_id: String::new(), body, raw };
     Ok((event, meta))
@@ -240,16 +262,6 @@ pub fn encode_fail(message: &str, is_before: bool) -> Bytes {
     let body = serde_json::json!({"ActionStatus": "FAIL", "ErrorCode": code, "ErrorInfo": message});
     // `json!` orders keys alphabetically, which is the order Tencent documents.
     Bytes::from(body.to_string())
-}
-
-/// Whether the command named in `query` (`CallbackCommand`) is a before-callback callgate
-/// decides: what an error answer must not refuse by accident.
-pub fn names_decided_command(query: &str) -> bool {
-    // The last `CallbackCommand`, as `Query::parse` takes it, without copying every parameter.
-    form_urlencoded::parse(query.as_bytes())
-        .filter(|(key, _)| key == "CallbackCommand")
-        .last()
-        .is_some_and(|(_, command)| catalog::tencent_decided(&command).is_some())
 }
 
 /// `ErrorCode` 2 on a message before-callback: drop the message, tell the sender it was sent.
@@ -362,7 +374,7 @@ mod tests {
 
     #[test]
     fn a_signed_fresh_callback_is_accepted() {
-        let (event, meta) = decode(&auth(), SIGNED, body(), at(NOW + 59), &|_| true).unwrap();
+        let (event, meta) = decode(&auth(), &Query::parse(SIGNED), body(), at(NOW + 59), &|_| true).unwrap();
         assert_eq!(event.command, "Sns.CallbackBlackListDelete");
         assert_eq!(
             (meta.sdk_app_id.as_str(), meta.client_ip.as_str(), meta.opt_platform.as_str()),
@@ -372,7 +384,9 @@ mod tests {
 
     #[test]
     fn each_check_refuses() {
-        let d = |q: &str, t: u64| decode(&auth(), q, body(), at(t), &|_| true).map(|_| ()).unwrap_err().kind();
+        let d = |q: &str, t: u64| {
+            decode(&auth(), &Query::parse(q), body(), at(t), &|_| true).map(|_| ()).unwrap_err().kind()
+        };
         assert_eq!(d(&SIGNED.replace("SdkAppid=1400000000&", ""), NOW), "missing_app_id");
         assert_eq!(d(&SIGNED.replace("SdkAppid=1400000000", "SdkAppid=1"), NOW), "wrong_app_id");
         assert_eq!(d(&SIGNED[..SIGNED.find("&Sign").unwrap()], NOW), "missing_sign");
@@ -388,15 +402,45 @@ mod tests {
     }
 
     #[test]
+    fn the_query_is_read_as_form_urlencoded_reads_it() {
+        let q = Query::parse(
+            "&&ClientIP=1+2&OptPlatform=a%3Db&Callback%43ommand=C2C.CallbackBeforeSendMsg&Sign&=x&SdkAppid=1=2",
+        );
+        assert_eq!(q.client_ip, "1 2");
+        assert_eq!(q.opt_platform, "a=b");
+        assert_eq!(q.command.as_deref(), Some("C2C.CallbackBeforeSendMsg"));
+        assert!(q.names_decided_command());
+        assert_eq!(q.sign.as_deref(), Some(""), "a key without `=` has an empty value");
+        assert_eq!(q.sdk_app_id.as_deref(), Some("1=2"), "the value runs from the first `=`");
+        let twice = Query::parse("CallbackCommand=C2C.CallbackBeforeSendMsg&CallbackCommand=C2C.CallbackAfterSendMsg");
+        assert!(!twice.names_decided_command(), "the last of a parameter given twice counts");
+    }
+
+    #[test]
+    fn a_sign_in_capitals_is_the_same_sign() {
+        let upper = SIGNED.replace("17773bc39a671d7b9aa8", "17773BC39A671D7B9AA8");
+        assert!(decode(&auth(), &Query::parse(&upper), body(), at(NOW), &|_| true).is_ok());
+        let short = &SIGNED[..SIGNED.len() - 2];
+        let d = decode(&auth(), &Query::parse(short), body(), at(NOW), &|_| true);
+        assert_eq!(d.map(|_| ()).unwrap_err().kind(), "wrong_sign");
+    }
+
+    #[test]
     fn both_app_id_spellings_are_accepted() {
-        assert!(decode(&auth(), &SIGNED.replace("SdkAppid=", "SdkAppId="), body(), at(NOW), &|_| true).is_ok());
+        assert!(
+            decode(&auth(), &Query::parse(&SIGNED.replace("SdkAppid=", "SdkAppId=")), body(), at(NOW), &|_| true)
+                .is_ok()
+        );
     }
 
     #[test]
     fn body_checks() {
         let open = TencentAuth { app_id: None, token: None, max_skew: Duration::from_secs(60) };
         let d = |q: &str, b: &'static str| {
-            decode(&open, q, Bytes::from_static(b.as_bytes()), at(NOW), &|_| true).map(|_| ()).unwrap_err().kind()
+            decode(&open, &Query::parse(q), Bytes::from_static(b.as_bytes()), at(NOW), &|_| true)
+                .map(|_| ())
+                .unwrap_err()
+                .kind()
         };
         assert_eq!(d("", "nope"), "not_json");
         assert_eq!(d("", "[]"), "not_object");
@@ -410,7 +454,7 @@ mod tests {
         assert!(
             decode(
                 &open,
-                "CallbackCommand=Group.CallbackAfterNewMemberJoin",
+                &Query::parse("CallbackCommand=Group.CallbackAfterNewMemberJoin"),
                 Bytes::from_static(b"{}"),
                 at(NOW),
                 &|_| true

@@ -19,6 +19,8 @@ pub use redis::RedisCaps;
 
 use std::time::Duration;
 
+use crate::redis_health::RedisCallError;
+
 /// One cap to check for one callback.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapCheck {
@@ -63,6 +65,16 @@ pub enum CapError {
     Full(usize),
 }
 
+impl From<RedisCallError> for CapError {
+    fn from(err: RedisCallError) -> CapError {
+        match err {
+            RedisCallError::Timeout(t) => CapError::Timeout(t),
+            RedisCallError::Redis(e) => CapError::Redis(e),
+            RedisCallError::CircuitOpen => CapError::CircuitOpen,
+        }
+    }
+}
+
 impl CapError {
     /// A short stable name, for metric labels.
     pub fn kind(&self) -> &'static str {
@@ -101,7 +113,6 @@ impl OnError {
 
 /// The store in use.
 #[derive(Debug)]
-#[expect(clippy::large_enum_variant, reason = "made once at start-up; its size costs nothing")]
 pub enum CapStore {
     /// Counts in this process.
     Memory(MemoryCaps),

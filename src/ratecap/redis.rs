@@ -16,26 +16,23 @@
 //! it where it stays under) and a refusal *gives back* those reservations (removes its
 //! token). Why that is exact, also when callgate dies between the two, is in [`RedisCaps::check`].
 //!
-//! Every call has a timeout. After repeated failures a circuit breaker stops calling for a
-//! while, so a Redis outage costs each decision nothing; each state change is logged once.
+//! Every call goes through [`RedisHealth::call`]: bounded by the timeout, and not sent while
+//! the circuit breaker of the one Redis (shared with lists held in Redis) is open.
 
 use std::borrow::Cow;
 use std::ops::Range;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use redis::Script;
 use redis::cluster_routing::Slot;
 
 use crate::redis_client::RedisConn;
+use crate::redis_health::RedisHealth;
 
 use super::{CapCheck, CapError, CapOutcome, cap_key_parts};
 
-/// Failures in a row that open the circuit.
-const OPEN_AFTER: u32 = 3;
-/// How long the circuit stays open before one call is let through to try again.
-const OPEN_FOR: Duration = Duration::from_millis(500);
 /// Prefix of every cap key. Before the cluster layout the prefix was `{callgate}:cap:`, a
 /// hash tag that put every cap in one slot; such keys are no longer read and expire by
 /// themselves (see docs/operations.md, "Upgrading to caps spread over a cluster").
@@ -156,80 +153,7 @@ pub struct RedisCaps {
     /// The next decision's token: a random start, then one more per decision, so tokens are
     /// unique in this process and, in practice, across instances.
     tokens: AtomicU64,
-    failures: AtomicU32,
-    open_until: Mutex<Option<Instant>>,
-    outage: Outage,
-}
-
-/// How often a Redis outage that goes on is logged again.
-const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// What operators read of a Redis outage: its first failure at once, then one line every
-/// [`OUTAGE_LOG_EVERY`] with how many cap checks were answered per `on_error` and the last
-/// error, and a line when Redis answers again. (Metrics count each failure.)
-#[derive(Debug, Default)]
-struct Outage {
-    /// Whether Redis is failing; read on every call, so an atomic.
-    is_on: std::sync::atomic::AtomicBool,
-    state: Mutex<OutageState>,
-}
-
-#[derive(Debug, Default)]
-struct OutageState {
-    since: Option<Instant>,
-    last_logged: Option<Instant>,
-    failed_since_logged: u64,
-    failed_in_all: u64,
-    last_error: String,
-}
-
-impl Outage {
-    fn failed(&self, err: &CapError) {
-        if let Some(line) = self.note_failure(err, Instant::now()) {
-            tracing::error!("{line}");
-        }
-    }
-
-    /// Counts a failure at `now`; returns the line to log, if one is due.
-    fn note_failure(&self, err: &CapError, now: Instant) -> Option<String> {
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        state.failed_in_all += 1;
-        state.last_error = err.to_string();
-        if !self.is_on.swap(true, Ordering::Relaxed) {
-            state.since = Some(now);
-            state.last_logged = Some(now);
-            state.failed_since_logged = 0;
-            return Some(format!("redis failed ({err}): rate caps answer per on_error until it answers again"));
-        }
-        state.failed_since_logged += 1;
-        let since_logged = state.last_logged.map_or(OUTAGE_LOG_EVERY, |t| now.duration_since(t));
-        if since_logged < OUTAGE_LOG_EVERY {
-            return None;
-        }
-        let line = format!(
-            "redis still failing: {} cap checks answered per on_error in the last {:.0?}; last error: {}",
-            state.failed_since_logged, since_logged, state.last_error
-        );
-        state.last_logged = Some(now);
-        state.failed_since_logged = 0;
-        Some(line)
-    }
-
-    fn succeeded(&self) {
-        if !self.is_on.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !self.is_on.swap(false, Ordering::Relaxed) {
-            return;
-        }
-        let lasted = state.since.map_or(Duration::ZERO, |t| t.elapsed());
-        tracing::info!(
-            "redis answers again after {lasted:.1?}: rate caps are counted in redis again ({} cap checks were answered per on_error)",
-            state.failed_in_all
-        );
-        *state = OutageState::default();
-    }
+    health: Arc<RedisHealth>,
 }
 
 impl std::fmt::Debug for RedisCaps {
@@ -240,10 +164,9 @@ impl std::fmt::Debug for RedisCaps {
 
 impl RedisCaps {
     /// A store in the Redis of `conn` (see [`crate::redis_client`]), each call bounded by
-    /// `timeout`. The connection is lazy, so callgate starts even while Redis is down; caps
-    /// then answer per `on_error` until it is back.
-    pub fn new(conn: RedisConn, timeout: Duration) -> RedisCaps {
-        metrics::gauge!("callgate_redis_circuit_open").set(0.0);
+    /// `timeout` and guarded by `health`. The connection is lazy, so callgate starts even while
+    /// Redis is down; caps then answer per `on_error` until it is back.
+    pub fn new(conn: RedisConn, timeout: Duration, health: Arc<RedisHealth>) -> RedisCaps {
         RedisCaps {
             conn,
             timeout,
@@ -251,9 +174,7 @@ impl RedisCaps {
             give_back: Script::new(GIVE_BACK),
             peek: Script::new(PEEK),
             tokens: AtomicU64::new(random_u64()),
-            failures: AtomicU32::new(0),
-            open_until: Mutex::new(None),
-            outage: Outage::default(),
+            health,
         }
     }
 
@@ -394,51 +315,8 @@ impl RedisCaps {
 
     /// Runs a script with the timeout and the circuit breaker.
     async fn call<T: redis::FromRedisValue>(&self, invocation: redis::ScriptInvocation<'_>) -> Result<T, CapError> {
-        if self.is_open() {
-            self.outage.failed(&CapError::CircuitOpen);
-            return Err(CapError::CircuitOpen);
-        }
         let mut conn = self.conn.clone();
-        let result = match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(CapError::Redis(e.to_string())),
-            Err(_) => Err(CapError::Timeout(self.timeout)),
-        };
-        match &result {
-            Ok(_) => self.succeeded(),
-            Err(e) => self.failed(e),
-        }
-        result
-    }
-
-    fn is_open(&self) -> bool {
-        let open_until = self.open_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Past the deadline the circuit is half open: calls go through until one fails.
-        open_until.is_some_and(|t| Instant::now() < t)
-    }
-
-    fn succeeded(&self) {
-        if self.failures.swap(0, Ordering::Relaxed) >= OPEN_AFTER {
-            *self.open_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-            metrics::gauge!("callgate_redis_circuit_open").set(0.0);
-        }
-        self.outage.succeeded();
-    }
-
-    fn failed(&self, err: &CapError) {
-        self.outage.failed(err);
-        metrics::counter!("callgate_redis_errors_total", "reason" => err.kind()).increment(1);
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= OPEN_AFTER {
-            *self.open_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some(Instant::now() + OPEN_FOR);
-            if failures == OPEN_AFTER {
-                metrics::gauge!("callgate_redis_circuit_open").set(1.0);
-                tracing::error!(
-                    "redis failed {failures} times in a row ({err}); rate caps answer per on_error until it is back"
-                );
-            }
-        }
+        Ok(self.health.call(self.timeout, invocation.invoke_async(&mut conn)).await?)
     }
 }
 
@@ -452,26 +330,6 @@ fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_outage_is_logged_at_once_then_every_ten_seconds_with_its_count() {
-        let outage = Outage::default();
-        let start = Instant::now();
-        let line = |secs: u64| {
-            outage.note_failure(&CapError::Timeout(Duration::from_millis(50)), start + Duration::from_secs(secs))
-        };
-        assert!(line(0).is_some_and(|l| l.starts_with("redis failed (")));
-        assert_eq!(line(1), None);
-        assert_eq!(line(9), None);
-        let again = line(10).unwrap();
-        assert!(
-            again.starts_with("redis still failing: 3 cap checks answered per on_error in the last 10s; last error: "),
-            "{again}"
-        );
-        assert_eq!(line(11), None);
-        outage.succeeded();
-        assert!(line(12).is_some_and(|l| l.starts_with("redis failed (")), "a new outage is logged at once");
-    }
 
     #[test]
     fn a_caps_key_values_are_its_hash_tag() {

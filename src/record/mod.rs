@@ -306,6 +306,42 @@ mod tests {
     }
 
     #[test]
+    fn record_heads_keep_their_field_order() {
+        // Lines are read by people and by tools that may not parse JSON; the order is part of
+        // the format (docs/records.md): head fields, the verdict's, then the body.
+        let refusal = Outcome::Deny(Arc::new(Refusal::new(120001, "m", "")));
+        let decision = Decision {
+            outcome: refusal.clone(),
+            rule: Some("r".into()),
+            dry_run: vec![DryRunHit { rule: "d".into(), outcome: refusal }],
+            caps: vec![CapHit { rule: "c".into(), count: 3, max: 10, is_exceeded: false }],
+        };
+        let meta = TencentMeta { sdk_app_id: "1400".into(), client_ip: "1.2.3.4".into(), opt_platform: "iOS".into() };
+        let mut e = event("{\"a\":1}");
+        e.command = "C2C.CallbackBeforeSendMsg".into();
+        e.source = crate::event::Source::Tencent;
+        let strip_time = |line: Line| {
+            let text = String::from_utf8(line.to_vec()).unwrap();
+            let at = text.find("\"source\"").unwrap();
+            text[at..].to_string()
+        };
+        assert_eq!(
+            strip_time(decided_line(&e, Some(&meta), &decision, true, "v1", Duration::from_micros(7))),
+            "\"source\":\"tencent\",\"command\":\"C2C.CallbackBeforeSendMsg\",\"sdk_app_id\":\"1400\",\"client_ip\":\"1.2.3.4\",\"opt_platform\":\"iOS\",\"decision\":\"allow\",\"dry_run\":[{\"rule\":\"d\",\"would\":\"deny\",\"error_code\":120001}],\"caps\":[{\"rule\":\"c\",\"count\":3,\"max\":10,\"exceeded\":false}],\"would\":{\"decision\":\"deny\",\"rule\":\"r\",\"error_code\":120001},\"policy_version\":\"v1\",\"latency_us\":7,\"body\":{\"a\":1}}\n"
+        );
+        let items = vec![
+            ("u1".to_string(), decision.clone()),
+            ("u2".to_string(), Decision { outcome: Outcome::Allow, rule: None, dry_run: vec![], caps: vec![] }),
+        ];
+        assert_eq!(
+            strip_time(items_line(&e, &meta, &items, false, "v1", Duration::from_micros(7))),
+            "\"source\":\"tencent\",\"command\":\"C2C.CallbackBeforeSendMsg\",\"sdk_app_id\":\"1400\",\"client_ip\":\"1.2.3.4\",\"opt_platform\":\"iOS\",\"decision\":\"partial\",\"items\":[{\"account\":\"u1\",\"decision\":\"deny\",\"rule\":\"r\",\"error_code\":120001,\"dry_run\":[{\"rule\":\"d\",\"would\":\"deny\",\"error_code\":120001}],\"caps\":[{\"rule\":\"c\",\"count\":3,\"max\":10,\"exceeded\":false}]},{\"account\":\"u2\",\"decision\":\"allow\"}],\"policy_version\":\"v1\",\"latency_us\":7,\"body\":{\"a\":1}}\n"
+        );
+        let openim = decided_line(&event("{}"), None, &decision, false, "v1", Duration::ZERO);
+        assert!(strip_time(openim).starts_with("\"source\":\"openim\",\"command\":\"cmd\",\"operation_id\":\"op1\",\"decision\":\"deny\",\"rule\":\"r\",\"error_code\":120001,"));
+    }
+
+    #[test]
     fn server_dry_run_records_the_allow_and_what_would_have_been() {
         let refusal = Outcome::Deny(Arc::new(Refusal::new(150, "m", "")));
         let decision = Decision { outcome: refusal, rule: Some("r".into()), dry_run: vec![], caps: vec![] };

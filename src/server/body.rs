@@ -1,8 +1,7 @@
 //! Reading a request body with a size limit, whether or not the client sent Content-Length,
 //! within a budget of body bytes held by all requests together.
 
-use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::protocol::BodyError;
@@ -24,21 +23,21 @@ pub struct Body {
     _room: Option<OwnedSemaphorePermit>,
 }
 
-/// Reads the whole body within the timeout into one buffer (the only copy held), taking its
-/// bytes from the in-flight budget first, so that many large bodies at once wait for room
-/// instead of growing memory without bound. A body over the limit is read on to its end
-/// (within the same timeout) and dropped as it comes, so that a client still sending it reads
-/// the refusal rather than a reset connection; it is [`BodyError::TooLarge`] either way.
-pub async fn read_limited<S, B>(declared_len: Option<u64>, stream: S, limits: &BodyLimits) -> Result<Body, BodyError>
+/// Reads the whole body within the timeout, taking its bytes from the in-flight budget first,
+/// so that many large bodies at once wait for room instead of growing memory without bound.
+/// The length declared (Content-Length) is taken as hyper knows it, from the body's size
+/// hint. A body over the limit is read on to its end (within the same timeout) and dropped
+/// as it comes, so that a client still sending it reads the refusal rather than a reset
+/// connection; it is [`BodyError::TooLarge`] either way.
+pub async fn read_limited<B>(mut body: B, limits: &BodyLimits) -> Result<Body, BodyError>
 where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
 {
     let deadline = tokio::time::Instant::now() + limits.timeout;
-    let mut stream = std::pin::pin!(stream);
-    match tokio::time::timeout_at(deadline, read(declared_len, stream.as_mut(), limits)).await {
+    match tokio::time::timeout_at(deadline, read(&mut body, limits)).await {
         Ok(Err(BodyError::TooLarge { limit, .. })) => {
-            let is_drained = tokio::time::timeout_at(deadline, drain(stream)).await.unwrap_or(false);
+            let is_drained = tokio::time::timeout_at(deadline, drain(&mut body)).await.unwrap_or(false);
             Err(BodyError::TooLarge { limit, is_drained })
         }
         Ok(read) => read,
@@ -46,40 +45,92 @@ where
     }
 }
 
-async fn read<S, B>(
-    declared_len: Option<u64>,
-    mut stream: std::pin::Pin<&mut S>,
-    limits: &BodyLimits,
-) -> Result<Body, BodyError>
+async fn read<B>(body: &mut B, limits: &BodyLimits) -> Result<Body, BodyError>
 where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
 {
     let limit = limits.max_bytes;
     let too_large = BodyError::TooLarge { limit, is_drained: false };
+    let declared_len = body.size_hint().exact();
     if declared_len.is_some_and(|n| n > limit as u64) {
         return Err(too_large);
     }
     let declared = declared_len.map_or(0, |n| n as usize);
     let mut room = Room::default();
     room.grow_to(&limits.in_flight, declared).await?;
-    let mut body = BytesMut::with_capacity(declared);
-    while let Some(chunk) = stream.next().await {
-        let mut chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
-        let len = body.len() + chunk.remaining();
+    let mut collected = Collected::Empty;
+    while let Some(data) = next_data(body).await {
+        let data = data?;
+        let len = collected.len() + data.len();
         if len > limit {
             return Err(too_large);
         }
         // No length was declared, or more came than it said.
         room.grow_to(&limits.in_flight, len).await?;
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            let n = part.len();
-            body.extend_from_slice(part);
-            chunk.advance(n);
+        collected.push(data, declared);
+    }
+    Ok(Body { bytes: collected.into_bytes(), _room: room.permit })
+}
+
+/// The next data of `body` (trailers are passed over), or `None` at its end.
+async fn next_data<B>(body: &mut B) -> Option<Result<Bytes, BodyError>>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    loop {
+        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await? {
+            Err(e) => return Some(Err(BodyError::Read(e.to_string()))),
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    return Some(Ok(data));
+                }
+            }
         }
     }
-    Ok(Body { bytes: body.freeze(), _room: room.permit })
+}
+
+/// A body as it arrives. Most arrive in one piece, which is kept as it came, uncopied.
+enum Collected {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Collected {
+    fn len(&self) -> usize {
+        match self {
+            Collected::Empty => 0,
+            Collected::One(bytes) => bytes.len(),
+            Collected::Many(bytes) => bytes.len(),
+        }
+    }
+
+    /// Appends `data`; `declared` is the length the whole is expected to have.
+    fn push(&mut self, data: Bytes, declared: usize) {
+        *self = match std::mem::replace(self, Collected::Empty) {
+            Collected::Empty => Collected::One(data),
+            Collected::One(first) => {
+                let mut all = BytesMut::with_capacity(declared.max(first.len() + data.len()));
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&data);
+                Collected::Many(all)
+            }
+            Collected::Many(mut all) => {
+                all.extend_from_slice(&data);
+                Collected::Many(all)
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Collected::Empty => Bytes::new(),
+            Collected::One(bytes) => bytes,
+            Collected::Many(bytes) => bytes.freeze(),
+        }
+    }
 }
 
 /// The in-flight bytes one body holds.
@@ -110,13 +161,13 @@ impl Room {
 }
 
 /// Reads and drops the rest of a body; whether it reached its end.
-async fn drain<S, B>(mut stream: std::pin::Pin<&mut S>) -> bool
+async fn drain<B>(body: &mut B) -> bool
 where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
 {
-    while let Some(chunk) = stream.next().await {
-        if chunk.is_err() {
+    while let Some(data) = next_data(body).await {
+        if data.is_err() {
             return false;
         }
     }

@@ -7,6 +7,7 @@
 mod access;
 mod admin;
 mod body;
+mod callbacks;
 mod listen;
 mod observe;
 mod openim;
@@ -26,7 +27,6 @@ use bytes::Bytes;
 use warp::http::{StatusCode, header};
 
 use tokio::net::TcpListener;
-use warp::Filter;
 
 use crate::config::Config;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -125,16 +125,10 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let recorder = state.recorder.clone();
-    let callbacks = openim::routes(state.clone()).or(tencent::routes(state.clone())).unify().recover(openim::recover);
+    let callbacks = callbacks::Callbacks(state.clone());
     let limits = state.conn_limits;
     let draining = state.draining.clone();
-    let callbacks = tokio::spawn(listen::serve(
-        bound.callbacks,
-        warp::service(callbacks),
-        limits,
-        draining.clone(),
-        stop_rx.clone(),
-    ));
+    let callbacks = tokio::spawn(listen::serve(bound.callbacks, callbacks, limits, draining.clone(), stop_rx.clone()));
     let delay = state.shutdown_delay;
     let admin = tokio::spawn(listen::serve(
         bound.admin,
@@ -206,6 +200,9 @@ fn zero_counters() {
     }
     for reason in ["timeout", "redis", "circuit_open", "full"] {
         metrics::counter!("callgate_ratecap_errors_total", "reason" => reason).increment(0);
+    }
+    for reason in ["timeout", "redis", "circuit_open", "no_redis"] {
+        metrics::counter!("callgate_list_errors_total", "reason" => reason).increment(0);
     }
     for reason in ["timeout", "redis"] {
         metrics::counter!("callgate_redis_errors_total", "reason" => reason).increment(0);

@@ -1,12 +1,12 @@
 //! `POST /openim[/{command}][?command=…]`: OpenIM callbacks, decided by the policy set.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use hyper::body::Incoming;
+use warp::http::request::Parts;
 use warp::http::{HeaderValue, Method, StatusCode};
-use warp::{Filter, Rejection};
 
 use super::body::read_limited;
 use super::{Peer, access, observe};
@@ -16,67 +16,38 @@ use crate::protocol::BodyError;
 use crate::protocol::openim::{self, DecodeError, OpenImVersion};
 use crate::record;
 
-/// The callback routes.
-pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+/// Serves one request to `/openim[/…]`; `tail` is the path after `/openim/`.
+pub async fn serve(state: Arc<State>, parts: &Parts, tail: &str, body: Incoming) -> warp::reply::Response {
+    let peer = parts.extensions.get::<Peer>().copied();
+    if !access::is_source_allowed(&state.allow_sources, peer) {
+        access::note_forbidden("openim", "source", peer);
+        return error_reply(StatusCode::FORBIDDEN, "forbidden", "forbidden");
+    }
+    let Some(path_command) = access::strip_path_token(state.openim_path_token.as_deref(), tail) else {
+        access::note_forbidden("openim", "path_token", peer);
+        return error_reply(StatusCode::FORBIDDEN, "forbidden", "forbidden");
+    };
+    if parts.method != Method::POST {
+        let mut reply = error_reply(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "callbacks must be POSTed");
+        reply.headers_mut().insert(warp::http::header::ALLOW, HeaderValue::from_static("POST"));
+        return reply;
+    }
+    let Ok(_working) = state.busy.try_acquire() else {
+        metrics::counter!("callgate_busy_total", "source" => "openim").increment(1);
+        return error_reply(StatusCode::SERVICE_UNAVAILABLE, "busy", "callgate is busy; too many callbacks at once");
+    };
+    let query = parts.uri.query().unwrap_or("");
+    let version = state.openim_version.unwrap_or_else(|| {
+        OpenImVersion::from_url_form(!path_command.trim_matches('/').is_empty(), openim::has_query_command(query))
+    });
+    let body = match read_limited(body, &state.body_limits).await {
+        Ok(body) => body,
+        Err(err) => return bad_request(&DecodeError::Body(err), version, state.is_dry_run),
+    };
     // Taken as bytes: an operationID that is not visible ASCII is still a callback to decide.
-    let operation_id = warp::header::value("operationid").map(Some).or(warp::any().map(|| None)).unify();
-    warp::path("openim")
-        .and(warp::path::tail())
-        .and(warp::method())
-        .and(query)
-        .and(operation_id)
-        .and(warp::header::optional::<u64>("content-length"))
-        .and(warp::ext::optional::<Peer>())
-        .and(warp::body::stream())
-        .and(warp::any().map(move || state.clone()))
-        .then(
-            |tail: warp::path::Tail,
-             method: Method,
-             query: String,
-             operation_id: Option<HeaderValue>,
-             len: Option<u64>,
-             peer: Option<Peer>,
-             body,
-             state: Arc<State>| async move {
-                if !access::is_source_allowed(&state.allow_sources, peer) {
-                    access::note_forbidden("openim", "source", peer);
-                    return error_reply(StatusCode::FORBIDDEN, "forbidden", "forbidden");
-                }
-                let Some(path_command) = access::strip_path_token(state.openim_path_token.as_deref(), tail.as_str())
-                else {
-                    access::note_forbidden("openim", "path_token", peer);
-                    return error_reply(StatusCode::FORBIDDEN, "forbidden", "forbidden");
-                };
-                if method != Method::POST {
-                    let mut reply =
-                        error_reply(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "callbacks must be POSTed");
-                    reply.headers_mut().insert(warp::http::header::ALLOW, HeaderValue::from_static("POST"));
-                    return reply;
-                }
-                let Ok(_working) = state.busy.try_acquire() else {
-                    metrics::counter!("callgate_busy_total", "source" => "openim").increment(1);
-                    return error_reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "busy",
-                        "callgate is busy; too many callbacks at once",
-                    );
-                };
-                let version = state.openim_version.unwrap_or_else(|| {
-                    OpenImVersion::from_url_form(
-                        !path_command.trim_matches('/').is_empty(),
-                        openim::has_query_command(&query),
-                    )
-                });
-                let body = match read_limited(len, body, &state.body_limits).await {
-                    Ok(body) => body,
-                    Err(err) => return bad_request(&DecodeError::Body(err), version, state.is_dry_run),
-                };
-                let operation_id = operation_id.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()));
-                // The body's room in the in-flight budget is held until the answer.
-                handle(&state, path_command, &query, operation_id.as_deref().unwrap_or(""), body.bytes, version).await
-            },
-        )
+    let operation_id = parts.headers.get("operationid").map(|v| String::from_utf8_lossy(v.as_bytes()));
+    // The body's room in the in-flight budget is held until the answer.
+    handle(&state, path_command, query, operation_id.as_deref().unwrap_or(""), body.bytes, version).await
 }
 
 /// Decode, decide, (record), reply.
@@ -128,19 +99,6 @@ fn bad_request(err: &DecodeError, version: OpenImVersion, is_dry_run: bool) -> w
 
 /// An error answered before the body was read (forbidden, wrong method, busy, no route):
 /// "go on", as any answer that decides nothing.
-fn error_reply(status: StatusCode, reason: &str, message: &str) -> warp::reply::Response {
+pub(super) fn error_reply(status: StatusCode, reason: &str, message: &str) -> warp::reply::Response {
     closing(json_reply(status, openim::encode_error(reason, message)))
-}
-
-/// Turns warp's own rejections (no route matched) into answers in OpenIM's format.
-pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
-    if rejection.is_not_found() {
-        return Ok(error_reply(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such endpoint: OpenIM callbacks go to /openim/{command}",
-        ));
-    }
-    tracing::warn!("request refused: {rejection:?}");
-    Ok(error_reply(StatusCode::BAD_REQUEST, "bad_request", "bad request"))
 }

@@ -16,6 +16,7 @@ use crate::protocol::tencent::TencentAuth;
 use crate::ratecap::{CapStore, MemoryCaps, OnError, RedisCaps};
 use crate::record::{RecordError, Recorder, StreamSink};
 use crate::redis_client::{RedisSetupError, RedisTarget};
+use crate::redis_health::RedisHealth;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -64,8 +65,8 @@ pub struct State {
 /// Why a server's state could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// Redis is misconfigured (not unreachable: that is only logged, and caps answer per
-    /// `--on-error` until it answers).
+    /// Redis is misconfigured (not unreachable: that is only logged, and caps and lists held
+    /// in Redis answer per `--on-error` until it answers).
     #[error("--redis-url")]
     Redis(#[source] RedisSetupError),
     /// The record directory cannot be opened or is in use.
@@ -91,20 +92,21 @@ impl State {
         };
         // The connections callbacks use, warmed by the probe.
         let mut warm = Vec::new();
-        let caps = match &redis {
+        // Caps and lists send on one connection and share one breaker: a Redis that fails
+        // one fails the other.
+        let (caps, lists) = match &redis {
             Some(target) => {
                 let conn = target.connect_lazily(config.redis_timeout).map_err(StartError::Redis)?;
                 warm.push(conn.clone());
-                CapStore::Redis(RedisCaps::new(conn, config.redis_timeout))
+                let health = Arc::new(RedisHealth::new());
+                (
+                    CapStore::Redis(RedisCaps::new(conn.clone(), config.redis_timeout, health.clone())),
+                    ListStore::new(Some((conn, health)), config.redis_timeout),
+                )
             }
-            None => CapStore::Memory(MemoryCaps::new(config.cap_max_keys)),
-        };
-        let lists = match &redis {
-            Some(target) => ListStore::new(
-                Some(target.connect_lazily(config.redis_timeout).map_err(StartError::Redis)?),
-                config.redis_timeout,
-            ),
-            None => ListStore::new(None, config.redis_timeout),
+            None => {
+                (CapStore::Memory(MemoryCaps::new(config.cap_max_keys)), ListStore::new(None, config.redis_timeout))
+            }
         };
         let recorder = if config.is_recording {
             // Stream copies are not in a hurry: a longer timeout than the caps'.

@@ -5,66 +5,65 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use hyper::body::Incoming;
+use warp::http::request::Parts;
 use warp::http::{Method, StatusCode};
-use warp::{Filter, Rejection};
-
-use serde_json::{Map, Value};
 
 use super::body::read_limited;
 use super::{Peer, State, access, closing, json_reply, observe};
 use crate::catalog::{self, Decided, TencentAnswer};
-use crate::decision::Outcome;
-use crate::event::{Event, ITEM_KEY, TencentMeta};
+use crate::decision::{Decision, Outcome};
+use crate::event::{Event, TencentMeta};
 use crate::policy::PolicySet;
 use crate::protocol::tencent::{self, TencentError};
 use crate::record;
 
-/// The Tencent callback route.
-pub fn routes(state: Arc<State>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    warp::path!("tencent")
-        .and(warp::method())
-        .and(query)
-        .and(warp::header::optional::<u64>("content-length"))
-        .and(warp::ext::optional::<Peer>())
-        .and(warp::body::stream())
-        .and(warp::any().map(move || state.clone()))
-        .then(
-            |method: Method, query: String, len: Option<u64>, peer: Option<Peer>, body, state: Arc<State>| async move {
-                let started = Instant::now();
-                let is_before = tencent::names_decided_command(&query);
-                if !access::is_source_allowed(&state.allow_sources, peer) {
-                    access::note_forbidden("tencent", "source", peer);
-                    return closing(json_reply(StatusCode::FORBIDDEN, tencent::encode_fail("forbidden", is_before)));
-                }
-                if method != Method::POST {
-                    let mut reply = closing(json_reply(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        tencent::encode_fail("callbacks must be POSTed", is_before),
-                    ));
-                    reply.headers_mut().insert(warp::http::header::ALLOW, warp::http::HeaderValue::from_static("POST"));
-                    return reply;
-                }
-                let Ok(_working) = state.busy.try_acquire() else {
-                    metrics::counter!("callgate_busy_total", "source" => "tencent").increment(1);
-                    return closing(json_reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        tencent::encode_fail("callgate is busy; retry", is_before),
-                    ));
-                };
-                let body = match read_limited(len, body, &state.body_limits).await {
-                    Ok(body) => body,
-                    Err(err) => return fail(&TencentError::Body(err), is_before),
-                };
-                // The body's room in the in-flight budget is held until the answer.
-                handle(&state, &query, body.bytes, started, is_before).await
-            },
-        )
+/// Items of one per-item callback decided at once.
+const ITEMS_AT_ONCE: usize = 32;
+
+/// Serves one request to `/tencent`.
+pub async fn serve(state: Arc<State>, parts: &Parts, body: Incoming) -> warp::reply::Response {
+    let started = Instant::now();
+    let query = tencent::Query::parse(parts.uri.query().unwrap_or(""));
+    let is_before = query.names_decided_command();
+    let peer = parts.extensions.get::<Peer>().copied();
+    if !access::is_source_allowed(&state.allow_sources, peer) {
+        access::note_forbidden("tencent", "source", peer);
+        return closing(json_reply(StatusCode::FORBIDDEN, tencent::encode_fail("forbidden", is_before)));
+    }
+    if parts.method != Method::POST {
+        let mut reply = closing(json_reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            tencent::encode_fail("callbacks must be POSTed", is_before),
+        ));
+        reply.headers_mut().insert(warp::http::header::ALLOW, warp::http::HeaderValue::from_static("POST"));
+        return reply;
+    }
+    let Ok(_working) = state.busy.try_acquire() else {
+        metrics::counter!("callgate_busy_total", "source" => "tencent").increment(1);
+        return closing(json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            tencent::encode_fail("callgate is busy; retry", is_before),
+        ));
+    };
+    let body = match read_limited(body, &state.body_limits).await {
+        Ok(body) => body,
+        Err(err) => return fail(&TencentError::Body(err), is_before),
+    };
+    // The body's room in the in-flight budget is held until the answer.
+    handle(&state, &query, body.bytes, started, is_before).await
 }
 
 /// Decode and verify; then decide a before-callback, or record (durably) and acknowledge
 /// a report of what happened.
-async fn handle(state: &State, query: &str, raw: Bytes, started: Instant, is_before: bool) -> warp::reply::Response {
+async fn handle(
+    state: &State,
+    query: &tencent::Query<'_>,
+    raw: Bytes,
+    started: Instant,
+    is_before: bool,
+) -> warp::reply::Response {
     let set = state.policies.current();
     let (event, meta) = match tencent::decode(&state.tencent, query, raw, SystemTime::now(), &|key| set.reads(key)) {
         Ok(decoded) => decoded,
@@ -104,12 +103,19 @@ async fn decide(
                 Ok(items) => items,
                 Err(err) => return fail(&err, true),
             };
-            let mut decisions = Vec::with_capacity(items.len());
-            for (id, item) in items {
-                let item_event = item_event(event, list, item);
-                decisions
-                    .push((id, set.decide_with_caps(&item_event, &state.caps, &state.lists, state.on_error).await));
-            }
+            // Each item is its own decision, so they are decided concurrently: a Redis round
+            // trip each, at once, not one after another. Caps stay exact (each check is atomic
+            // in its store), but items competing for a cap's last room may not get it in list
+            // order. At most ITEMS_AT_ONCE at a time, as each holds a copy of the body's fields.
+            let pending: Vec<_> = items
+                .into_iter()
+                .map(|(id, item)| async move {
+                    let item_event = event.item(list, item);
+                    (id, set.decide_with_caps(&item_event, &state.caps, &state.lists, state.on_error).await)
+                })
+                .collect();
+            let decisions: Vec<(String, Decision)> =
+                futures_util::stream::iter(pending).buffered(ITEMS_AT_ONCE).collect().await;
             let latency = started.elapsed();
             if let Some(recorder) = &state.recorder {
                 let line = record::items_line(event, meta, &decisions, state.is_dry_run, set.version(), latency);
@@ -127,15 +133,6 @@ async fn decide(
     };
     metrics::counter!("callgate_tencent_callbacks_total").increment(1);
     json_reply(StatusCode::OK, answer)
-}
-
-/// What the rules see of one item: the callback's top-level fields but the list, and the
-/// item under `item` (so `item.To_Account` names its account).
-fn item_event(event: &Event, list: &str, item: &Value) -> Event {
-    let mut body: Map<String, Value> =
-        event.body.iter().filter(|(key, _)| *key != list).map(|(k, v)| (k.clone(), v.clone())).collect();
-    body.insert(ITEM_KEY.to_string(), item.clone());
-    Event { body, ..Event::offline(event.command.clone(), Map::new()) }
 }
 
 /// Records durably, then acknowledges, a report of what happened.

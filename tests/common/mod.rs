@@ -784,3 +784,79 @@ impl RedisCluster {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
+
+/// A TCP proxy in front of a server that delays every byte by `one_way` in each direction,
+/// as a network with a round trip of twice that would: bytes are timed as they arrive and
+/// passed on when due, so requests sent together (pipelined, or concurrent on one
+/// connection) share their round trip and requests sent one after another pay one each.
+/// [`LatencyProxy::hang`] holds the server's answers back, as a hung server or a network
+/// that drops packets would. Stops with the runtime it was started in.
+pub struct LatencyProxy {
+    pub port: u16,
+    hung: tokio::sync::watch::Sender<bool>,
+}
+
+impl LatencyProxy {
+    /// Listens on a free port, forwarding each connection to `127.0.0.1:upstream`.
+    pub async fn start(upstream: u16, one_way: Duration) -> LatencyProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (hung, is_hung) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                let never_hung = tokio::sync::watch::channel(false).1;
+                tokio::spawn(delayed_copy(client_read, server_write, one_way, never_hung));
+                tokio::spawn(delayed_copy(server_read, client_write, one_way, is_hung.clone()));
+            }
+        });
+        LatencyProxy { port, hung }
+    }
+
+    /// `redis://127.0.0.1:PORT` of the proxy.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on, the server's answers are held back (connections stay open and requests
+    /// still reach it), until [`LatencyProxy::answer`].
+    pub fn hang(&self) {
+        self.hung.send_replace(true);
+    }
+
+    /// Passes the server's answers on again, those held back first.
+    pub fn answer(&self) {
+        self.hung.send_replace(false);
+    }
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read and not while `is_hung`;
+/// stops when either side closes.
+async fn delayed_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+    mut is_hung: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (chunks, mut due) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((at, chunk)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if is_hung.wait_for(|hung| !hung).await.is_err() || to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        if chunks.send((tokio::time::Instant::now() + delay, buf[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(chunks);
+    let _ = writer.await;
+}

@@ -36,13 +36,27 @@ pub fn check(data: &[u8]) {
     }
     let auth =
         TencentAuth { app_id: Some(APP_ID.into()), token: Some(TOKEN.into()), max_skew: Duration::from_secs(300) };
-    match tencent::decode(&auth, &query, Bytes::copy_from_slice(body), UNIX_EPOCH + Duration::from_secs(NOW), &|_| true)
-    {
+    let parsed = tencent::Query::parse(&query);
+    // The query reader agrees with form_urlencoded's (which it defers to for encoded pairs).
+    let last = |name: &str| {
+        form_urlencoded::parse(query.as_bytes()).filter(|(key, _)| key == name).last().map(|(_, v)| v.into_owned())
+    };
+    let command = last("CallbackCommand");
+    assert_eq!(
+        parsed.names_decided_command(),
+        command.as_deref().is_some_and(|c| callgate::catalog::tencent_decided(c).is_some()),
+        "query `{query}`"
+    );
+    match tencent::decode(&auth, &parsed, Bytes::copy_from_slice(body), UNIX_EPOCH + Duration::from_secs(NOW), &|_| {
+        true
+    }) {
         Ok((event, meta)) => {
             let c = &event.command;
             assert!(!c.is_empty() && c.len() <= 128, "command `{c}`");
             assert!(c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.'), "command `{c}`");
             assert_eq!(meta.sdk_app_id, APP_ID);
+            assert_eq!(meta.client_ip, last("ClientIP").unwrap_or_default(), "query `{query}`");
+            assert_eq!(meta.opt_platform, last("OptPlatform").unwrap_or_default(), "query `{query}`");
             let reparsed: Value = serde_json::from_slice(&event.raw).expect("raw body is the JSON decoded");
             assert_eq!(reparsed, Value::Object(event.body), "raw and parsed body differ");
         }
@@ -51,7 +65,7 @@ pub fn check(data: &[u8]) {
             assert!(matches!(status, 400 | 401 | 403 | 413), "status {status} for {err}");
             assert!(!(is_signed && status == 401), "a good signature was refused: {err} (query `{query}`)");
             assert!(!err.kind().is_empty());
-            let is_before = tencent::names_decided_command(&query);
+            let is_before = parsed.names_decided_command();
             let answer: Value =
                 serde_json::from_slice(&tencent::encode_fail(&err.to_string(), is_before)).expect("answer");
             assert_eq!(answer["ActionStatus"], "FAIL");
