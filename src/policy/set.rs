@@ -67,7 +67,7 @@ impl PolicySet {
     /// Whether any rule of the set reads the top-level body key `key` (in a condition, a
     /// rate-cap key, or below it by a dotted path or JSON pointer). A decoder may drop the
     /// other keys: no answer can depend on them.
-    #[inline]
+    #[inline(always)]
     pub fn reads(&self, key: &str) -> bool {
         match self.body_key_slots[slot_of(key)] {
             0 => false,
@@ -155,7 +155,7 @@ const SEVERAL: u16 = u16::MAX;
 /// The slot of [`PolicySet::body_key_slots`] for `key`: from its length, its first two
 /// bytes and its last, which tell apart most keys of one length ("operationID",
 /// "ownerUserID").
-#[inline]
+#[inline(always)]
 fn slot_of(key: &str) -> usize {
     let bytes = key.as_bytes();
     let byte = |i: usize| bytes.get(i).map_or(0, |&b| usize::from(b));

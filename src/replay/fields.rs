@@ -172,6 +172,19 @@ impl<'de> Visitor<'de> for Loose {
     }
 }
 
+/// Which body keys a reader builds.
+pub(super) trait Keep {
+    /// Whether the body key `key` is built.
+    fn keeps(&self, key: &str) -> bool;
+}
+
+impl<F: Fn(&str) -> bool> Keep for F {
+    #[inline(always)]
+    fn keeps(&self, key: &str) -> bool {
+        self(key)
+    }
+}
+
 /// Bodies built before, one per command, each rewritten in place by the next record of its
 /// command: a replay builds a body for every record, and records of one command mostly keep
 /// the same keys, so their strings and nodes are reused. (With serde_json's
@@ -203,12 +216,8 @@ impl Bodies {
 impl<'a> Fields<'a> {
     /// The fields of one record line, with the body keys `keep` accepts; `Err` when it is
     /// not a JSON object. The body may be one of `bodies` rewritten in place.
-    pub(super) fn parse(
-        line: &'a str,
-        keep: &impl Fn(&str) -> bool,
-        bodies: &mut Bodies,
-    ) -> Result<Fields<'a>, String> {
-        scan::fields(line, keep, bodies).map_or_else(|| Fields::parse_exact(line, keep), Ok)
+    pub(super) fn parse(line: &'a str, keep: &impl Keep, bodies: &mut Bodies) -> Result<Fields<'a>, String> {
+        scan::fields(line, keep, bodies).map_or_else(|| Fields::parse_exact(line, &|key| keep.keeps(key)), Ok)
     }
 
     /// [`Fields::parse`] by serde_json alone: what a line may hold, and every message, are
@@ -293,14 +302,14 @@ mod tests {
 
     /// A line's fields, with every body key.
     fn parse(line: &str) -> Result<Fields<'_>, String> {
-        Fields::parse(line, &|_| true, &mut Bodies::default())
+        Fields::parse(line, &|_: &str| true, &mut Bodies::default())
     }
 
     #[test]
     fn fields_read_as_a_parsed_value_reads_them() {
         let line = r#"{"time":"t\u0031","source":"openim","command":5,"decision":"deny","rule":null,"error_code":150.0,
             "dry_run":[{"rule":"a","would":"deny"},7,{"rule":"b","would":"allow"}],"body":{"x":1,"y":[2]}}"#;
-        let mut f = Fields::parse(line, &|k| k == "y", &mut Bodies::default()).unwrap();
+        let mut f = Fields::parse(line, &|k: &str| k == "y", &mut Bodies::default()).unwrap();
         assert_eq!(f.time().as_deref(), Some("t1"));
         assert_eq!(f.command(), None, "not a string");
         assert_eq!(f.operation_id(), None);

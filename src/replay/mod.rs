@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use self::cases::Offer;
-use self::fields::{Bodies, Fields};
+use self::fields::{Bodies, Fields, Keep};
 use crate::catalog;
 use crate::decision::{Decision, Outcome};
 use crate::event::{Event, Source};
@@ -457,10 +457,8 @@ impl<'s> Run<'s> {
         }
         let text = raw.text.map_err(|e| format!("not UTF-8: {e}"))?;
         let set = self.set;
-        // Of the body, only what the set reads, as the server decodes a request: no answer
-        // depends on the rest. A case also shows the body's command.
         let is_writing_cases = cases.is_some();
-        let keep = |key: &str| set.reads(key) || (is_writing_cases && key == "callbackCommand");
+        let keep = BodyKeys { set, is_writing_cases };
         // A case shows the body: built afresh, its keys in its own order.
         let bodies = if is_writing_cases { &mut Bodies::default() } else { &mut self.bodies };
         let mut fields = Fields::parse(text, &keep, bodies)?;
@@ -690,6 +688,21 @@ fn direction(old: &Answer, new: &Answer) -> Option<Direction> {
         (true, false) => Some(Direction::DenyToAllow),
         _ if old != new => Some(Direction::OtherRule),
         _ => None,
+    }
+}
+
+/// The body keys a replay builds: those the set reads, as the server decodes a request (no
+/// answer depends on the others), and the command when a case shows the body. A type rather
+/// than a closure, so that the test is inlined into the scan of every key.
+struct BodyKeys<'s> {
+    set: &'s PolicySet,
+    is_writing_cases: bool,
+}
+
+impl Keep for BodyKeys<'_> {
+    #[inline(always)]
+    fn keeps(&self, key: &str) -> bool {
+        self.set.reads(key) || (self.is_writing_cases && key == "callbackCommand")
     }
 }
 

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{Bodies, Fields, Integer};
+use super::{Bodies, Fields, Integer, Keep};
 
 /// Distinct body keys kept at most; a body keeping more is left to serde_json.
 const MAX_KEPT: usize = 32;
@@ -28,7 +28,7 @@ const MAX_DEPTH: u32 = 60;
 /// the shape this reader reads (then it may be valid or not).
 /// The body is the one `bodies` kept for the command, if the line names it first (as the
 /// server writes records), rewritten.
-pub(super) fn fields<'a>(line: &'a str, keep: &impl Fn(&str) -> bool, bodies: &mut Bodies) -> Option<Fields<'a>> {
+pub(super) fn fields<'a>(line: &'a str, keep: &impl Keep, bodies: &mut Bodies) -> Option<Fields<'a>> {
     let mut s = Scanner { text: line, at: 0, marks: marks(line.as_bytes())?, marks_at: 0 };
     s.eat(b'{')?;
     let mut f = Fields::default();
@@ -313,7 +313,7 @@ impl<'a> Scanner<'a> {
 
     /// The record's body, an object: its kept keys, written over `body`'s.
     #[inline(always)]
-    fn body(&mut self, keep: &impl Fn(&str) -> bool, body: &mut Map<String, Value>) -> Option<()> {
+    fn body(&mut self, keep: &impl Keep, body: &mut Map<String, Value>) -> Option<()> {
         self.eat(b'{')?;
         // The kept keys met, so that those of the earlier body not met again are dropped.
         let mut met = [""; MAX_KEPT];
@@ -321,7 +321,7 @@ impl<'a> Scanner<'a> {
         if !self.is_empty_container(b'}') {
             loop {
                 let key = self.key()?;
-                if keep(key) {
+                if keep.keeps(key) {
                     let first = self.next()?;
                     let start = self.at;
                     match first {
