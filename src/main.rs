@@ -81,8 +81,9 @@ enum Command {
         #[arg(long, short = 'f')]
         follow: bool,
     },
-    /// Decide the recorded OpenIM callbacks again with a candidate policy set and report what
-    /// would have changed; exit 1 when --fail-on or --max-changes trips, 2 when it cannot run
+    /// Decide the recorded callbacks (OpenIM, Tencent before-callbacks) again with a candidate
+    /// policy set and report what would have changed; exit 1 when --fail-on or --max-changes
+    /// trips, 2 when it cannot run
     Replay {
         /// The candidate policy directory
         #[arg(long, value_name = "DIR")]

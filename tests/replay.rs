@@ -104,7 +104,7 @@ async fn a_candidate_adding_a_regex_changes_exactly_the_records_it_matches() {
     // The text report says the same.
     let (code, text, _) = replay(server.data_dir(), candidate.path(), &[]);
     assert_eq!(code, Some(0));
-    assert!(text.contains("replayed 6 OpenIM callback(s)"), "{text}");
+    assert!(text.contains("replayed 6 callback(s)"), "{text}");
     assert!(text.contains("unchanged 4, changed 2"), "{text}");
     assert!(text.contains("allow → deny   2"), "{text}");
     assert!(text.contains("rate caps start empty at"), "{text}");
@@ -180,7 +180,7 @@ async fn the_live_set_replayed_changes_nothing_caps_included() {
 
     let (code, text, err) = replay(server.data_dir(), live.path(), &["--fail-on", "any-change"]);
     assert_eq!(code, Some(0), "{text}{err}");
-    assert!(text.contains("replayed 12 OpenIM callback(s)"), "{text}");
+    assert!(text.contains("replayed 12 callback(s)"), "{text}");
     assert!(text.contains("unchanged 12, changed 0"), "{text}");
 }
 
@@ -472,7 +472,7 @@ async fn tencent_before_callbacks_decided_as_a_whole_are_replayed_with_their_cod
     for from in ["u_muted", "u_1", "spam_1"] {
         assert_eq!(server.post_tencent(&signed_query(c2c, unix_now()), &message(from)).await.0, 200);
     }
-    // Neither a report nor a per-item decision is replayed: both are skipped and counted.
+    // A report is not replayed: it is skipped and counted.
     let unblock =
         r#"{"CallbackCommand":"Sns.CallbackBlackListDelete","PairList":[{"From_Account":"a","To_Account":"b"}]}"#;
     let add = "Sns.CallbackPrevFriendAdd";
@@ -486,7 +486,9 @@ async fn tencent_before_callbacks_decided_as_a_whole_are_replayed_with_their_cod
         "rules:\n  - id: spam\n    on: \"*.CallbackBeforeSendMsg\"\n    when:\n      From_Account: { regex: '^spam_' }\n    decision: discard\n  - id: muted\n    on: C2C.CallbackBeforeSendMsg\n    when:\n      From_Account: { equals: u_muted }\n    decision: deny\n    error: { code: 120009, message: muted }\n",
     );
     let report = report(server.data_dir(), candidate.path(), &[]);
-    assert_eq!((&report["records"]["replayed"], &report["records"]["tencent_skipped"]), (&3.into(), &2.into()));
+    // The report is skipped; the friend request is replayed item by item (see below).
+    assert_eq!((&report["records"]["replayed"], &report["records"]["tencent_skipped"]), (&4.into(), &1.into()));
+    assert_eq!(report["records"]["items"], 1);
     let changed = changes(server.data_dir(), candidate.path());
     let summary: Vec<(Value, Value, Value)> = changed
         .iter()
@@ -496,5 +498,120 @@ async fn tencent_before_callbacks_decided_as_a_whole_are_replayed_with_their_cod
         summary,
         [("other_rule".into(), 120001.into(), 120009.into()), ("allow_to_deny".into(), Value::Null, Value::Null)],
         "{changed:?}"
+    );
+}
+
+/// A group invitation, decided member by member.
+fn invitation(operator: &str, members: &[&str]) -> String {
+    let members: Vec<Value> = members.iter().map(|m| serde_json::json!({ "Member_Account": m })).collect();
+    serde_json::json!({"CallbackCommand": "Group.CallbackBeforeInviteJoinGroup", "GroupId": "@TGS#1",
+        "Operator_Account": operator, "DestinationMembers": members})
+    .to_string()
+}
+
+#[tokio::test]
+async fn tencent_callbacks_decided_item_by_item_are_replayed_item_by_item() {
+    let invite = "Group.CallbackBeforeInviteJoinGroup";
+    let no_bots = format!(
+        "  - id: no-bots\n    on: {invite}\n    when:\n      item.Member_Account: {{ regex: '^bot_' }}\n    decision: deny\n    error: {{ code: 10104, message: no bots }}\n"
+    );
+    let live = policies(&[&no_bots]);
+    let mut server = Server::start(live.path(), &["--tencent-app-id", TENCENT_APP, "--tencent-token", TENCENT_TOKEN]);
+    let calls: [(&str, &[&str]); 3] =
+        [("op_1", &["u_1", "bot_1", "u_2"]), ("op_2", &["u_3"]), ("op_1", &["u_4", "u_5", "bot_2"])];
+    for (operator, members) in calls {
+        let (status, _) = server.post_tencent(&signed_query(invite, unix_now()), &invitation(operator, members)).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(server.terminate(), Some(0));
+
+    // The candidate lets bots in but caps invitations at 3 members a minute per operator:
+    // op_1's items, in list order on the records' clock, are u_1 bot_1 u_2 (3 allowed),
+    // then u_4 u_5 bot_2 (refused by the cap; bot_2 was refused then too, by no-bots).
+    let cap = format!(
+        "  - id: invite-rate\n    on: {invite}\n    rate_cap: {{ key: [Operator_Account], max: 3, per: 1m }}\n    decision: deny\n    error: {{ code: 10105, message: too many }}\n"
+    );
+    let candidate = policies(&[&cap]);
+    let report = report(server.data_dir(), candidate.path(), &[]);
+    assert_eq!(report["records"]["replayed"], 3);
+    assert_eq!(report["records"]["items"], 7);
+    assert_eq!(report["records"]["tencent_skipped"], 0);
+    assert_eq!(report["changes"]["unchanged"], 3, "u_1, u_2, u_3");
+    let directions = ["deny_to_allow", "allow_to_deny", "other_rule"].map(|d| report["changes"][d].as_u64().unwrap());
+    assert_eq!(directions, [1, 2, 1], "bot_2 was refused then by no-bots and now by the cap");
+    assert_eq!(report["rules"]["no-bots"]["before"]["deny"], 2);
+    assert_eq!(report["rules"]["invite-rate"]["after"]["deny"], 3);
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/replay-report.schema.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(jsonschema::draft7::new(&schema).unwrap().is_valid(&report), "{report:#}");
+
+    let changed: Vec<(String, String, Value)> = changes(server.data_dir(), candidate.path())
+        .iter()
+        .map(|c| {
+            (
+                c["item"].as_str().unwrap().into(),
+                c["direction"].as_str().unwrap().into(),
+                c["new"]["error_code"].clone(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("bot_1", "deny_to_allow", Value::Null),
+        ("u_4", "allow_to_deny", 10105.into()),
+        ("u_5", "allow_to_deny", 10105.into()),
+        ("bot_2", "other_rule", 10105.into()),
+    ];
+    let expected: Vec<(String, String, Value)> = expected.map(|(i, d, c)| (i.into(), d.into(), c)).into();
+    assert_eq!(changed, expected);
+    let (_, text, _) = replay(server.data_dir(), candidate.path(), &[]);
+    assert!(text.contains("of them 7 item(s)"), "{text}");
+    assert!(text.contains(&format!("{invite} item u_4")), "{text}");
+    let top: Vec<&str> =
+        report["users"]["top"].as_array().unwrap().iter().map(|u| u["user"].as_str().unwrap()).collect();
+    assert_eq!(top[0], "op_1", "every change is an invitation by op_1: {top:?}");
+
+    // Written cases pin items too, and pass `callgate test`.
+    let file = candidate.path().join("tests/replayed.yaml");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let (code, _, err) = replay(server.data_dir(), candidate.path(), &["--write-cases", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let cases = written_cases(&file);
+    assert!(cases.iter().any(|c| c["callback"]["item"]["Member_Account"] == "bot_2"), "{cases:?}");
+    let (code, out) = callgate_stdout(&["test", "--policies", candidate.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn an_item_record_that_does_not_match_its_body_is_malformed_and_counts_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let line = |items: &str| {
+        format!(
+            r#"{{"time":"2026-01-01T00:00:00.000Z","source":"tencent","command":"Group.CallbackBeforeInviteJoinGroup","decision":"allow","items":{items},"body":{{"Operator_Account":"o","DestinationMembers":[{{"Member_Account":"a"}},{{"Member_Account":"b"}}]}}}}"#
+        )
+    };
+    let text = [
+        line(r#"[{"account":"a","decision":"allow"}]"#),
+        line(r#"[{"account":"a","decision":"allow"},{"account":"c","decision":"allow"}]"#),
+        line(r#"[{"account":"a","decision":"allow"},{"account":"b","decision":"maybe"}]"#),
+        line(r#"[{"account":"a","decision":"allow"},{"account":"b","decision":"allow"}]"#),
+    ]
+    .join("\n");
+    std::fs::write(data.path().join("records-0000000000001.jsonl"), text + "\n").unwrap();
+    let candidate = policies(&[]);
+    let report = report(data.path(), candidate.path(), &[]);
+    assert_eq!((&report["records"]["malformed"], &report["records"]["replayed"]), (&3.into(), &1.into()));
+    assert_eq!((&report["records"]["items"], &report["changes"]["unchanged"]), (&2.into(), &2.into()));
+    let reasons: Vec<&str> =
+        report["malformed"].as_array().unwrap().iter().map(|m| m["reason"].as_str().unwrap()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "1 item(s) recorded for 2 in the body's `DestinationMembers`",
+            "the body's item `b` is recorded as Some(\"c\")",
+            "decision Some(\"maybe\") is not allow, deny or discard"
+        ]
     );
 }

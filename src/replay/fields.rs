@@ -214,6 +214,20 @@ impl Bodies {
 }
 
 impl<'a> Fields<'a> {
+    /// The verdict of one item of a record decided item by item (`items`: its `decision`,
+    /// `rule`, `error_code`, `dry_run`, `would`), read as a record's are.
+    pub(super) fn of_item(item: &'a Map<String, Value>) -> Fields<'a> {
+        let text = |key: &str| item.get(key).and_then(Value::as_str).map(Cow::Borrowed);
+        Fields {
+            decision: text("decision"),
+            rule: text("rule"),
+            error_code: item.get("error_code").and_then(Value::as_i64),
+            would: item.get("would").cloned(),
+            dry_run: item.get("dry_run").cloned(),
+            ..Fields::default()
+        }
+    }
+
     /// The fields of one record line, with the body keys `keep` accepts; `Err` when it is
     /// not a JSON object. The body may be one of `bodies` rewritten in place.
     pub(super) fn parse(line: &'a str, keep: &impl Keep, bodies: &mut Bodies) -> Result<Fields<'a>, String> {

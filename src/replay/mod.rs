@@ -1,5 +1,6 @@
 //! `callgate replay`: what a candidate policy set would have answered to the recorded
-//! OpenIM callbacks, compared with what was answered then.
+//! decided callbacks (OpenIM's, Tencent before-callbacks, item by item where so decided),
+//! compared with what was answered then.
 //!
 //! Records are read once, oldest first, through [`crate::record::visit`] (the one reader of
 //! records), so memory stays flat whatever their size. Rate caps are replayed on a virtual
@@ -17,6 +18,7 @@ mod fields;
 
 pub use cases::{CasePicker, CasesWritten, DEFAULT_MAX_CASES, WriteCasesError};
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -27,10 +29,11 @@ use serde_json::{Map, Value};
 
 use self::cases::Offer;
 use self::fields::{Bodies, Fields, Keep};
-use crate::catalog;
+use crate::catalog::{self, Decided, TencentAnswer};
 use crate::decision::{Decision, Outcome};
 use crate::event::{Event, Source};
 use crate::policy::PolicySet;
+use crate::protocol::tencent;
 use crate::ratecap::{MemoryCaps, OnError};
 use crate::record::{self, Cursor, EventFilter, FilterError, RawLine};
 
@@ -126,7 +129,8 @@ impl std::fmt::Display for Answer {
     }
 }
 
-/// A record whose answer the candidate changes.
+/// A decision the candidate changes: a callback's, or one item's of a Tencent callback
+/// decided item by item.
 #[derive(Debug, Clone, Serialize)]
 pub struct Change {
     /// The record's time, as written.
@@ -135,6 +139,9 @@ pub struct Change {
     pub operation_id: String,
     /// The callback command.
     pub command: String,
+    /// The item's account, for a Tencent callback decided item by item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
     /// How it changed.
     pub direction: Direction,
     /// What was answered then (under `serve --dry-run`, what enforcement would have answered).
@@ -182,10 +189,13 @@ impl DecisionCounts {
 pub struct RecordCounts {
     /// Lines read (whole or torn), before the filters.
     pub read: u64,
-    /// OpenIM callbacks decided again.
+    /// Callbacks decided again: OpenIM's, and Tencent before-callbacks.
     pub replayed: u64,
-    /// Tencent records passing the filters that are not replayed: acknowledgements (never
-    /// decided) and before-callbacks decided item by item.
+    /// Of those, the items decided again of Tencent callbacks decided item by item (each
+    /// item is a decision of its own, compared and counted as a callback is).
+    pub items: u64,
+    /// Tencent records passing the filters that are not replayed: acknowledgements, reports
+    /// of what happened, which nothing decided.
     pub tencent_skipped: u64,
     /// Records the filters left out.
     pub filtered_out: u64,
@@ -297,14 +307,17 @@ impl Report {
     fn write_text(&self, s: &mut String) -> std::fmt::Result {
         let r = &self.records;
         let c = &self.changes;
-        writeln!(s, "replayed {} OpenIM callback(s) with policy version {}", r.replayed, self.policy_version)?;
+        writeln!(s, "replayed {} callback(s) with policy version {}", r.replayed, self.policy_version)?;
+        if r.items > 0 {
+            writeln!(s, "  of them {} item(s) of Tencent callbacks decided item by item, each compared", r.items)?;
+        }
         if let (Some(first), Some(last)) = (&self.first_time, &self.last_time) {
             writeln!(s, "  from {first} to {last}")?;
             writeln!(s, "  rate caps start empty at {first}: counts from before it are not known")?;
         }
         writeln!(
             s,
-            "  lines read {}; Tencent acks and per-item decisions skipped {}; filtered out {}; malformed {}",
+            "  lines read {}; Tencent acknowledgements skipped {}; filtered out {}; malformed {}",
             r.read, r.tencent_skipped, r.filtered_out, r.malformed
         )?;
         for m in &self.malformed {
@@ -345,7 +358,8 @@ impl Report {
         for (direction, examples) in &self.examples {
             writeln!(s, "\nexamples, {}:", direction.as_str())?;
             for e in examples {
-                writeln!(s, "  {} {} {} ({}): {} → {}", e.time, e.operation_id, e.command, e.at, e.old, e.new)?;
+                let item = e.item.as_ref().map(|id| format!(" item {id}")).unwrap_or_default();
+                writeln!(s, "  {} {} {}{item} ({}): {} → {}", e.time, e.operation_id, e.command, e.at, e.old, e.new)?;
             }
         }
         Ok(())
@@ -366,9 +380,8 @@ pub fn replay(
     let cutoff = filter.cutoff();
     record::visit(dir, &Cursor::default(), cutoff.map(record::epoch_ms), |raw| {
         run.records.read += 1;
-        match run.line(&raw, filter, cutoff, cases.as_deref_mut()) {
-            Ok(Some(change)) => on_change(&change),
-            Ok(None) => {}
+        match run.line(&raw, filter, cutoff, cases.as_deref_mut(), &mut on_change) {
+            Ok(()) => {}
             Err(reason) => {
                 run.records.malformed += 1;
                 if run.malformed.len() < MALFORMED_KEPT {
@@ -443,15 +456,16 @@ impl<'s> Run<'s> {
         }
     }
 
-    /// Replays one line: `Ok(Some)` when its answer changed, `Err` with a reason when it is
-    /// not a replayable record.
+    /// Replays one line, calling `on_change` for each decision the candidate changes; `Err`
+    /// with a reason when it is not a replayable record (nothing of it is counted then).
     fn line(
         &mut self,
         raw: &RawLine<'_>,
         filter: &EventFilter,
         cutoff: Option<SystemTime>,
         cases: Option<&mut CasePicker>,
-    ) -> Result<Option<Change>, String> {
+        on_change: &mut dyn FnMut(&Change),
+    ) -> Result<(), String> {
         if raw.is_unfinished {
             return Err("torn: the line has no end (a crash while writing, or still being written)".into());
         }
@@ -464,30 +478,37 @@ impl<'s> Run<'s> {
         let mut fields = Fields::parse(text, &keep, bodies)?;
         if !passes(filter, &fields, text, cutoff) {
             self.records.filtered_out += 1;
-            return Ok(None);
+            return Ok(());
         }
-        let is_tencent = match fields.source().as_deref() {
-            Some("openim") => false,
-            // A Tencent before-callback decided as a whole replays as an OpenIM callback does.
-            Some("tencent") => {
-                let is_decided = fields.command().is_some_and(|c| catalog::tencent_decided(&c).is_some());
-                if !is_decided || fields.has_items() || fields.decision() == Some("ack") {
+        let tencent = match fields.source().as_deref() {
+            Some("openim") => None,
+            Some("tencent") => match fields.command().and_then(|c| catalog::tencent_decided(&c)) {
+                Some(decided) if fields.decision() != Some("ack") => Some(decided),
+                _ => {
                     self.records.tencent_skipped += 1;
-                    return Ok(None);
+                    return Ok(());
                 }
-                true
-            }
+            },
             _ => return Err("no `source` openim or tencent".into()),
         };
         let time = fields.time().ok_or("no `time`")?;
         let at_ms = self.time_ms(&time)?;
+        if let Some(decided) = tencent.filter(|d| d.answer.is_per_item()) {
+            return self.items(raw, text, (&time, at_ms), decided, cases, on_change);
+        }
+        if fields.has_items() {
+            return Err(format!(
+                "`items` recorded for {}, which is decided as a whole",
+                fields.command().unwrap_or_default()
+            ));
+        }
         let command = fields.command().ok_or("no `command`")?;
         let old = fields.old_answer()?;
         let body = fields.take_body()?;
 
         self.tick(&time, at_ms);
         let mut event = std::mem::replace(&mut self.event, Event::openim(String::new(), Map::new()));
-        event.source = if is_tencent { Source::Tencent } else { Source::OpenIm };
+        event.source = if tencent.is_some() { Source::Tencent } else { Source::OpenIm };
         event.command.clear();
         event.command.push_str(&command);
         event.operation_id.clear();
@@ -495,7 +516,84 @@ impl<'s> Run<'s> {
             event.operation_id.push_str(&id);
         }
         event.body = body;
-        let (decision, is_counted) = self.decide(&event);
+        let then = Then { old, would_denies: fields.would_denies(), item: None };
+        let change = self.judge(raw, &time, &event, then, cases);
+        if !is_writing_cases {
+            self.bodies.keep(&event.command, std::mem::take(&mut event.body));
+        }
+        self.event = event;
+        if let Some(change) = change {
+            self.changed(&change, text);
+            on_change(&change);
+        }
+        Ok(())
+    }
+
+    /// Replays a Tencent before-callback decided item by item: each item of its body's list
+    /// decided again at the record's time, in list order, and compared with the verdict
+    /// recorded for it. Such records are few, so the line is read whole.
+    fn items(
+        &mut self,
+        raw: &RawLine<'_>,
+        text: &str,
+        (time, at_ms): (&str, u64),
+        decided: &Decided,
+        mut cases: Option<&mut CasePicker>,
+        on_change: &mut dyn FnMut(&Change),
+    ) -> Result<(), String> {
+        let (TencentAnswer::ResultItems { list, account } | TencentAnswer::RefusedAccounts { list, account, .. }) =
+            decided.answer
+        else {
+            return Err(format!("{} is decided as a whole", decided.name));
+        };
+        let mut record: Map<String, Value> = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        let Some(Value::Object(mut body)) = record.remove("body") else {
+            return Err("`body` is not a JSON object".into());
+        };
+        let Some(Value::Array(recorded)) = record.get("items") else {
+            return Err("no `items` list: each item's verdict is not known".into());
+        };
+        // What the rules can read, as in a case: the server's decision reads nothing else.
+        let set = self.set;
+        body.retain(|key, _| key == list || set.reads(key) || key == "CallbackCommand");
+        let event = Event::offline(decided.name, body);
+        let items = tencent::items(&event, list, account).map_err(|e| e.to_string())?;
+        if items.len() != recorded.len() {
+            return Err(format!("{} item(s) recorded for {} in the body's `{list}`", recorded.len(), items.len()));
+        }
+        let mut thens = Vec::with_capacity(items.len());
+        for ((id, item), verdict) in items.iter().zip(recorded) {
+            let verdict = verdict.as_object().ok_or("an entry of `items` is not an object")?;
+            let recorded_id = verdict.get("account").and_then(Value::as_str);
+            if recorded_id != Some(id.as_str()) {
+                return Err(format!("the body's item `{id}` is recorded as {recorded_id:?}"));
+            }
+            let fields = Fields::of_item(verdict);
+            thens.push((item, Then { old: fields.old_answer()?, would_denies: fields.would_denies(), item: Some(id) }));
+        }
+        self.tick(time, at_ms);
+        self.records.items += thens.len() as u64;
+        for (item, then) in thens {
+            let item_event = event.item(list, item);
+            if let Some(change) = self.judge(raw, time, &item_event, then, cases.as_deref_mut()) {
+                self.changed(&change, text);
+                on_change(&change);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides `event` again and compares with what was answered `then`: counts both, offers
+    /// the callback as a case, and gives the change, if any.
+    fn judge(
+        &mut self,
+        raw: &RawLine<'_>,
+        time: &str,
+        event: &Event,
+        then: Then<'_>,
+        cases: Option<&mut CasePicker>,
+    ) -> Option<Change> {
+        let (decision, is_counted) = self.decide(event);
         let new = Answer {
             decision: decision.outcome.as_str(),
             rule: decision.rule.as_deref().map(str::to_string),
@@ -505,32 +603,28 @@ impl<'s> Run<'s> {
                 Outcome::Allow | Outcome::Discard => None,
             },
         };
-        self.count(&fields, &old, &new, &decision);
+        let old = then.old;
+        self.count(&then.would_denies, &old, &new, &decision);
         let direction = direction(&old, &new);
         if let Some(cases) = cases
             && is_counted
         {
-            cases.offer(set, &Offer { at: raw, time: &time, event: &event, decision: &decision, direction, old: &old });
+            cases.offer(self.set, &Offer { at: raw, time, event, decision: &decision, direction, old: &old });
         }
-        let change = direction.map(|direction| Change {
-            time: time.into_owned(),
+        let Some(direction) = direction else {
+            self.changes.unchanged += 1;
+            return None;
+        };
+        Some(Change {
+            time: time.to_string(),
             operation_id: event.operation_id.clone(),
             command: event.command.clone(),
+            item: then.item.map(str::to_string),
             direction,
             old,
             new,
             at: place(raw),
-        });
-        if !is_writing_cases {
-            self.bodies.keep(&event.command, std::mem::take(&mut event.body));
-        }
-        self.event = event;
-        let Some(change) = change else {
-            self.changes.unchanged += 1;
-            return Ok(None);
-        };
-        self.changed(&change, text);
-        Ok(Some(change))
+        })
     }
 
     /// The time of a record in ms since the epoch.
@@ -599,12 +693,12 @@ impl<'s> Run<'s> {
         }
     }
 
-    /// Counts a replayed record's decisions, then and now, per rule.
-    fn count(&mut self, fields: &Fields<'_>, old: &Answer, new: &Answer, decision: &Decision) {
+    /// Counts a replayed decision, then and now, per rule.
+    fn count(&mut self, would_denies: &[Cow<'_, str>], old: &Answer, new: &Answer, decision: &Decision) {
         self.count_rule(old.rule_name(), |n| n.before.add(old.decision));
         self.count_rule(new.rule_name(), |n| n.after.add(new.decision));
-        for rule in fields.would_denies() {
-            self.count_rule(&rule, |n| n.would_deny_before += 1);
+        for rule in would_denies {
+            self.count_rule(rule, |n| n.would_deny_before += 1);
         }
         for hit in decision.dry_run.iter().filter(|h| h.outcome.is_refusal()) {
             self.count_rule(&hit.rule, |n| n.would_deny_after += 1);
@@ -634,7 +728,13 @@ impl<'s> Run<'s> {
         // The line is read again for the users: changes are few.
         let body = Fields::parse(line, &is_user_field, &mut Bodies::default()).and_then(|mut f| f.take_body());
         let body = body.unwrap_or_default();
-        for user in users_of(&body) {
+        let mut users = users_of(&body);
+        if let Some(item) = change.item.as_deref()
+            && !users.contains(&item)
+        {
+            users.push(item);
+        }
+        for user in users {
             if let Some(n) = self.users.get_mut(user) {
                 *n += 1;
             } else if self.users.len() < MAX_USERS {
@@ -669,6 +769,15 @@ impl<'s> Run<'s> {
             examples: self.examples,
         }
     }
+}
+
+/// What was answered then for one decision replayed.
+struct Then<'a> {
+    old: Answer,
+    /// The dry-run rules that would have refused it.
+    would_denies: Vec<Cow<'a, str>>,
+    /// The item's account, for one item of a callback decided item by item.
+    item: Option<&'a str>,
 }
 
 /// Whether a record passes `filter`: from its time and command alone when the filter reads
