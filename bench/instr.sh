@@ -61,30 +61,7 @@ cargo build --release --quiet --bin callgate --example min_gate --example fixed_
 # list, a regex) on Tencent's C2C message callback, as load.sh's.
 mkdir -p "$WORK/tencent-policies"
 cp -r "$REPO/policies/." "$WORK/tencent-policies/"
-cat >"$WORK/tencent-policies/20-tencent.yaml" <<'YAML'
-rules:
-  - id: c2c-staff-may-always-send
-    on: C2C.CallbackBeforeSendMsg
-    when:
-      From_Account: { in_list: staff }
-    decision: allow
-  - id: c2c-no-messages-to-system-accounts
-    on: C2C.CallbackBeforeSendMsg
-    when:
-      To_Account: { regex: '^(sys|bot)_' }
-    decision: deny
-    error: { code: 120001, message: "system accounts take no messages" }
-YAML
-
-# cap: one rate cap keyed on the owner, checked and counted on every callback (as load.sh's).
-mkdir -p "$WORK/cap-policies"
-cat >"$WORK/cap-policies/10-cap.yaml" <<'YAML'
-rules:
-  - id: unblock-rate
-    rate_cap: { key: [ownerUserID], max: 1000000, per: 1h }
-    decision: deny
-    error: { code: 20002, message: "too many unblocks, try later" }
-YAML
+cp "$REPO/bench/policies/tencent/20-tencent.yaml" "$WORK/tencent-policies/"
 
 # Request files (PATH<TAB>BODY per line), as fixed_rate reads them.
 for i in $(seq 0 4999); do
@@ -105,7 +82,7 @@ contender() {
     case $1 in
     callgate) CMD=("${serve[@]}" --policies policies) ;;
     norec) CMD=("${serve[@]}" --policies policies --records false) ;;
-    cap) CMD=("${serve[@]}" --policies "$WORK/cap-policies") REQS=$WORK/cap.tsv ;;
+    cap) CMD=("${serve[@]}" --policies "$REPO/bench/policies/cap") REQS=$WORK/cap.tsv ;;
     min) CMD=("$MIN_GATE" 127.0.0.1:0 "$WORK/min-records.jsonl") ;;
     minnorec) CMD=("$MIN_GATE" 127.0.0.1:0 -) ;;
     single) CMD=("${serve[@]}" --policies "$WORK/tencent-policies") REQS=$WORK/single.tsv ;;

@@ -307,17 +307,9 @@ if [[ "$SCENARIOS" == 1 ]]; then
         redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break
         sleep 0.05
     done
-    mkdir -p "$WORK/cap-policies"
-    cat >"$WORK/cap-policies/10-cap.yaml" <<'YAML'
-rules:
-  - id: unblock-rate
-    rate_cap: { key: [ownerUserID], max: 1000000, per: 1h }
-    decision: deny
-    error: { code: 20002, message: "too many unblocks, try later" }
-YAML
-    start_callgate cap "$WORK/cap-policies"
+    start_callgate cap "$REPO/bench/policies/cap"
     ADDR[cap]=$CG_ADDR PID[cap]=$CG_PID LUA_OF[cap]="$REPO/bench/cap.lua"
-    start_callgate capredis "$WORK/cap-policies" --redis-url "redis://127.0.0.1:$REDIS_PORT"
+    start_callgate capredis "$REPO/bench/policies/cap" --redis-url "redis://127.0.0.1:$REDIS_PORT"
     ADDR[capredis]=$CG_ADDR PID[capredis]=$CG_PID LUA_OF[capredis]="$REPO/bench/cap.lua"
     start_callgate tencent "$REPO/policies" --tencent-app-id 1400000001
     ADDR[tencent]=$CG_ADDR PID[tencent]=$CG_PID LUA_OF[tencent]="$REPO/bench/tencent.lua"
@@ -325,20 +317,7 @@ YAML
     # (a list, a regex) on C2C.CallbackBeforeSendMsg, signed as Tencent signs them.
     mkdir -p "$WORK/tencent-policies"
     cp -r "$REPO/policies/." "$WORK/tencent-policies/"
-    cat >"$WORK/tencent-policies/20-tencent.yaml" <<'YAML'
-rules:
-  - id: c2c-staff-may-always-send
-    on: C2C.CallbackBeforeSendMsg
-    when:
-      From_Account: { in_list: staff }
-    decision: allow
-  - id: c2c-no-messages-to-system-accounts
-    on: C2C.CallbackBeforeSendMsg
-    when:
-      To_Account: { regex: '^(sys|bot)_' }
-    decision: deny
-    error: { code: 120001, message: "system accounts take no messages" }
-YAML
+    cp "$REPO/bench/policies/tencent/20-tencent.yaml" "$WORK/tencent-policies/"
     TC_TOKEN=load-test-token TC_TIME=$(date +%s)
     TC_SIGN=$(printf '%s%s' "$TC_TOKEN" "$TC_TIME" | sha256sum | cut -d' ' -f1)
     sed -e "s/@TIME@/$TC_TIME/" -e "s/@SIGN@/$TC_SIGN/" "$REPO/bench/tencent_before.lua" >"$WORK/tencent_before.lua"

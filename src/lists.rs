@@ -33,25 +33,9 @@ pub enum ListStoreError {
     /// No Redis is configured, yet the policy set has a list held in Redis.
     #[error("the list `{0}` is held in redis, and no --redis-url is set")]
     NoRedis(String),
-    /// Redis did not answer in time.
-    #[error("redis timed out after {0:?}")]
-    Timeout(Duration),
-    /// Redis answered with an error or the connection failed.
-    #[error("redis: {0}")]
-    Redis(String),
-    /// The circuit breaker is open after repeated failures: nothing was asked.
-    #[error("redis is unavailable (circuit open)")]
-    CircuitOpen,
-}
-
-impl From<RedisCallError> for ListStoreError {
-    fn from(err: RedisCallError) -> ListStoreError {
-        match err {
-            RedisCallError::Timeout(t) => ListStoreError::Timeout(t),
-            RedisCallError::Redis(e) => ListStoreError::Redis(e),
-            RedisCallError::CircuitOpen => ListStoreError::CircuitOpen,
-        }
-    }
+    /// Redis gave no answer (timeout, error, circuit open: then nothing was asked).
+    #[error(transparent)]
+    Redis(#[from] RedisCallError),
 }
 
 impl ListStoreError {
@@ -59,9 +43,7 @@ impl ListStoreError {
     pub fn kind(&self) -> &'static str {
         match self {
             ListStoreError::NoRedis(_) => "no_redis",
-            ListStoreError::Timeout(_) => "timeout",
-            ListStoreError::Redis(_) => "redis",
-            ListStoreError::CircuitOpen => "circuit_open",
+            ListStoreError::Redis(err) => err.kind(),
         }
     }
 }
@@ -164,10 +146,8 @@ impl ListStore {
             let is_whole =
                 replies.len() == sets.len() && sets.iter().zip(&replies).all(|(&i, r)| r.len() == asks[i].1.len());
             if !is_whole {
-                return Err(ListStoreError::Redis(format!(
-                    "answers to {} sets do not match the questions",
-                    sets.len()
-                )));
+                let message = format!("answers to {} sets do not match the questions", sets.len());
+                return Err(ListStoreError::Redis(RedisCallError::Redis(message)));
             }
             Ok(sets.into_iter().zip(replies))
         });

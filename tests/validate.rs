@@ -38,6 +38,27 @@ fn shipped_policies_validate() {
     assert!(stdout.starts_with("ok: 5 rules in 2 files; version "), "{stdout}");
 }
 
+/// The benchmarks' policies (bench/policies/, read by bench/load.sh and bench/instr.sh) load,
+/// so a change of the policy language cannot leave a benchmark measuring a refused set.
+#[test]
+fn benchmark_policies_validate() {
+    let (code, stdout) = common::callgate_stdout(&["validate", "--policies", "bench/policies/cap"]);
+    assert_eq!(code, 0, "{stdout}");
+    // The Tencent rules go beside the shipped ones, as the scripts put them.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("lists")).unwrap();
+    for (from, to) in [
+        ("policies/10-blocklist.yaml", "10-blocklist.yaml"),
+        ("policies/lists/staff.txt", "lists/staff.txt"),
+        ("bench/policies/tencent/20-tencent.yaml", "20-tencent.yaml"),
+    ] {
+        std::fs::copy(from, dir.path().join(to)).unwrap();
+    }
+    let (code, stdout) = common::callgate_stdout(&["validate", "--policies", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.starts_with("ok: 7 rules in 3 files"), "{stdout}");
+}
+
 #[test]
 fn check_prints_decision_and_trace() {
     let dir = tempfile::tempdir().unwrap();

@@ -51,37 +51,19 @@ pub struct CapOutcome {
 /// Why a store could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CapError {
-    /// Redis did not answer in time.
-    #[error("redis timed out after {0:?}")]
-    Timeout(Duration),
-    /// Redis answered with an error or the connection failed.
-    #[error("redis: {0}")]
-    Redis(String),
-    /// The circuit breaker is open after repeated failures.
-    #[error("redis is unavailable (circuit open)")]
-    CircuitOpen,
+    /// Redis gave no answer (timeout, error, circuit open).
+    #[error(transparent)]
+    Redis(#[from] RedisCallError),
     /// The in-memory store tracks its maximum number of keys.
     #[error("the rate-cap store is full ({0} keys)")]
     Full(usize),
-}
-
-impl From<RedisCallError> for CapError {
-    fn from(err: RedisCallError) -> CapError {
-        match err {
-            RedisCallError::Timeout(t) => CapError::Timeout(t),
-            RedisCallError::Redis(e) => CapError::Redis(e),
-            RedisCallError::CircuitOpen => CapError::CircuitOpen,
-        }
-    }
 }
 
 impl CapError {
     /// A short stable name, for metric labels.
     pub fn kind(&self) -> &'static str {
         match self {
-            CapError::Timeout(_) => "timeout",
-            CapError::Redis(_) => "redis",
-            CapError::CircuitOpen => "circuit_open",
+            CapError::Redis(err) => err.kind(),
             CapError::Full(_) => "full",
         }
     }
