@@ -871,6 +871,26 @@ mod tests {
     }
 
     #[test]
+    fn an_item_recorded_under_server_dry_run_compares_with_what_it_would_have_answered() {
+        let policies = tempfile::tempdir().unwrap();
+        std::fs::write(policies.path().join("10.yaml"), "rules: []\n").unwrap();
+        let set = crate::policy::load_dir(policies.path()).unwrap();
+        let data = tempfile::tempdir().unwrap();
+        // As `serve --dry-run` records: every item answered allow; `would` says what not.
+        let line = r#"{"time":"2026-01-01T00:00:00.000Z","source":"tencent","command":"Sns.CallbackPrevFriendAdd","decision":"allow","items":[{"account":"b","decision":"allow","dry_run":[{"rule":"d","would":"deny","error_code":38001}],"would":{"decision":"deny","rule":"no","error_code":38001}},{"account":"c","decision":"allow","would":{"decision":"allow","rule":null}}],"body":{"From_Account":"a","FriendItem":[{"To_Account":"b"},{"To_Account":"c"}]}}"#;
+        std::fs::write(data.path().join("records-0000000000001.jsonl"), format!("{line}\n")).unwrap();
+        let mut changes = Vec::new();
+        let report = replay(data.path(), &set, &EventFilter::default(), None, |c| changes.push(c.clone())).unwrap();
+        assert_eq!((report.records.replayed, report.records.items, report.changes.unchanged), (1, 2, 1));
+        let [change] = changes.as_slice() else { panic!("{changes:?}") };
+        assert_eq!((change.item.as_deref(), change.direction), (Some("b"), Direction::DenyToAllow));
+        assert_eq!(change.old, Answer { decision: "deny", rule: Some("no".into()), error_code: Some(38001) });
+        assert_eq!(report.rules["d"].would_deny_before, 1);
+        let users: Vec<&str> = report.users.top.iter().map(|u| u.user.as_str()).collect();
+        assert_eq!(users, ["a", "b"], "the requester and the item");
+    }
+
+    #[test]
     fn users_come_from_user_and_account_fields_only() {
         let body = json!({"ownerUserID": "u1", "userIDList": ["u2", "u1"], "From_Account": "u3",
             "sendID": "u4", "groupID": "g", "operationID": "o", "content": "u5"});
