@@ -545,8 +545,10 @@ pub struct RedisServer {
     pub tls_port: Option<u16>,
     /// Whether TLS clients must show a certificate signed by the CA.
     requires_client_cert: bool,
-    /// Whether it is a node of a Redis Cluster.
-    is_cluster_node: bool,
+    /// Of a node of a Redis Cluster: the port of its cluster bus. Given, as redis-server
+    /// otherwise takes the port 10,000 above its own and refuses to start on a port above
+    /// 55535, which the kernel hands out.
+    cluster_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -568,8 +570,9 @@ impl RedisServer {
         is_cluster_node: bool,
         dir: tempfile::TempDir,
     ) -> RedisServer {
+        let cluster_port = is_cluster_node.then(free_port);
         let mut redis =
-            RedisServer { child: None, port: free_port(), tls_port, requires_client_cert, is_cluster_node, _dir: dir };
+            RedisServer { child: None, port: free_port(), tls_port, requires_client_cert, cluster_port, _dir: dir };
         redis.restart();
         redis
     }
@@ -621,7 +624,12 @@ impl RedisServer {
             .arg("--dir")
             .arg(self._dir.path())
             .args(self.tls_args())
-            .args(if self.is_cluster_node { &["--cluster-enabled", "yes"][..] } else { &[] })
+            .args(match self.cluster_port {
+                Some(port) => {
+                    vec!["--cluster-enabled".to_string(), "yes".into(), "--cluster-port".into(), port.to_string()]
+                }
+                None => Vec::new(),
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -651,7 +659,7 @@ impl RedisServer {
             // A TLS cluster's nodes talk to each other, and tell clients where they are, on
             // their TLS ports.
             "--tls-cluster".into(),
-            if self.is_cluster_node { "yes" } else { "no" }.into(),
+            if self.cluster_port.is_some() { "yes" } else { "no" }.into(),
         ]
     }
 
