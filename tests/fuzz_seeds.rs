@@ -8,7 +8,7 @@ mod fuzz_checks;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
-use fuzz_checks::{eval, openim_decode, policy_load, tencent_decode};
+use fuzz_checks::{eval, openim_decode, policy_load, record_read, tencent_decode};
 
 /// Runs `check` on every seed of `target`, and names every seed that panics.
 fn replay(target: &str, check: impl Fn(&[u8])) {
@@ -34,6 +34,12 @@ fn replay(target: &str, check: impl Fn(&[u8])) {
 fn policy_load_seeds() {
     let dir = policy_load::new_dir();
     replay("policy_load", |data| policy_load::check(dir.path(), data));
+}
+
+#[test]
+fn record_read_seeds() {
+    let dir = record_read::new_dir();
+    replay("record_read", |data| record_read::check(dir.path(), data));
 }
 
 #[test]

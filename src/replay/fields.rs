@@ -10,6 +10,9 @@
 
 mod scan;
 
+#[cfg(fuzzing)]
+pub(super) use scan::agreement;
+
 use std::borrow::Cow;
 
 use serde::Deserialize;

@@ -393,6 +393,13 @@ pub fn replay(
     Ok(run.report())
 }
 
+/// For the `record_read` fuzz target (`cargo fuzz` builds with `cfg(fuzzing)`): panics
+/// unless replay's scanner reads `line` as serde_json does, or leaves it to serde_json.
+#[cfg(fuzzing)]
+pub fn check_line(line: &str) {
+    fields::agreement::check(line);
+}
+
 /// `file:line` of a record line (`?` for the line when it was not counted).
 fn place(raw: &RawLine<'_>) -> String {
     let line = raw.line.map_or_else(|| "?".to_string(), |n| n.to_string());

@@ -6,4 +6,5 @@ pub mod agree;
 pub mod eval;
 pub mod openim_decode;
 pub mod policy_load;
+pub mod record_read;
 pub mod tencent_decode;

@@ -392,30 +392,24 @@ fn marks(bytes: &[u8]) -> Option<u64> {
     (control & HIGHS == 0).then_some(marks)
 }
 
-#[cfg(test)]
-mod tests {
+/// The scanner against the exact reader, for the tests below and the `record_read` fuzz
+/// target (`cargo fuzz` builds with `cfg(fuzzing)`).
+#[cfg(any(test, fuzzing))]
+pub(in crate::replay) mod agreement {
     use serde_json::Value;
 
     use super::super::{Bodies, Fields};
     use super::fields;
 
-    /// Record lines as the server writes them, and odder ones of the shape the scanner reads.
-    const LINES: [&str; 6] = [
-        r#"{"time":"2026-12-01T00:00:00.000Z","source":"openim","command":"callbackBeforeAddBlackCommand","operation_id":"op-0","decision":"allow","policy_version":"ce0c","latency_us":40,"body":{"blackUserID":"u_551517","callbackCommand":"callbackBeforeAddBlackCommand","ownerUserID":"u_995165"}}"#,
-        r#"{"time":"2026-12-01T00:00:00.002Z","source":"openim","command":"callbackBeforeSendSingleMsgCommand","decision":"deny","rule":"r1","error_code":20001,"body":{"atUserList":null,"content":"{\"content\":\"Hi \\ Bob\/\b\f\n\r\t\"}","contentType":101,"ex":"","recvID":"u_525944","sendID":"u_819661","seq":0,"status":-1,"z":[true,false,{"a":[[]],"b":{}}]}}"#,
-        r#"{"time":"t","source":"openim","command":"c","decision":"allow","would":{"decision":"deny","rule":"w","error_code":151},"dry_run":[{"rule":"a","would":"deny"},{"rule":"b","would":"allow"}],"body":{"sendID":"a\"b","recvID":["x","y"],"n":-0,"m":0}}"#,
-        r#"{"time":"t","source":"tencent","command":"C2C.CallbackBeforeSendMsg","decision":"allow","items":[{"i":0}],"body":{"From_Account":"é😀","To_Account":"b"}}"#,
-        r#" { "time" : "t" , "source":"openim" ,"body" : { "sendID" : "x" , "recvID" : [ 1 , "y" ] } , "rule" : null } "#,
-        r#"{"body":{},"command":"a","command":"b","body":{"sendID":"1","sendID":"2"},"error_code":-999999999999999999}"#,
-    ];
-
-    fn keep(key: &str) -> bool {
+    /// The body keys kept: some of the samples', and some no record has.
+    pub(super) fn keep(key: &str) -> bool {
         matches!(key, "sendID" | "recvID" | "blackUserID" | "n" | "z" | "From_Account")
     }
 
-    /// The scanner reads `line` as the exact reader does, or leaves it to it; and the same
-    /// whether it writes the body over nothing or over an earlier one.
-    fn assert_agrees(line: &str) -> bool {
+    /// Panics unless the scanner reads `line` as the exact reader does, or leaves it to it,
+    /// and the same whether it writes the body over nothing or over an earlier one. Whether
+    /// the scanner read it.
+    pub fn check(line: &str) -> bool {
         let Some(fast) = fields(line, &keep, &mut Bodies::default()) else { return false };
         assert_eq!(Ok(&fast), Fields::parse_exact(line, &keep).as_ref(), "{line}");
         let Value::Object(earlier) = serde_json::json!({"sendID": "s", "recvID": 1, "z": [1], "a": "b"}) else {
@@ -428,11 +422,28 @@ mod tests {
         assert_eq!(fields(line, &keep, &mut bodies).as_ref(), Some(&fast), "over an earlier body: {line}");
         true
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Bodies;
+    use super::agreement::{self, keep};
+    use super::fields;
+
+    /// Record lines as the server writes them, and odder ones of the shape the scanner reads.
+    const LINES: [&str; 6] = [
+        r#"{"time":"2026-12-01T00:00:00.000Z","source":"openim","command":"callbackBeforeAddBlackCommand","operation_id":"op-0","decision":"allow","policy_version":"ce0c","latency_us":40,"body":{"blackUserID":"u_551517","callbackCommand":"callbackBeforeAddBlackCommand","ownerUserID":"u_995165"}}"#,
+        r#"{"time":"2026-12-01T00:00:00.002Z","source":"openim","command":"callbackBeforeSendSingleMsgCommand","decision":"deny","rule":"r1","error_code":20001,"body":{"atUserList":null,"content":"{\"content\":\"Hi \\ Bob\/\b\f\n\r\t\"}","contentType":101,"ex":"","recvID":"u_525944","sendID":"u_819661","seq":0,"status":-1,"z":[true,false,{"a":[[]],"b":{}}]}}"#,
+        r#"{"time":"t","source":"openim","command":"c","decision":"allow","would":{"decision":"deny","rule":"w","error_code":151},"dry_run":[{"rule":"a","would":"deny"},{"rule":"b","would":"allow"}],"body":{"sendID":"a\"b","recvID":["x","y"],"n":-0,"m":0}}"#,
+        r#"{"time":"t","source":"tencent","command":"C2C.CallbackBeforeSendMsg","decision":"allow","items":[{"i":0}],"body":{"From_Account":"é😀","To_Account":"b"}}"#,
+        r#" { "time" : "t" , "source":"openim" ,"body" : { "sendID" : "x" , "recvID" : [ 1 , "y" ] } , "rule" : null } "#,
+        r#"{"body":{},"command":"a","command":"b","body":{"sendID":"1","sendID":"2"},"error_code":-999999999999999999}"#,
+    ];
 
     #[test]
     fn reads_the_lines_of_its_shape_as_serde_json_does() {
         for line in LINES {
-            assert!(assert_agrees(line), "left to the exact reader: {line}");
+            assert!(agreement::check(line), "left to the exact reader: {line}");
         }
     }
 
@@ -466,7 +477,7 @@ mod tests {
         let deep = format!(r#"{{"body":{{"x":{}{}}}}}"#, "[".repeat(62), "]".repeat(62));
         assert!(fields(&deep, &keep, &mut Bodies::default()).is_none());
         let deep_enough = format!(r#"{{"body":{{"x":{}{}}}}}"#, "[".repeat(61), "]".repeat(61));
-        assert!(assert_agrees(&deep_enough));
+        assert!(agreement::check(&deep_enough));
     }
 
     /// Every line one edit away from [`LINES`] (a byte deleted, or one of JSON's own bytes
@@ -485,7 +496,7 @@ mod tests {
                 }
                 for edit in edits {
                     if let Ok(edit) = std::str::from_utf8(&edit) {
-                        read += usize::from(assert_agrees(edit));
+                        read += usize::from(agreement::check(edit));
                     }
                 }
             }
@@ -494,7 +505,7 @@ mod tests {
         for seed in std::fs::read_dir(seeds).unwrap() {
             let body = std::fs::read(seed.unwrap().path()).unwrap();
             if let Ok(body) = std::str::from_utf8(&body) {
-                read += usize::from(assert_agrees(&format!(r#"{{"time":"t","body":{body}}}"#)));
+                read += usize::from(agreement::check(&format!(r#"{{"time":"t","body":{body}}}"#)));
             }
         }
         assert!(read > 10_000, "only {read} lines read by the scanner");
