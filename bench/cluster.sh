@@ -63,21 +63,6 @@ trap 'exit 130' INT TERM
 say() { printf '[cluster] %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-# A cluster node also listens on its port + 10000 (the cluster bus): a free pair, port <= 55535.
-free_node_port() {
-    python3 - <<'PY'
-import random, socket
-for _ in range(1000):
-    p = random.randint(20000, 55535)
-    try:
-        for q in (p, p + 10000):
-            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
-    except OSError:
-        continue
-    print(p)
-    break
-PY
-}
 
 # redis PORT [FLAG...]: a redis-server on 127.0.0.1:PORT, no persistence, in its own directory.
 redis() {
@@ -96,8 +81,9 @@ NODE=$(free_port)
 redis "$NODE"
 MASTERS=()
 for _ in 1 2 3; do
-    port=$(free_node_port)
-    redis "$port" --cluster-enabled yes --cluster-config-file nodes.conf
+    port=$(free_port)
+    # Its cluster bus on a port of its own: by default port + 10000, refused above 55535.
+    redis "$port" --cluster-enabled yes --cluster-config-file nodes.conf --cluster-port "$(free_port)"
     MASTERS+=("$port")
 done
 redis-cli --cluster create "${MASTERS[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >"$WORK/create.log" 2>&1 ||
@@ -108,21 +94,13 @@ for port in "${MASTERS[@]}"; do
 done
 say "one node on $NODE; cluster masters on ${MASTERS[*]}"
 
-mkdir -p "$WORK/policies"
-cat >"$WORK/policies/10-cap.yaml" <<'YAML'
-rules:
-  - id: unblock-rate
-    rate_cap: { key: [ownerUserID], max: 1000000, per: 1h }
-    decision: deny
-    error: { code: 20002, message: "too many unblocks, try later" }
-YAML
 declare -A ADDR=() PID=()
 # start_callgate NAME FLAG...: callgate with records off, on the cap policy.
 start_callgate() {
     local name=$1
     shift
     mkdir -p "$WORK/$name-data"
-    "$CALLGATE" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --policies "$WORK/policies" \
+    "$CALLGATE" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --policies "$REPO/bench/policies/cap" \
         --data-dir "$WORK/$name-data" --records false --on-error deny --redis-timeout 2s "$@" \
         >"$WORK/$name.out" 2>"$WORK/$name.log" &
     PID[$name]=$!
