@@ -44,6 +44,9 @@ fn shipped_policies_validate() {
 fn benchmark_policies_validate() {
     let (code, stdout) = common::callgate_stdout(&["validate", "--policies", "bench/policies/cap"]);
     assert_eq!(code, 0, "{stdout}");
+    let (code, stdout) = common::callgate_stdout(&["validate", "--policies", "bench/policies/list"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.starts_with("ok: 1 rules in 1 files"), "{stdout}");
     // The Tencent rules go beside the shipped ones, as the scripts put them.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("lists")).unwrap();
