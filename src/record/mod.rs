@@ -14,7 +14,8 @@ pub use query::{Cursor, EventFilter, FilterError, RawLine, epoch_ms, query, quer
 pub use stream::{STREAM_KEY, STREAM_MAX_LEN, StreamSink};
 pub use writer::{RecordError, Recorder, Retention, SEGMENT_PREFIX, SEGMENT_SUFFIX};
 
-use std::time::{Duration, SystemTime};
+use std::cell::Cell;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -62,7 +63,7 @@ impl Line {
 /// The fields of a record, except the body, which is spliced in as received.
 #[derive(Serialize)]
 struct Head<'a> {
-    time: String,
+    time: Stamp,
     source: &'static str,
     command: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -261,8 +262,66 @@ fn line(head: &Head<'_>, event: &Event) -> Line {
     Line::whole(out)
 }
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+/// A record's `time`: RFC 3339 in UTC with milliseconds, `2026-12-03T17:50:24.123Z`, as
+/// humantime writes it.
+enum Stamp {
+    /// The common case, kept on the stack rather than in a `String` of its own.
+    Millis([u8; 24]),
+    /// A clock humantime formats in some other way (or refuses, as it always did).
+    Other(String),
+}
+
+impl Serialize for Stamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            // Only ASCII digits and separators are ever put in it (see `now_rfc3339`).
+            Stamp::Millis(bytes) => serializer.serialize_str(std::str::from_utf8(bytes).unwrap_or_default()),
+            Stamp::Other(text) => serializer.serialize_str(text),
+        }
+    }
+}
+
+thread_local! {
+    /// The second last stamped on this thread, and its `YYYY-MM-DDTHH:MM:SS.`: callbacks come
+    /// many a second, and formatting the date cost a record more than the rest of its time
+    /// (callgrind, issue 19).
+    static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+}
+
+fn now_rfc3339() -> Stamp {
+    stamp(SystemTime::now())
+}
+
+/// `time` as humantime's `format_rfc3339_millis` writes it: the date and second from
+/// humantime (once a second per thread), the milliseconds (truncated, as there) here.
+fn stamp(time: SystemTime) -> Stamp {
+    let other = || Stamp::Other(humantime::format_rfc3339_millis(time).to_string());
+    let Ok(since_epoch) = time.duration_since(UNIX_EPOCH) else { return other() };
+    let secs = since_epoch.as_secs();
+    let prefix = SECOND.with(|second| {
+        let (cached, prefix) = second.get();
+        if cached == secs {
+            return Some(prefix);
+        }
+        let text = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
+        // `YYYY-MM-DDTHH:MM:SSZ`; anything else is left to humantime whole.
+        let date: [u8; 19] = text.as_bytes().get(..19)?.try_into().ok()?;
+        if text.len() != 20 || !text.is_ascii() {
+            return None;
+        }
+        let mut prefix = [b'.'; 20];
+        prefix[..19].copy_from_slice(&date);
+        second.set((secs, prefix));
+        Some(prefix)
+    });
+    let Some(prefix) = prefix else { return other() };
+    let ms = since_epoch.subsec_millis();
+    let mut bytes = [b'Z'; 24];
+    bytes[..20].copy_from_slice(&prefix);
+    bytes[20] = b'0' + (ms / 100) as u8;
+    bytes[21] = b'0' + (ms / 10 % 10) as u8;
+    bytes[22] = b'0' + (ms % 10) as u8;
+    Stamp::Millis(bytes)
 }
 
 #[cfg(test)]
@@ -341,6 +400,24 @@ mod tests {
         );
         let openim = decided_line(&event("{}"), None, &decision, false, "v1", Duration::ZERO);
         assert!(strip_time(openim).starts_with("\"source\":\"openim\",\"command\":\"cmd\",\"operation_id\":\"op1\",\"decision\":\"deny\",\"rule\":\"r\",\"error_code\":120001,"));
+    }
+
+    #[test]
+    fn stamps_are_written_as_humantime_writes_them() {
+        let day = 86_400;
+        // Around the epoch, a leap day, a year's end, today, and ms on both sides of seconds.
+        for secs in [0, 1, 59, day - 1, 951_782_400, 951_868_799, 1_767_225_599, 1_767_225_600, 1_796_320_224] {
+            for ms in [0, 1, 9, 10, 99, 100, 123, 999] {
+                for ns in [0, 999_999] {
+                    let time = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(ms * 1_000_000 + ns);
+                    let want = humantime::format_rfc3339_millis(time).to_string();
+                    // Twice: formatted, then from this thread's cached second.
+                    for _ in 0..2 {
+                        assert_eq!(serde_json::to_string(&stamp(time)).unwrap(), format!("\"{want}\""));
+                    }
+                }
+            }
+        }
     }
 
     #[test]
