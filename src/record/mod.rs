@@ -14,7 +14,8 @@ pub use query::{Cursor, EventFilter, FilterError, RawLine, epoch_ms, query, quer
 pub use stream::{STREAM_KEY, STREAM_MAX_LEN, StreamSink};
 pub use writer::{RecordError, Recorder, Retention, SEGMENT_PREFIX, SEGMENT_SUFFIX};
 
-use std::time::{Duration, SystemTime};
+use std::cell::Cell;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -59,46 +60,133 @@ impl Line {
     }
 }
 
-/// The fields of a record, except the body, which is spliced in as received.
-#[derive(Serialize)]
+/// The fields of a record, except the body, which is spliced in as received. Written by
+/// [`Head::write`]; the serde attributes (under test only) say what that writes, and a test
+/// holds it to them.
+#[cfg_attr(test, derive(Serialize))]
 struct Head<'a> {
-    time: String,
+    time: Stamp,
     source: &'static str,
     command: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     operation_id: Option<&'a str>,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(flatten, skip_serializing_if = "Option::is_none"))]
     tencent: Option<&'a TencentMeta>,
-    #[serde(flatten)]
+    #[cfg_attr(test, serde(flatten))]
     verdict: Verdict<'a>,
     /// A callback decided item by item: each item's decision.
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    #[cfg_attr(test, serde(skip_serializing_if = "<[_]>::is_empty"))]
     items: &'a [ItemRecord<'a>],
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     policy_version: Option<&'a str>,
     latency_us: u64,
 }
 
-/// What was answered and why, as a record (or one item of it) shows it.
-#[derive(Serialize)]
+impl Head<'_> {
+    /// Writes the head as serde_json writes the struct, but for its closing brace. By hand,
+    /// keys being the constants they are: serde writes a struct with flattened fields as a
+    /// map, every key escaped like any string and every field through its flattening, which
+    /// cost a record more than half of its line building (callgrind, issue 19). Values that
+    /// may need escaping, and the nested ones, still go through serde_json.
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"time\":");
+        put(out, &self.time);
+        out.extend_from_slice(b",\"source\":");
+        put(out, self.source);
+        out.extend_from_slice(b",\"command\":");
+        put(out, self.command);
+        if let Some(id) = self.operation_id {
+            out.extend_from_slice(b",\"operation_id\":");
+            put(out, id);
+        }
+        if let Some(meta) = self.tencent {
+            out.extend_from_slice(b",\"sdk_app_id\":");
+            put(out, &meta.sdk_app_id);
+            out.extend_from_slice(b",\"client_ip\":");
+            put(out, &meta.client_ip);
+            out.extend_from_slice(b",\"opt_platform\":");
+            put(out, &meta.opt_platform);
+        }
+        out.push(b',');
+        self.verdict.write(out);
+        if !self.items.is_empty() {
+            out.extend_from_slice(b",\"items\":[");
+            for (i, item) in self.items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"account\":");
+                put(out, item.account);
+                out.push(b',');
+                item.verdict.write(out);
+                out.push(b'}');
+            }
+            out.push(b']');
+        }
+        if let Some(version) = self.policy_version {
+            out.extend_from_slice(b",\"policy_version\":");
+            put(out, version);
+        }
+        out.extend_from_slice(b",\"latency_us\":");
+        put(out, &self.latency_us);
+    }
+}
+
+/// Appends `value` as serde_json writes it. Writing into a `Vec` cannot fail, and the values
+/// given here (strings, numbers, and structs and lists of them) have nothing serde_json
+/// refuses.
+fn put<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// What was answered and why, as a record (or one item of it) shows it. Written by
+/// [`Verdict::write`], as [`Head`].
+#[cfg_attr(test, derive(Serialize))]
 struct Verdict<'a> {
     /// The answer sent: `allow`, `deny`, `discard`, (Tencent) `ack`, or (Tencent, item by
     /// item) `partial`.
     decision: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     rule: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     error_code: Option<i32>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    #[cfg_attr(test, serde(skip_serializing_if = "<[_]>::is_empty"))]
     dry_run: &'a [DryRunHit],
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    #[cfg_attr(test, serde(skip_serializing_if = "<[_]>::is_empty"))]
     caps: &'a [CapHit],
     /// Under `serve --dry-run`: what enforcement would have answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     would: Option<Would<'a>>,
 }
 
 impl<'a> Verdict<'a> {
+    /// Writes the verdict's fields, from `"decision":`, as serde_json writes them flattened
+    /// into a head or an item (see [`Head::write`]).
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"\"decision\":");
+        put(out, self.decision);
+        if let Some(rule) = self.rule {
+            out.extend_from_slice(b",\"rule\":");
+            put(out, rule);
+        }
+        if let Some(code) = self.error_code {
+            out.extend_from_slice(b",\"error_code\":");
+            put(out, &code);
+        }
+        if !self.dry_run.is_empty() {
+            out.extend_from_slice(b",\"dry_run\":");
+            put(out, self.dry_run);
+        }
+        if !self.caps.is_empty() {
+            out.extend_from_slice(b",\"caps\":");
+            put(out, self.caps);
+        }
+        if let Some(would) = &self.would {
+            out.extend_from_slice(b",\"would\":");
+            put(out, would);
+        }
+    }
+
     /// A decision's verdict; under `serve --dry-run` the answer was allow and `would` says
     /// what enforcement would have answered. Codes are those `family` is sent.
     fn of(decision: &'a Decision, is_dry_run: bool, family: CodeFamily) -> Verdict<'a> {
@@ -156,12 +244,13 @@ pub fn decided_line(
     line(&head, event)
 }
 
-/// One item of a callback decided item by item, as its record shows it.
-#[derive(Serialize)]
+/// One item of a callback decided item by item, as its record shows it (written by
+/// [`Head::write`]).
+#[cfg_attr(test, derive(Serialize))]
 struct ItemRecord<'a> {
     /// The item's account.
     account: &'a str,
-    #[serde(flatten)]
+    #[cfg_attr(test, serde(flatten))]
     verdict: Verdict<'a>,
 }
 
@@ -230,20 +319,16 @@ fn micros(latency: Duration) -> u64 {
 /// body written instead.
 fn line(head: &Head<'_>, event: &Event) -> Line {
     let raw = event.raw.trim_ascii();
-    let is_one_line = !raw.iter().any(|&b| b == b'\n' || b == b'\r');
+    // memchr looks at a word or a vector at a time; a byte-by-byte scan of the body cost a
+    // record more than the rest of its line building (callgrind, issue 19).
+    let is_one_line = memchr::memchr2(b'\n', b'\r', raw).is_none();
     // Room for the head (with a dry-run hit and a cap, about 400 bytes), and the body when it
     // is copied.
     let mut out = Vec::with_capacity(512 + if is_one_line { 0 } else { raw.len() });
-    // Serialising a struct of strings and numbers into a Vec cannot fail.
-    if serde_json::to_writer(&mut out, head).is_err() || out.pop() != Some(b'}') {
-        out.clear();
-        out.push(b'{');
-    } else {
-        out.push(b',');
-    }
-    out.extend_from_slice(b"\"body\":");
+    head.write(&mut out);
+    out.extend_from_slice(b",\"body\":");
     if raw.is_empty() {
-        let _ = serde_json::to_writer(&mut out, &event.body);
+        put(&mut out, &event.body);
     } else if is_one_line {
         return Line { head: out, body: event.raw.slice_ref(raw) };
     } else {
@@ -259,8 +344,66 @@ fn line(head: &Head<'_>, event: &Event) -> Line {
     Line::whole(out)
 }
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+/// A record's `time`: RFC 3339 in UTC with milliseconds, `2026-12-03T17:50:24.123Z`, as
+/// humantime writes it.
+enum Stamp {
+    /// The common case, kept on the stack rather than in a `String` of its own.
+    Millis([u8; 24]),
+    /// A clock humantime formats in some other way (or refuses, as it always did).
+    Other(String),
+}
+
+impl Serialize for Stamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            // Only ASCII digits and separators are ever put in it (see `now_rfc3339`).
+            Stamp::Millis(bytes) => serializer.serialize_str(std::str::from_utf8(bytes).unwrap_or_default()),
+            Stamp::Other(text) => serializer.serialize_str(text),
+        }
+    }
+}
+
+thread_local! {
+    /// The second last stamped on this thread, and its `YYYY-MM-DDTHH:MM:SS.`: callbacks come
+    /// many a second, and formatting the date cost a record more than the rest of its time
+    /// (callgrind, issue 19).
+    static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+}
+
+fn now_rfc3339() -> Stamp {
+    stamp(SystemTime::now())
+}
+
+/// `time` as humantime's `format_rfc3339_millis` writes it: the date and second from
+/// humantime (once a second per thread), the milliseconds (truncated, as there) here.
+fn stamp(time: SystemTime) -> Stamp {
+    let other = || Stamp::Other(humantime::format_rfc3339_millis(time).to_string());
+    let Ok(since_epoch) = time.duration_since(UNIX_EPOCH) else { return other() };
+    let secs = since_epoch.as_secs();
+    let prefix = SECOND.with(|second| {
+        let (cached, prefix) = second.get();
+        if cached == secs {
+            return Some(prefix);
+        }
+        let text = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
+        // `YYYY-MM-DDTHH:MM:SSZ`; anything else is left to humantime whole.
+        let date: [u8; 19] = text.as_bytes().get(..19)?.try_into().ok()?;
+        if text.len() != 20 || !text.is_ascii() {
+            return None;
+        }
+        let mut prefix = [b'.'; 20];
+        prefix[..19].copy_from_slice(&date);
+        second.set((secs, prefix));
+        Some(prefix)
+    });
+    let Some(prefix) = prefix else { return other() };
+    let ms = since_epoch.subsec_millis();
+    let mut bytes = [b'Z'; 24];
+    bytes[..20].copy_from_slice(&prefix);
+    bytes[20] = b'0' + (ms / 100) as u8;
+    bytes[21] = b'0' + (ms / 10 % 10) as u8;
+    bytes[22] = b'0' + (ms % 10) as u8;
+    Stamp::Millis(bytes)
 }
 
 #[cfg(test)]
@@ -339,6 +482,66 @@ mod tests {
         );
         let openim = decided_line(&event("{}"), None, &decision, false, "v1", Duration::ZERO);
         assert!(strip_time(openim).starts_with("\"source\":\"openim\",\"command\":\"cmd\",\"operation_id\":\"op1\",\"decision\":\"deny\",\"rule\":\"r\",\"error_code\":120001,"));
+    }
+
+    #[test]
+    fn heads_are_written_as_serde_writes_them() {
+        let refusal = Outcome::Deny(Arc::new(Refusal::new(120001, "m", "")));
+        let hit = DryRunHit { rule: "d\"\\\u{1}é".into(), outcome: refusal.clone() };
+        let cap = CapHit { rule: "c".into(), count: 3, max: 10, is_exceeded: true };
+        let decisions = [
+            Decision { outcome: Outcome::Allow, rule: None, dry_run: vec![], caps: vec![] },
+            Decision { outcome: Outcome::Discard, rule: Some("r\n".into()), dry_run: vec![], caps: vec![cap.clone()] },
+            Decision { outcome: refusal, rule: Some("r".into()), dry_run: vec![hit.clone(), hit], caps: vec![cap] },
+        ];
+        let meta = TencentMeta { sdk_app_id: "1400".into(), client_ip: "1.2.3.4".into(), opt_platform: "i\"OS".into() };
+        let items: Vec<ItemRecord<'_>> = decisions
+            .iter()
+            .map(|d| ItemRecord { account: "u\t1", verdict: Verdict::of(d, false, CodeFamily::OpenIm) })
+            .collect();
+        for decision in &decisions {
+            for is_dry_run in [false, true] {
+                for (tencent, operation_id) in [(None, Some("op\"1")), (Some(&meta), None)] {
+                    for items in [&[][..], &items[..1], &items[..]] {
+                        for policy_version in [None, Some("v1")] {
+                            let head = Head {
+                                time: stamp(UNIX_EPOCH + Duration::from_millis(1_796_320_224_123)),
+                                source: "openim",
+                                command: "c\u{7f}md",
+                                operation_id,
+                                tencent,
+                                verdict: Verdict::of(decision, is_dry_run, CodeFamily::C2c),
+                                items,
+                                policy_version,
+                                latency_us: u64::MAX,
+                            };
+                            let mut written = Vec::new();
+                            head.write(&mut written);
+                            written.push(b'}');
+                            assert_eq!(String::from_utf8(written).unwrap(), serde_json::to_string(&head).unwrap());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stamps_are_written_as_humantime_writes_them() {
+        let day = 86_400;
+        // Around the epoch, a leap day, a year's end, today, and ms on both sides of seconds.
+        for secs in [0, 1, 59, day - 1, 951_782_400, 951_868_799, 1_767_225_599, 1_767_225_600, 1_796_320_224] {
+            for ms in [0, 1, 9, 10, 99, 100, 123, 999] {
+                for ns in [0, 999_999] {
+                    let time = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(ms * 1_000_000 + ns);
+                    let want = humantime::format_rfc3339_millis(time).to_string();
+                    // Twice: formatted, then from this thread's cached second.
+                    for _ in 0..2 {
+                        assert_eq!(serde_json::to_string(&stamp(time)).unwrap(), format!("\"{want}\""));
+                    }
+                }
+            }
+        }
     }
 
     #[test]
