@@ -23,12 +23,9 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-CALLGATE=${1:-}
-if [[ -z $CALLGATE ]]; then
-    CALLGATE=$REPO/target/release/callgate
-    [[ -x $CALLGATE ]] || CALLGATE=$REPO/target/debug/callgate
-fi
-[[ -x $CALLGATE ]] || { echo "no callgate binary at $CALLGATE: build one, or pass its path" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
+CALLGATE=$(callgate_binary "${1:-}")
 USERS=${USERS:-10000}
 FULL=${FULL:-200}
 REQUESTS=${REQUESTS:-300000}
@@ -41,7 +38,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 PORT=$(free_port)
 redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &

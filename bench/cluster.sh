@@ -55,12 +55,9 @@ CONNS=${CONNS:-32}
 LIST_IDS=${LIST_IDS:-1000000}
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-CALLGATE=${1:-}
-if [[ -z $CALLGATE ]]; then
-    CALLGATE=$REPO/target/release/callgate
-    [[ -x $CALLGATE ]] || CALLGATE=$REPO/target/debug/callgate
-fi
-[[ -x $CALLGATE ]] || { echo "no callgate binary at $CALLGATE: build one, or pass its path" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
+CALLGATE=$(callgate_binary "${1:-}")
 for tool in redis-server redis-cli wrk curl python3; do
     command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
 done
@@ -77,7 +74,6 @@ trap 'exit 130' INT TERM
 
 say() { printf '[cluster] %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # redis PORT [FLAG...]: a redis-server on 127.0.0.1:PORT, no persistence, in its own directory.
 redis() {
