@@ -247,8 +247,15 @@ run() {
     within $((a1 - a0 + d1 - d0)) || die "$name: wrk counted $N decisions, callgate $((a1 - a0 + d1 - d0))"
     if [[ $name == list ]]; then
         within "$smis" && ((total == 0)) || die "$name: $N decisions but $smis SMISMEMBERs and $total scripts"
-        awk -v d="$DENIED" -v m="$MEMBER_SHARE" 'BEGIN { exit !(d >= m - 1 && d <= m + 1) }' ||
-            die "$name: $DENIED% of the decisions refused, $MEMBER_SHARE% expected"
+        # Exact only when the set holds every even user of cap.lua (LIST_IDS of 50,000 or
+        # more): wrk's threads walk the users in order, so a smaller set's share of a short
+        # run is not its share of the users.
+        if ((LIST_IDS >= 50000)); then
+            awk -v d="$DENIED" -v m="$MEMBER_SHARE" 'BEGIN { exit !(d >= m - 1 && d <= m + 1) }' ||
+                die "$name: $DENIED% of the decisions refused, $MEMBER_SHARE% expected"
+        else
+            ((d1 > d0)) || die "$name: no decision refused"
+        fi
     else
         within "$total" && ((smis == 0)) || die "$name: $N decisions but $total scripts run (and $smis SMISMEMBERs)"
         ((d1 == d0)) || die "$name: $((d1 - d0)) decisions refused"
