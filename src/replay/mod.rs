@@ -530,8 +530,7 @@ impl<'s> Run<'s> {
         }
         self.event = event;
         if let Some(change) = change {
-            self.changed(&change, text);
-            on_change(&change);
+            self.changed(&change, text, on_change);
         }
         Ok(())
     }
@@ -560,9 +559,10 @@ impl<'s> Run<'s> {
         let Some(Value::Array(recorded)) = record.get("items") else {
             return Err("no `items` list: each item's verdict is not known".into());
         };
-        // What the rules can read, as in a case: the server's decision reads nothing else.
-        let set = self.set;
-        body.retain(|key, _| key == list || set.reads(key) || key == "CallbackCommand");
+        // The list, and what else the body keys of every other record keep: the rules read
+        // nothing more.
+        let keep = BodyKeys { set: self.set, is_writing_cases: cases.is_some() };
+        body.retain(|key, _| key == list || keep.keeps(key));
         let event = Event::offline(decided.name, body);
         let items = tencent::items(&event, list, account).map_err(|e| e.to_string())?;
         if items.len() != recorded.len() {
@@ -583,8 +583,7 @@ impl<'s> Run<'s> {
         for (item, then) in thens {
             let item_event = event.item(list, item);
             if let Some(change) = self.judge(raw, time, &item_event, then, cases.as_deref_mut()) {
-                self.changed(&change, text);
-                on_change(&change);
+                self.changed(&change, text, on_change);
             }
         }
         Ok(())
@@ -724,8 +723,8 @@ impl<'s> Run<'s> {
         }
     }
 
-    /// Counts a change: by direction, by user, and as an example.
-    fn changed(&mut self, change: &Change, line: &str) {
+    /// Counts a change (by direction, by user, and as an example) and hands it to `on_change`.
+    fn changed(&mut self, change: &Change, line: &str, on_change: &mut dyn FnMut(&Change)) {
         self.changes.changed += 1;
         match change.direction {
             Direction::AllowToDeny => self.changes.allow_to_deny += 1,
@@ -752,6 +751,7 @@ impl<'s> Run<'s> {
         if examples.len() < EXAMPLES {
             examples.push(change.clone());
         }
+        on_change(change);
     }
 
     fn report(mut self) -> Report {
