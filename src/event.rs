@@ -81,6 +81,19 @@ pub fn code_family_of(command: &str) -> CodeFamily {
     catalog::tencent_decided(command).map_or(CodeFamily::OpenIm, |d| d.family)
 }
 
+/// The bytes a command name may hold: letters, digits, `_` and `.` (a table: every callback
+/// checks its command).
+const COMMAND_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'.';
+        b += 1;
+    }
+    table
+};
+
 /// The key under which the rules see one item of a callback decided item by item
 /// (`item.To_Account`), beside the callback's top-level fields.
 pub const ITEM_KEY: &str = "item";
@@ -142,15 +155,15 @@ impl CommandError {
 }
 
 /// The command of a callback: named `outside` the body (URL, query, a test case's
-/// `command:`), in the body under `naming.body_key`, or both — then they must agree — and a
-/// plausible name (letters, digits, `_` and `.`, at most [`MAX_COMMAND_LEN`] bytes; both
-/// servers' commands fit).
+/// `command:`), in the body under `naming.body_key` (its value: `in_body`), or both — then
+/// they must agree — and a plausible name (letters, digits, `_` and `.`, at most
+/// [`MAX_COMMAND_LEN`] bytes; both servers' commands fit).
 pub fn resolve_command(
     naming: &CommandNaming,
     outside: Option<&str>,
-    body: &Map<String, Value>,
+    in_body: Option<&Value>,
 ) -> Result<String, CommandError> {
-    let in_body = match body.get(naming.body_key) {
+    let in_body = match in_body {
         None => None,
         Some(Value::String(c)) => Some(c.as_str()),
         Some(_) => return Err(CommandError::NotString { body_key: naming.body_key }),
@@ -169,7 +182,7 @@ pub fn resolve_command(
     };
     let is_valid = !command.is_empty()
         && command.len() <= MAX_COMMAND_LEN
-        && command.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+        && command.bytes().all(|b| COMMAND_BYTES[usize::from(b)]);
     if !is_valid {
         return Err(CommandError::Invalid(command.chars().take(MAX_COMMAND_LEN).collect()));
     }

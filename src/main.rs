@@ -387,8 +387,8 @@ fn check(dir: &Path, command: Option<&str>, events: &[PathBuf]) -> Result<ExitCo
             serde_json::from_slice(&text).with_context(|| format!("`{}` is not a JSON object", path.display()))?;
         // --command decides the body as another command: the body's own is then not asked.
         let command = match command {
-            Some(c) => resolve_command(&CHECK_NAMING, Some(c), &serde_json::Map::new()),
-            None => resolve_command(&CHECK_NAMING, None, &body),
+            Some(c) => resolve_command(&CHECK_NAMING, Some(c), None),
+            None => resolve_command(&CHECK_NAMING, None, body.get(CHECK_NAMING.body_key)),
         }
         .with_context(|| format!("`{}`", path.display()))?;
         let event = Event::offline(command.clone(), body);

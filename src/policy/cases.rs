@@ -264,7 +264,7 @@ const TENCENT_CASE_NAMING: CommandNaming = CommandNaming { body_key: "CallbackCo
 fn case_command(case: &RawCase) -> Result<String, (&'static str, String)> {
     let is_tencent = !case.callback.contains_key("callbackCommand") && case.callback.contains_key("CallbackCommand");
     let naming = if is_tencent { &TENCENT_CASE_NAMING } else { &CASE_NAMING };
-    resolve_command(naming, case.command.as_deref(), &case.callback).map_err(|e| match e {
+    resolve_command(naming, case.command.as_deref(), case.callback.get(naming.body_key)).map_err(|e| match e {
         CommandError::Missing { how } => ("callback:", how.to_string()),
         CommandError::Mismatch { named, body, body_key, .. } => (
             "command:",

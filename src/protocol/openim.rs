@@ -151,8 +151,9 @@ pub fn decode(
     raw: Bytes,
     keep: &dyn Fn(&str) -> bool,
 ) -> Result<Event, DecodeError> {
-    let body = super::parse_object(&raw, &|key| key == "callbackCommand" || keep(key))?;
-    let command = crate::event::resolve_command(&NAMING, url_command, &body)?;
+    let mut in_body = None;
+    let body = super::parse_object_aside(&raw, keep, Some((NAMING.body_key, &mut in_body)))?;
+    let command = crate::event::resolve_command(&NAMING, url_command, body.get(NAMING.body_key).or(in_body.as_ref()))?;
     Ok(Event { source: Source::OpenIm, command, operation_id: operation_id.to_string(), body, raw })
 }
 
@@ -298,9 +299,16 @@ mod tests {
     }
 
     #[test]
-    fn the_command_is_kept_whatever_else_is_dropped() {
+    fn the_command_is_read_from_the_body_but_kept_in_it_only_when_a_rule_reads_it() {
         let body = Bytes::from_static(br#"{"callbackCommand":"x","a":1,"b":2}"#);
-        let event = decode(None, "", body, &|k| k == "a").unwrap();
-        assert_eq!(Value::Object(event.body), serde_json::json!({"callbackCommand":"x","a":1}));
+        let event = decode(None, "", body.clone(), &|k| k == "a").unwrap();
+        assert_eq!(event.command, "x");
+        assert_eq!(Value::Object(event.body), serde_json::json!({"a":1}));
+        let event = decode(None, "", body.clone(), &|k| k == "callbackCommand").unwrap();
+        assert_eq!(Value::Object(event.body), serde_json::json!({"callbackCommand":"x"}));
+        let mismatch = decode(Some("y"), "", body, &|k| k == "a").unwrap_err();
+        assert_eq!(mismatch.kind(), "command_mismatch");
+        let not_string = decode(None, "", Bytes::from_static(br#"{"callbackCommand":1}"#), &|_| false).unwrap_err();
+        assert_eq!(not_string.kind(), "command_not_string");
     }
 }

@@ -221,7 +221,7 @@ pub fn decode(
     check_auth(auth, q, now)?;
     let keep = |key: &str| key == NAMING.body_key || key == "PairList" || catalog::is_item_list(key) || keep(key);
     let body = super::parse_object(&raw, &keep)?;
-    let command = crate::event::resolve_command(&NAMING, q.command.as_deref(), &body)?;
+    let command = crate::event::resolve_command(&NAMING, q.command.as_deref(), body.get(NAMING.body_key))?;
     if matches!(command.as_str(), "Sns.CallbackBlackListAdd" | "Sns.CallbackBlackListDelete") {
         let pairs = body.get("PairList").unwrap_or(&Value::Null);
         if let Err(e) = Vec::<Pair>::deserialize(pairs) {
@@ -241,7 +241,7 @@ pub fn decode(
 /// (the `?command=` of the request) or the body's `CallbackCommand`, every key kept.
 pub fn decode_offline(command: Option<&str>, raw: Bytes) -> Result<Event, TencentError> {
     let body = super::parse_object(&raw, &|_| true)?;
-    let command = crate::event::resolve_command(&NAMING, command, &body)?;
+    let command = crate::event::resolve_command(&NAMING, command, body.get(NAMING.body_key))?;
     Ok(Event { source: Source::Tencent, command, operation_id: String::new(), body, raw })
 }
 

@@ -85,7 +85,7 @@ impl<'de> Visitor<'de> for FieldsVisitor<'_> {
                     continue;
                 }
                 "body" => {
-                    f.body = Some(map.next_value_seed(TopLevel { keep: self.keep })?);
+                    f.body = Some(map.next_value_seed(TopLevel { keep: self.keep, aside: None })?);
                     continue;
                 }
                 _ => {

@@ -7,8 +7,8 @@ use super::listen::Peer;
 use crate::config::Cidr;
 
 /// Whether a request from `peer` may be served. An empty list allows every source.
-pub fn is_source_allowed(allowed: &[Cidr], peer: Option<Peer>) -> bool {
-    allowed.is_empty() || peer.is_some_and(|Peer(addr)| allowed.iter().any(|net| net.contains(addr.ip())))
+pub fn is_source_allowed(allowed: &[Cidr], Peer(peer): Peer) -> bool {
+    allowed.is_empty() || allowed.iter().any(|net| net.contains(peer.ip()))
 }
 
 /// The rest of the path after the secret token (`<token>/<command>` → `<command>`), or
@@ -22,10 +22,9 @@ pub fn strip_path_token<'a>(token: Option<&str>, tail: &'a str) -> Option<&'a st
 }
 
 /// Counts and logs a refusal; the path, which may hold a token, is never logged.
-pub fn note_forbidden(source: &'static str, reason: &'static str, peer: Option<Peer>) {
+pub fn note_forbidden(source: &'static str, reason: &'static str, Peer(peer): Peer) {
     metrics::counter!("callgate_forbidden_total", "source" => source, "reason" => reason).increment(1);
     crate::throttle::warn("forbidden callbacks", reason, || {
-        let peer = peer.map_or_else(|| "unknown".to_string(), |Peer(a)| a.to_string());
         format!("callback refused: forbidden (source {source}, peer {peer})")
     });
 }
@@ -47,11 +46,10 @@ mod tests {
 
     #[test]
     fn sources() {
-        let peer = |ip: &str| Some(Peer(format!("{ip}:1234").parse().unwrap()));
+        let peer = |ip: &str| Peer(format!("{ip}:1234").parse().unwrap());
         let nets = [Cidr::parse("10.0.0.0/8").unwrap()];
-        assert!(is_source_allowed(&[], None));
+        assert!(is_source_allowed(&[], peer("127.0.0.1")));
         assert!(is_source_allowed(&nets, peer("10.9.9.9")));
         assert!(!is_source_allowed(&nets, peer("127.0.0.1")));
-        assert!(!is_source_allowed(&nets, None));
     }
 }

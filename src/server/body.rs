@@ -1,6 +1,9 @@
 //! Reading a request body with a size limit, whether or not the client sent Content-Length,
 //! within a budget of body bytes held by all requests together.
 
+use std::future::Future;
+use std::task::Poll;
+
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -35,13 +38,22 @@ where
     B::Error: std::fmt::Display,
 {
     let deadline = tokio::time::Instant::now() + limits.timeout;
-    match tokio::time::timeout_at(deadline, read(&mut body, limits)).await {
-        Ok(Err(BodyError::TooLarge { limit, .. })) => {
+    let read = {
+        let mut reading = std::pin::pin!(read(&mut body, limits));
+        // Most bodies came with their head: one read, no timer armed (a timer is about a
+        // twentieth of a callback's instructions; issue 19). The rest wait within the timeout.
+        match std::future::poll_fn(|cx| Poll::Ready(reading.as_mut().poll(cx))).await {
+            Poll::Ready(read) => Some(read),
+            Poll::Pending => tokio::time::timeout_at(deadline, reading).await.ok(),
+        }
+    };
+    match read {
+        Some(Err(BodyError::TooLarge { limit, .. })) => {
             let is_drained = tokio::time::timeout_at(deadline, drain(&mut body)).await.unwrap_or(false);
             Err(BodyError::TooLarge { limit, is_drained })
         }
-        Ok(read) => read,
-        Err(_elapsed) => Err(BodyError::Timeout),
+        Some(read) => read,
+        None => Err(BodyError::Timeout),
     }
 }
 

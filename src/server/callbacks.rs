@@ -18,11 +18,14 @@ use hyper::body::Incoming;
 use tower_service::Service;
 use warp::http::StatusCode;
 
-use super::{State, openim, tencent};
+use super::{Peer, State, openim, tencent};
 
-/// The callback port's service.
+/// The callback port's service for one connection, from `peer`.
 #[derive(Clone)]
-pub struct Callbacks(pub Arc<State>);
+pub struct Callbacks {
+    pub state: Arc<State>,
+    pub peer: Peer,
+}
 
 impl Service<hyper::Request<Incoming>> for Callbacks {
     type Response = warp::reply::Response;
@@ -34,19 +37,20 @@ impl Service<hyper::Request<Incoming>> for Callbacks {
     }
 
     fn call(&mut self, req: hyper::Request<Incoming>) -> Self::Future {
-        let state = self.0.clone();
-        Box::pin(async move { Ok(route(state, req).await) })
+        let state = self.state.clone();
+        let peer = self.peer;
+        Box::pin(async move { Ok(route(state, peer, req).await) })
     }
 }
 
-async fn route(state: Arc<State>, req: hyper::Request<Incoming>) -> warp::reply::Response {
+async fn route(state: Arc<State>, peer: Peer, req: hyper::Request<Incoming>) -> warp::reply::Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     if let Some(tail) = after_segment(path, "openim") {
-        return openim::serve(state, &parts, tail, body).await;
+        return openim::serve(state, peer, &parts, tail, body).await;
     }
     if after_segment(path, "tencent") == Some("") {
-        return tencent::serve(state, &parts, body).await;
+        return tencent::serve(state, peer, &parts, body).await;
     }
     openim::error_reply(
         StatusCode::NOT_FOUND,

@@ -2,8 +2,8 @@
 //! set — a header read timeout (a slow client cannot hold a connection), an optional idle
 //! timeout between requests, a header size limit, a cap on open connections (reached, the
 //! connection idle the longest is closed to make room) and TCP keepalive — plus the drain
-//! before shutdown. Each request carries its peer address as a [`Peer`] extension, for the
-//! source allowlist.
+//! before shutdown. Each connection's service is made knowing its [`Peer`], for the source
+//! allowlist (not as a request extension: inserting one costs a map per request).
 //!
 //! Why no idle timeout by default: OpenIM ≥ 3.7 keeps idle connections forever and does not
 //! retry a POST, so a kept-alive connection closed by the server just as OpenIM sends a
@@ -64,17 +64,19 @@ const EVICT_WAIT: Duration = Duration::from_secs(1);
 /// How long shutdown waits for requests in flight before closing their connections.
 const DRAIN_FOR: Duration = Duration::from_secs(10);
 
-/// Serves `service` (a `warp::service(filter)`) on `listener` until `stop` turns true, then
-/// stops accepting, lets requests in flight finish (up to a bound) and returns. While
+/// Serves the services `make` makes, one per connection from its peer, on `listener` until
+/// `stop` turns true, then stops accepting, lets requests in flight finish (up to a bound)
+/// and returns. While
 /// `draining` is set, every answer carries `Connection: close`, so that clients leave their
 /// kept-alive connections cleanly before the server stops.
-pub async fn serve<S>(
+pub async fn serve<M, S>(
     listener: TcpListener,
-    service: S,
+    make: M,
     limits: ConnLimits,
     draining: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) where
+    M: Fn(Peer) -> S,
     S: Service<hyper::Request<Incoming>, Response = warp::reply::Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
@@ -114,7 +116,7 @@ pub async fn serve<S>(
             idle_timeout: limits.idle_timeout,
         });
         let io = TokioIo::new(CountedReads { stream, conn: conn.clone() });
-        let handler = handler(service.clone(), peer, draining.clone());
+        let handler = handler(make(Peer(peer)), draining.clone());
         let served = graceful.watch(http.serve_connection(io, handler));
         let conns = conns.clone();
         tokio::spawn(async move {
@@ -138,11 +140,9 @@ fn tune(stream: &TcpStream, peer: SocketAddr, keepalive: &socket2::TcpKeepalive)
     }
 }
 
-/// The service of one connection: each request carries its [`Peer`], and while `draining` is
-/// set each answer says `Connection: close`.
+/// The service of one connection: while `draining` is set each answer says `Connection: close`.
 fn handler<S>(
     service: S,
-    peer: SocketAddr,
     draining: Arc<AtomicBool>,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
@@ -155,8 +155,7 @@ where
     S: Service<hyper::Request<Incoming>, Response = warp::reply::Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(Peer(peer));
+    hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let is_closing = draining.load(Ordering::Relaxed);
         // warp's service is always ready and cheap to clone.
         let answer = service.clone().call(req);

@@ -125,18 +125,13 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let recorder = state.recorder.clone();
-    let callbacks = callbacks::Callbacks(state.clone());
     let limits = state.conn_limits;
     let draining = state.draining.clone();
-    let callbacks = tokio::spawn(listen::serve(bound.callbacks, callbacks, limits, draining.clone(), stop_rx.clone()));
     let delay = state.shutdown_delay;
-    let admin = tokio::spawn(listen::serve(
-        bound.admin,
-        warp::service(admin::routes(state)),
-        limits,
-        draining.clone(),
-        stop_rx,
-    ));
+    let admin = warp::service(admin::routes(state.clone()));
+    let callbacks = move |peer| callbacks::Callbacks { state: state.clone(), peer };
+    let callbacks = tokio::spawn(listen::serve(bound.callbacks, callbacks, limits, draining.clone(), stop_rx.clone()));
+    let admin = tokio::spawn(listen::serve(bound.admin, move |_| admin.clone(), limits, draining.clone(), stop_rx));
 
     let stop = shutdown.await;
     draining.store(true, std::sync::atomic::Ordering::Relaxed);

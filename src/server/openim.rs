@@ -6,7 +6,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use warp::http::request::Parts;
-use warp::http::{HeaderValue, Method, StatusCode};
+use warp::http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use super::body::read_limited;
 use super::{Peer, access, observe};
@@ -16,9 +16,12 @@ use crate::protocol::BodyError;
 use crate::protocol::openim::{self, DecodeError, OpenImVersion};
 use crate::record;
 
+/// OpenIM's `operationID` header, as a name already parsed (looking one up by text parses it
+/// on every request).
+static OPERATION_ID: HeaderName = HeaderName::from_static("operationid");
+
 /// Serves one request to `/openim[/…]`; `tail` is the path after `/openim/`.
-pub async fn serve(state: Arc<State>, parts: &Parts, tail: &str, body: Incoming) -> warp::reply::Response {
-    let peer = parts.extensions.get::<Peer>().copied();
+pub async fn serve(state: Arc<State>, peer: Peer, parts: &Parts, tail: &str, body: Incoming) -> warp::reply::Response {
     if !access::is_source_allowed(&state.allow_sources, peer) {
         access::note_forbidden("openim", "source", peer);
         return error_reply(StatusCode::FORBIDDEN, "forbidden", "forbidden");
@@ -45,7 +48,7 @@ pub async fn serve(state: Arc<State>, parts: &Parts, tail: &str, body: Incoming)
         Err(err) => return bad_request(&DecodeError::Body(err), version, state.is_dry_run),
     };
     // Taken as bytes: an operationID that is not visible ASCII is still a callback to decide.
-    let operation_id = parts.headers.get("operationid").map(|v| String::from_utf8_lossy(v.as_bytes()));
+    let operation_id = parts.headers.get(&OPERATION_ID).map(|v| String::from_utf8_lossy(v.as_bytes()));
     // The body's room in the in-flight budget is held until the answer.
     handle(&state, path_command, query, operation_id.as_deref().unwrap_or(""), body.bytes, version).await
 }

@@ -23,11 +23,10 @@ use crate::record;
 const ITEMS_AT_ONCE: usize = 32;
 
 /// Serves one request to `/tencent`.
-pub async fn serve(state: Arc<State>, parts: &Parts, body: Incoming) -> warp::reply::Response {
+pub async fn serve(state: Arc<State>, peer: Peer, parts: &Parts, body: Incoming) -> warp::reply::Response {
     let started = Instant::now();
     let query = tencent::Query::parse(parts.uri.query().unwrap_or(""));
     let is_before = query.names_decided_command();
-    let peer = parts.extensions.get::<Peer>().copied();
     if !access::is_source_allowed(&state.allow_sources, peer) {
         access::note_forbidden("tencent", "source", peer);
         return closing(json_reply(StatusCode::FORBIDDEN, tencent::encode_fail("forbidden", is_before)));

@@ -560,21 +560,25 @@ pub fn free_port() -> u16 {
 impl RedisServer {
     /// Starts redis-server on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
-        RedisServer::launch(None, false, false, tempfile::tempdir().unwrap())
+        RedisServer::launch(false, false, false, tempfile::tempdir().unwrap())
     }
 
-    /// Starts redis-server on a free port, with the options given, in `dir`.
-    fn launch(
-        tls_port: Option<u16>,
-        requires_client_cert: bool,
-        is_cluster_node: bool,
-        dir: tempfile::TempDir,
-    ) -> RedisServer {
-        let cluster_port = is_cluster_node.then(free_port);
+    /// Starts redis-server on free ports (a TLS port too with `has_tls`), with the options
+    /// given, in `dir`. A port found free can be taken by another process before redis-server
+    /// binds it (tests run in parallel); redis-server then exits, and is started again on
+    /// other ports.
+    fn launch(has_tls: bool, requires_client_cert: bool, is_cluster_node: bool, dir: tempfile::TempDir) -> RedisServer {
         let mut redis =
-            RedisServer { child: None, port: free_port(), tls_port, requires_client_cert, cluster_port, _dir: dir };
-        redis.restart();
-        redis
+            RedisServer { child: None, port: 0, tls_port: None, requires_client_cert, cluster_port: None, _dir: dir };
+        for _ in 0..5 {
+            redis.port = free_port();
+            redis.tls_port = has_tls.then(free_port);
+            redis.cluster_port = is_cluster_node.then(free_port);
+            if redis.try_start() {
+                return redis;
+            }
+        }
+        panic!("redis-server exited at start five times, on other ports each time");
     }
 
     /// Starts redis-server listening also with TLS on a second port, with a certificate for
@@ -585,7 +589,7 @@ impl RedisServer {
     pub fn start_tls(requires_client_cert: bool) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         write_tls_files(dir.path());
-        RedisServer::launch(Some(free_port()), requires_client_cert, false, dir)
+        RedisServer::launch(true, requires_client_cert, false, dir)
     }
 
     /// The PEM file of the CA that signed the TLS certificate.
@@ -618,6 +622,12 @@ impl RedisServer {
 
     /// Starts the server again on the same port (empty) and waits until it answers.
     pub fn restart(&mut self) {
+        assert!(self.try_start(), "redis-server exited at start on port {}", self.port);
+    }
+
+    /// Starts the server on its ports and waits until it answers; false if it exited first
+    /// (its port taken).
+    fn try_start(&mut self) -> bool {
         self.kill();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -637,9 +647,14 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         while !self.answers_ping() {
+            if self.child.as_mut().is_some_and(|c| c.try_wait().is_ok_and(|exited| exited.is_some())) {
+                self.child = None;
+                return false;
+            }
             assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
             std::thread::sleep(Duration::from_millis(10));
         }
+        true
     }
 
     fn tls_args(&self) -> Vec<String> {
@@ -727,7 +742,7 @@ impl RedisCluster {
                     let file = file.unwrap();
                     std::fs::copy(file.path(), dir.path().join(file.file_name())).unwrap();
                 }
-                RedisServer::launch(is_tls.then(free_port), false, true, dir)
+                RedisServer::launch(is_tls, false, true, dir)
             })
             .collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.tls_port.unwrap_or(n.port))).collect();
