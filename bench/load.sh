@@ -36,7 +36,10 @@
 # 5. Against the least a hand-written gate must do (issue 19), in the same rotation:
 #    examples/min_gate.rs with records (min) and without (minnorec), and a Node peer written
 #    the same way (bench/peers/min_gate.js) when node is installed. Then latency at a fixed
-#    FIXED_RATE callbacks/s (examples/fixed_rate.rs, open loop), callgate against min.
+#    FIXED_RATE callbacks/s (examples/fixed_rate.rs, open loop), callgate against min, in
+#    FIXED_ROUNDS short alternating rounds: on a shared machine a neighbour's burst sets the
+#    p99 of whichever server it lands on, so the target is judged on the median of each
+#    round's own p99 ratio (a burst spoils the rounds it hits, not the verdict).
 #
 # 6. The status page (PAGE=1, the default), in the same rotation: `page`, callgate whose
 #    GET /v1/live (all the status page reads) is fetched once a second for the whole run, as
@@ -46,7 +49,7 @@
 #    another build of callgate, say the commit before a change, on the same policies.
 #
 # Knobs (environment): ROUNDS=5 DURATION=6 WARMUP=3 THREADS=2 CONNS=32 RELOADS=5 NOREC=1 SCENARIOS=1 EXTRA
-# FIXED_RATE=5000 (0: off) FIXED_ROUNDS=3 PAGE=1 BASELINE
+# FIXED_RATE=5000 (0: off) FIXED_ROUNDS=9 FIXED_SECONDS=3 PAGE=1 BASELINE
 # PIN=0 (PIN=1: servers on CPU 0, wrk on CPU 1 with one thread; steadier on 2 cores)
 
 set -euo pipefail
@@ -64,7 +67,8 @@ BASELINE=${BASELINE:-}
 SCENARIOS=${SCENARIOS:-1}
 EXTRA=${EXTRA-500 1000 2000 3000}
 FIXED_RATE=${FIXED_RATE:-5000}
-FIXED_ROUNDS=${FIXED_ROUNDS:-3}
+FIXED_ROUNDS=${FIXED_ROUNDS:-9}
+FIXED_SECONDS=${FIXED_SECONDS:-3}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -370,18 +374,25 @@ for name in "${NAMES[@]}"; do
 done
 
 # Latency at a fixed moderate load (FIXED_RATE/s, open loop, latency from each request's due
-# time): callgate against the minimal gate, alternating, FIXED_ROUNDS rounds each.
+# time): callgate against the minimal gate, alternating, FIXED_ROUNDS rounds of
+# FIXED_SECONDS each; FIXED_RATIOS keeps each round's own p99 ratio.
 FIXED_LINES=()
-declare -A FIXED_P99=()
+declare -A FIXED_P50=() FIXED_P90=() FIXED_P99=()
+FIXED_RATIOS=""
 if [[ "$FIXED_RATE" != 0 ]]; then
     for round in $(seq "$FIXED_ROUNDS"); do
+        declare -A round_p99=()
         for name in callgate min; do
-            out=$(timeout $((DURATION + 30)) "${WRK_CPU[@]}" "$FIXED_RATE_BIN" "${ADDR[$name]}" "$FIXED_RATE" "$DURATION" 16 \
-                "$REPO/bench/openim-requests.tsv") || die "fixed_rate failed on $name: $out"
+            out=$(timeout $((FIXED_SECONDS + 30)) "${WRK_CPU[@]}" "$FIXED_RATE_BIN" "${ADDR[$name]}" "$FIXED_RATE" \
+                "$FIXED_SECONDS" 16 "$REPO/bench/openim-requests.tsv") || die "fixed_rate failed on $name: $out"
             FIXED_LINES+=("$(printf 'round %d  %-9s %s' "$round" "$name" "$out")")
-            FIXED_P99[$name]+="$(sed -E 's/.* p99 ([0-9.]+) .*/\1/' <<<"$out") "
+            FIXED_P50[$name]+="$(sed -E 's/.* p50 ([0-9.]+) .*/\1/' <<<"$out") "
+            FIXED_P90[$name]+="$(sed -E 's/.* p90 ([0-9.]+) .*/\1/' <<<"$out") "
+            round_p99[$name]=$(sed -E 's/.* p99 ([0-9.]+) .*/\1/' <<<"$out")
+            FIXED_P99[$name]+="${round_p99[$name]} "
             say "${FIXED_LINES[-1]}"
         done
+        FIXED_RATIOS+="$(awk -v a="${round_p99[callgate]}" -v b="${round_p99[min]}" 'BEGIN { printf "%.2f", a / b }') "
     done
 fi
 
@@ -668,10 +679,14 @@ LOAD_TOOK=$(grep -o '"took_ms":[0-9]*' "$WORK/reload.log" | cut -d: -f2 | tr '\n
     if [[ ${#FIXED_LINES[@]} -gt 0 ]]; then
         echo "---- latency at a fixed $FIXED_RATE callbacks/s (examples/fixed_rate.rs, 16 connections) ----"
         printf '%s\n' "${FIXED_LINES[@]}"
-        printf 'p99 callgate %s ms, min %s ms: ratio %s   target <= 1.2: %s\n' "$(med "${FIXED_P99[callgate]}")" \
-            "$(med "${FIXED_P99[min]}")" \
-            "$(awk -v a="$(med "${FIXED_P99[callgate]}")" -v b="$(med "${FIXED_P99[min]}")" 'BEGIN { printf "%.2f", a / b }')" \
-            "$(awk -v a="$(med "${FIXED_P99[callgate]}")" -v b="$(med "${FIXED_P99[min]}")" 'BEGIN { print (a / b <= 1.2) ? "MET" : "NOT MET" }')"
+        for q in 50 90 99; do
+            declare -n of="FIXED_P$q"
+            printf 'p%s callgate %s ms, min %s ms (medians over rounds)\n' "$q" "$(med "${of[callgate]}")" "$(med "${of[min]}")"
+            unset -n of
+        done
+        FIXED_RATIO=$(med "$FIXED_RATIOS")
+        printf 'p99 callgate/min per round: %s median %s   target <= 1.2: %s\n' "$FIXED_RATIOS" "$FIXED_RATIO" \
+            "$(awk -v r="$FIXED_RATIO" 'BEGIN { print (r <= 1.2) ? "MET" : "NOT MET" }')"
     fi
     echo "---- hot reload, 10,000 rules, write-and-rename ----"
     printf '%s\n' "${RELOAD_LINES[@]}"
