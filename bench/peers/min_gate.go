@@ -35,6 +35,8 @@ var (
 )
 
 // callback holds the fields the checks read; the rest of the body is skipped while parsing.
+// Unlike serde in min_gate.rs, encoding/json matches keys case-insensitively and reads null
+// as "" (serde refuses it, so that gate allows without a record); no bench body has either.
 type callback struct {
 	OwnerUserID string `json:"ownerUserID"`
 	BlackUserID string `json:"blackUserID"`
