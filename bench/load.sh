@@ -34,12 +34,13 @@
 #    the summary places callgate on that scale.
 #
 # 5. Against the least a hand-written gate must do (issue 19), in the same rotation:
-#    examples/min_gate.rs with records (min) and without (minnorec), and a Node peer written
-#    the same way (bench/peers/min_gate.js) when node is installed. Then latency at a fixed
-#    FIXED_RATE callbacks/s (examples/fixed_rate.rs, open loop), callgate against min, in
-#    FIXED_ROUNDS short alternating rounds: on a shared machine a neighbour's burst sets the
-#    p99 of whichever server it lands on, so the target is judged on the median of each
-#    round's own p99 ratio (a burst spoils the rounds it hits, not the verdict).
+#    examples/min_gate.rs with records (min) and without (minnorec), a Node peer written
+#    the same way (bench/peers/min_gate.js) when node is installed, and a Go net/http one
+#    (bench/peers/min_gate.go, built in the work dir) when go is installed. Then latency at
+#    a fixed FIXED_RATE callbacks/s (examples/fixed_rate.rs, open loop), callgate against
+#    min, in FIXED_ROUNDS short alternating rounds: on a shared machine a neighbour's burst
+#    sets the p99 of whichever server it lands on, so the target is judged on the median of
+#    each round's own p99 ratio (a burst spoils the rounds it hits, not the verdict).
 #
 # 6. The status page (PAGE=1, the default), in the same rotation: `page`, callgate whose
 #    GET /v1/live (all the status page reads) is fetched once a second for the whole run, as
@@ -277,7 +278,8 @@ start_peer() {
     say "$name: pid ${PID[$name]}, ${ADDR[$name]}"
 }
 # The least a hand-written gate must do (issue 19): parse, allowlist, regex, answer, and a
-# record line to a writer thread (min) or none (minnorec); a Node peer written the same way.
+# record line to a writer thread (min) or none (minnorec); Node and Go peers written the same
+# way, with records.
 start_peer min "$MIN_GATE" 127.0.0.1:0 "$WORK/min-records.jsonl"
 start_peer minnorec "$MIN_GATE" 127.0.0.1:0 -
 NAMES+=(min minnorec)
@@ -288,9 +290,15 @@ else
     say "node not installed: the Node peer is skipped"
 fi
 if command -v go >/dev/null 2>&1; then
-    say "go is installed, but no Go peer is written yet"
+    # The standard library only, no go.mod. The build cache and GOPATH live in the work dir
+    # and go with it, and the caller's GOFLAGS do not apply.
+    GOCACHE="$WORK/go-cache" GOPATH="$WORK/go-path" GOFLAGS= \
+        go build -o "$WORK/min_gate_go" "$REPO/bench/peers/min_gate.go" >&2 ||
+        die "cannot build bench/peers/min_gate.go"
+    start_peer go "$WORK/min_gate_go" 127.0.0.1:0 "$WORK/go-records.jsonl"
+    NAMES+=(go)
 else
-    say "go not installed: no Go peer"
+    say "go not installed: the Go peer is skipped"
 fi
 if [[ "$NOREC" == 1 ]]; then
     start_callgate norec "$REPO/policies" --records false
@@ -667,7 +675,7 @@ LOAD_TOOK=$(grep -o '"took_ms":[0-9]*' "$WORK/reload.log" | cut -d: -f2 | tr '\n
         paste -d' ' <(tr ' ' '\n' <<<"${RPS_OF[$1]:-}") <(tr ' ' '\n' <<<"${RPS_OF[$2]:-}") |
             awk 'NF == 2 && $2 > 0 { printf "%.3f ", $1 / $2 }'
     }
-    for pair in "callgate min 0.95" "norec minnorec 0.95" "cap min 0.93" "node min -" "min bare -"; do
+    for pair in "callgate min 0.95" "norec minnorec 0.95" "cap min 0.93" "node min -" "go min -" "min bare -"; do
         read -r a b target <<<"$pair"
         [[ -n "${RPS_OF[$a]:-}" && -n "${RPS_OF[$b]:-}" ]] || continue
         ratios=$(per_round "$a" "$b")
