@@ -148,21 +148,19 @@ pub(crate) fn cap_key_parts(key: &str) -> (&str, &str) {
 }
 
 /// The decision logic every store shares, given each key's count in its window: returns
-/// the outcome, and which checks must count this callback.
+/// the outcome, and whether the callback counts (it does when it is allowed), in which case
+/// [`under`] says against which checks.
 fn resolve(
     checks: &[CapCheck],
     mut counts: impl FnMut(usize) -> u64,
     allow_if_none_decides: bool,
-) -> (CapOutcome, Vec<usize>) {
+) -> (CapOutcome, bool) {
     let mut outcome = CapOutcome { decided_by: None, counts: vec![None; checks.len()] };
-    let mut under = Vec::new();
     for (i, check) in checks.iter().enumerate() {
         let count = counts(i);
         let is_exceeded = count + 1 > check.max;
         outcome.counts[i] = Some((count, is_exceeded));
-        if !is_exceeded {
-            under.push(i);
-        } else if !check.is_dry_run {
+        if is_exceeded && !check.is_dry_run {
             outcome.decided_by = Some(i);
             break;
         }
@@ -171,10 +169,12 @@ fn resolve(
         Some(i) => checks[i].is_allow_when_exceeded,
         None => allow_if_none_decides,
     };
-    if !is_allowed {
-        under.clear();
-    }
-    (outcome, under)
+    (outcome, is_allowed)
+}
+
+/// The checks an allowed callback counts against: every one reached and not exceeded.
+fn under(outcome: &CapOutcome) -> impl Iterator<Item = usize> + '_ {
+    outcome.counts.iter().enumerate().filter(|(_, c)| matches!(c, Some((_, false)))).map(|(i, _)| i)
 }
 
 #[cfg(test)]
@@ -195,20 +195,21 @@ mod tests {
     #[test]
     fn first_enforced_exceeded_cap_decides_and_nothing_counts() {
         let checks = [check(5, false), check(1, true), check(2, false), check(9, false)];
-        let (outcome, count) = resolve(&checks, |i| [1, 1, 2, 0][i], true);
+        let (outcome, is_counted) = resolve(&checks, |i| [1, 1, 2, 0][i], true);
         assert_eq!(outcome.decided_by, Some(2));
         assert_eq!(outcome.counts, vec![Some((1, false)), Some((1, true)), Some((2, true)), None]);
-        assert!(count.is_empty());
+        assert!(!is_counted);
     }
 
     #[test]
     fn an_allowed_callback_counts_against_every_cap_it_stayed_under() {
         let checks = [check(5, false), check(1, true), check(3, false)];
-        let (outcome, count) = resolve(&checks, |i| [4, 1, 0][i], true);
+        let (outcome, is_counted) = resolve(&checks, |i| [4, 1, 0][i], true);
         assert_eq!(outcome.decided_by, None);
-        assert_eq!(count, vec![0, 2]);
-        let (_, count) = resolve(&checks, |i| [4, 1, 0][i], false);
-        assert!(count.is_empty(), "a callback refused by a later rule is not counted");
+        assert!(is_counted);
+        assert_eq!(under(&outcome).collect::<Vec<_>>(), vec![0, 2]);
+        let (_, is_counted) = resolve(&checks, |i| [4, 1, 0][i], false);
+        assert!(!is_counted, "a callback refused by a later rule is not counted");
     }
 
     #[test]
