@@ -125,12 +125,19 @@ impl CapStore {
 /// reload exactly when rule id, key fields and window are unchanged. Parts are separated by
 /// `\u{1f}` (unit separator), which IDs do not contain.
 pub fn cap_key<V: AsRef<str>>(rule: &str, per: Duration, fields: &str, values: impl IntoIterator<Item = V>) -> String {
-    use std::fmt::Write;
-    let mut key = String::with_capacity(rule.len() + fields.len() + 64);
-    key.push_str(rule);
-    // Writing into a String cannot fail.
-    let _ = write!(key, "\u{1f}{}\u{1f}", per.as_millis());
-    key.push_str(fields);
+    cap_key_from_head(&cap_key_head(rule, per, fields), values)
+}
+
+/// The part of a [`cap_key`] its rule fixes: rule id, window and key field names. Made once
+/// per rule when policies load, so that a callback's key is a copy and its values.
+pub fn cap_key_head(rule: &str, per: Duration, fields: &str) -> String {
+    format!("{rule}\u{1f}{}\u{1f}{fields}", per.as_millis())
+}
+
+/// The [`cap_key`] whose [`cap_key_head`] is `head`, for these key values.
+pub fn cap_key_from_head<V: AsRef<str>>(head: &str, values: impl IntoIterator<Item = V>) -> String {
+    let mut key = String::with_capacity(head.len() + 32);
+    key.push_str(head);
     for v in values {
         key.push('\u{1f}');
         key.push_str(v.as_ref());
