@@ -14,7 +14,8 @@
 # Contenders: callgate (shipped policies, records on), norec (records off), cap (a rate cap
 # on every callback, 5,000 owners, as load.sh's cap), min and minnorec
 # (examples/min_gate.rs with and without records: the least a hand-written gate does, issue
-# 19), single (OpenIM's one-to-one message callback) and tencentdec (Tencent's
+# 19), mincap (min_gate --cap, records on: cap's rate cap written by hand, on cap's
+# requests), single (OpenIM's one-to-one message callback) and tencentdec (Tencent's
 # C2C.CallbackBeforeSendMsg, signed), the last two on the same policy set (issue 16).
 #
 # Instructions are not time (a cache miss or a syscall costs more than its count says, and the
@@ -85,13 +86,14 @@ contender() {
     cap) CMD=("${serve[@]}" --policies "$REPO/bench/policies/cap") REQS=$WORK/cap.tsv ;;
     min) CMD=("$MIN_GATE" 127.0.0.1:0 "$WORK/min-records.jsonl") ;;
     minnorec) CMD=("$MIN_GATE" 127.0.0.1:0 -) ;;
+    mincap) CMD=("$MIN_GATE" 127.0.0.1:0 "$WORK/mincap-records.jsonl" --cap) REQS=$WORK/cap.tsv ;;
     single) CMD=("${serve[@]}" --policies "$WORK/tencent-policies") REQS=$WORK/single.tsv ;;
     tencentdec)
         CMD=("${serve[@]}" --policies "$WORK/tencent-policies" --tencent-app-id 1400000001
             --tencent-token "$TC_TOKEN" --tencent-max-skew 1h)
         REQS=$WORK/tencentdec.tsv
         ;;
-    *) die "unknown contender $1 (callgate norec cap min minnorec single tencentdec)" ;;
+    *) die "unknown contender $1 (callgate norec cap min minnorec mincap single tencentdec)" ;;
     esac
 }
 
@@ -132,7 +134,7 @@ measure() {
 }
 
 NAMES=("$@")
-((${#NAMES[@]})) || NAMES=(callgate norec cap min minnorec single tencentdec)
+((${#NAMES[@]})) || NAMES=(callgate norec cap min minnorec mincap single tencentdec)
 for name in "${NAMES[@]}"; do
     measure "$name"
 done

@@ -22,6 +22,7 @@ use super::set::PolicySet;
 use crate::catalog::{self, CodeFamily, Decided, TencentAnswer};
 use crate::decision::{Outcome, Refusal};
 use crate::event::Source;
+use crate::ratecap::cap_key_head;
 
 /// The longest rate-cap window.
 const MAX_CAP_WINDOW: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
@@ -354,7 +355,7 @@ impl RuleCtx<'_, '_> {
             Some(group) => self.compile_group(group),
             None => Group::default(),
         };
-        let rate_cap = raw.rate_cap.as_ref().and_then(|cap| self.compile_rate_cap(cap));
+        let rate_cap = raw.rate_cap.as_ref().and_then(|cap| self.compile_rate_cap(&raw.id, cap));
         let outcome = match compile_outcome(raw.decision, raw.error.as_ref()) {
             Ok(o) => {
                 if let Some(kind) = check_reach(&on, &o) {
@@ -386,7 +387,7 @@ impl RuleCtx<'_, '_> {
         })
     }
 
-    fn compile_rate_cap(&mut self, cap: &parse::RawRateCap) -> Option<RateCap> {
+    fn compile_rate_cap(&mut self, rule: &str, cap: &parse::RawRateCap) -> Option<RateCap> {
         let errors_before = self.errors.len();
         if cap.max < 1 {
             self.fail("max:", RuleError::CapMaxTooLow { max: cap.max });
@@ -412,7 +413,7 @@ impl RuleCtx<'_, '_> {
         }
         match per {
             Some(per) if self.errors.len() == errors_before => {
-                Some(RateCap { fields, field_names: names.join(","), max: cap.max, per })
+                Some(RateCap { fields, key_head: cap_key_head(rule, per, &names.join(",")), max: cap.max, per })
             }
             _ => None,
         }

@@ -12,7 +12,7 @@ use super::set::PolicySet;
 use crate::decision::{CapHit, Decision, DryRunHit, Outcome};
 use crate::event::{Event, Source};
 use crate::lists::ListStore;
-use crate::ratecap::{CapCheck, CapOutcome, CapStore, OnError, cap_key};
+use crate::ratecap::{CapCheck, CapOutcome, CapStore, OnError, cap_key_from_head};
 
 /// What the list store answered for one callback: for each (Redis set key, ID) asked,
 /// whether the ID is a member. An ID not asked is in no list held in Redis (offline tools,
@@ -284,7 +284,7 @@ fn cap_check(rule: &Rule, cap: &RateCap, body: &Map<String, Value>) -> CapCheck 
     let values = cap.fields.iter().map(|f| lookup(body, f).and_then(value_text).unwrap_or(Cow::Borrowed("")));
     CapCheck {
         rule: rule.id.clone(),
-        key: cap_key(&rule.id, cap.per, &cap.field_names, values),
+        key: cap_key_from_head(&cap.key_head, values),
         max: cap.max,
         per: cap.per,
         is_dry_run: rule.is_dry_run,
@@ -354,5 +354,28 @@ impl Test {
             Test::Regex(re) => value_text(value).is_some_and(|v| re.is_match(&v)),
             Test::Exists(should_exist) => *should_exist,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::event::Event;
+    use crate::ratecap::cap_key;
+
+    #[test]
+    fn a_callbacks_cap_key_is_cap_key_of_its_rule_and_values() {
+        // The key is built from a head made when policies load; it must stay the key
+        // `cap_key` makes (Redis keys and counts across reloads are found by it).
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "rules:\n  - id: unblock-rate\n    rate_cap: { key: [ownerUserID, seq, groupID], max: 5, per: 90s }\n    decision: deny\n    error: { code: 150, message: no }\n";
+        std::fs::write(dir.path().join("10.yaml"), yaml).unwrap();
+        let set = super::super::load_dir(dir.path()).unwrap();
+        let body = serde_json::json!({ "ownerUserID": "u_1", "seq": 7 });
+        let event = Event::openim("callbackAfterRemoveBlackCommand", body.as_object().unwrap().clone());
+        let plan = set.plan(&event);
+        let expected = cap_key("unblock-rate", Duration::from_secs(90), "ownerUserID,seq,groupID", ["u_1", "7", ""]);
+        assert_eq!(plan.cap_checks()[0].key, expected);
     }
 }

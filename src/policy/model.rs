@@ -57,9 +57,10 @@ pub struct Rule {
 pub struct RateCap {
     /// The fields whose values, with the rule id, make the key.
     pub fields: Vec<FieldPath>,
-    /// The field names as written, joined by `,`: part of the key, so counts are kept
-    /// across reloads only while the key fields stay the same.
-    pub field_names: String,
+    /// The rule id, window and field names (as written, joined by `,`) that begin every
+    /// key of this cap: see [`crate::ratecap::cap_key_head`]. Counts are kept across reloads
+    /// only while these stay the same.
+    pub key_head: String,
     /// Allowed callbacks per window.
     pub max: u64,
     /// The window.

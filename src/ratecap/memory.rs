@@ -11,19 +11,50 @@
 
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use super::{CapCheck, CapError, CapOutcome, resolve};
+use super::{CapCheck, CapError, CapOutcome, resolve, under};
 
 const SHARDS: usize = 64;
 
 /// A key as 128 bits of two independently, randomly keyed SipHashes of its text. Keeping
 /// the hash instead of the text makes a tracked key about 45 bytes instead of about 200;
 /// a collision needs 2^64 work against keys an attacker cannot learn.
-type KeyHash = [u64; 2];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyHash([u64; 2]);
+
+impl Hash for KeyHash {
+    /// Its second half, already a keyed hash: hashing it again in the shard's table would
+    /// cost three more SipHashes a check and add nothing (the first half picks the shard).
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[1]);
+    }
+}
+
+/// The shard table's hasher: passes a [`KeyHash`]'s half through.
+#[derive(Debug, Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    /// Only [`KeyHash`] is hashed here, through `write_u64`; any other input is folded in
+    /// so that the hasher is still a correct one.
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// The allowed times (ms since the store's start) of one key, oldest first. Most keys hold
 /// one time, kept inline; more spill into a queue.
@@ -69,7 +100,7 @@ impl Window {
     }
 }
 
-type Shard = HashMap<KeyHash, Window>;
+type Shard = HashMap<KeyHash, Window, BuildHasherDefault<KeyHasher>>;
 
 /// Exact rolling-window counts in this process.
 #[derive(Debug)]
@@ -90,7 +121,7 @@ impl MemoryCaps {
     /// A store tracking at most `max_keys` keys.
     pub fn new(max_keys: usize) -> MemoryCaps {
         MemoryCaps {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
             keys: AtomicUsize::new(0),
             max_keys,
             started: Instant::now(),
@@ -99,11 +130,11 @@ impl MemoryCaps {
     }
 
     fn hash(&self, key: &str) -> KeyHash {
-        [self.hashers[0].hash_one(key), self.hashers[1].hash_one(key)]
+        KeyHash([self.hashers[0].hash_one(key), self.hashers[1].hash_one(key)])
     }
 
     fn shard_of(hash: &KeyHash) -> usize {
-        (hash[0] as usize) % SHARDS
+        (hash.0[0] as usize) % SHARDS
     }
 
     fn now_ms(&self) -> u64 {
@@ -123,26 +154,65 @@ impl MemoryCaps {
     /// [`MemoryCaps::check`] at a given time (ms since the store started), for tests of the
     /// window edges.
     pub fn check_at(&self, checks: &[CapCheck], allow_if_none_decides: bool, now: u64) -> Result<CapOutcome, CapError> {
-        let hashes: Vec<KeyHash> = checks.iter().map(|c| self.hash(&c.key)).collect();
         // Lock every shard involved, in index order so concurrent checks cannot deadlock,
-        // and hold them all: the check and the counting are one atomic step.
-        let mut shard_ids: Vec<usize> = hashes.iter().map(Self::shard_of).collect();
-        shard_ids.sort_unstable();
-        shard_ids.dedup();
-        let mut guards: Vec<MutexGuard<'_, Shard>> = shard_ids.iter().map(|&i| lock(&self.shards[i])).collect();
-        let guard_of = |i: usize| shard_ids.binary_search(&Self::shard_of(&hashes[i])).unwrap_or(0);
+        // and hold them all: the check and the counting are one atomic step. One or two
+        // checks (nearly every callback's) take no allocation.
+        match checks {
+            [a] => {
+                let hashes = [self.hash(&a.key)];
+                let mut guards = [lock(&self.shards[Self::shard_of(&hashes[0])])];
+                self.check_locked(checks, &hashes, &mut guards, |_| 0, allow_if_none_decides, now)
+            }
+            [a, b] => {
+                let hashes = [self.hash(&a.key), self.hash(&b.key)];
+                let shard_ids = [Self::shard_of(&hashes[0]), Self::shard_of(&hashes[1])];
+                if shard_ids[0] == shard_ids[1] {
+                    let mut guards = [lock(&self.shards[shard_ids[0]])];
+                    self.check_locked(checks, &hashes, &mut guards, |_| 0, allow_if_none_decides, now)
+                } else {
+                    let first = usize::from(shard_ids[1] < shard_ids[0]);
+                    let mut guards = [lock(&self.shards[shard_ids[first]]), lock(&self.shards[shard_ids[1 - first]])];
+                    let guard_of = |i: usize| usize::from(i != first);
+                    self.check_locked(checks, &hashes, &mut guards, guard_of, allow_if_none_decides, now)
+                }
+            }
+            _ => {
+                let hashes: Vec<KeyHash> = checks.iter().map(|c| self.hash(&c.key)).collect();
+                let mut shard_ids: Vec<usize> = hashes.iter().map(Self::shard_of).collect();
+                shard_ids.sort_unstable();
+                shard_ids.dedup();
+                let mut guards: Vec<MutexGuard<'_, Shard>> = shard_ids.iter().map(|&i| lock(&self.shards[i])).collect();
+                let guard_of = |i: usize| shard_ids.binary_search(&Self::shard_of(&hashes[i])).unwrap_or(0);
+                self.check_locked(checks, &hashes, &mut guards, guard_of, allow_if_none_decides, now)
+            }
+        }
+    }
 
+    /// The check and the counting, with every shard `checks` need locked: `hashes[i]` is
+    /// `checks[i]`'s key, in the shard `guards[guard_of(i)]`.
+    fn check_locked(
+        &self,
+        checks: &[CapCheck],
+        hashes: &[KeyHash],
+        guards: &mut [MutexGuard<'_, Shard>],
+        guard_of: impl Fn(usize) -> usize,
+        allow_if_none_decides: bool,
+        now: u64,
+    ) -> Result<CapOutcome, CapError> {
         let counts = |i: usize| match guards[guard_of(i)].get_mut(&hashes[i]) {
             Some(w) => w.prune(now, checks[i].per.as_millis() as u64) as u64,
             None => 0,
         };
-        let (outcome, to_count) = resolve(checks, counts, allow_if_none_decides);
+        let (outcome, is_counted) = resolve(checks, counts, allow_if_none_decides);
+        if !is_counted {
+            return Ok(outcome);
+        }
         // Refuse before changing anything, so a full store never counts half a callback.
-        let new_keys = to_count.iter().filter(|&&i| !guards[guard_of(i)].contains_key(&hashes[i])).count();
+        let new_keys = under(&outcome).filter(|&i| !guards[guard_of(i)].contains_key(&hashes[i])).count();
         if new_keys > 0 && self.keys.load(Ordering::Relaxed) + new_keys > self.max_keys {
             return Err(CapError::Full(self.max_keys));
         }
-        for i in to_count {
+        for i in under(&outcome) {
             let per_ms = u32::try_from(checks[i].per.as_millis()).unwrap_or(u32::MAX);
             match guards[guard_of(i)].entry(hashes[i]) {
                 Entry::Occupied(mut e) => {
@@ -254,6 +324,31 @@ mod tests {
         assert_eq!(store.sweep_at(1010), 3);
         assert_eq!(store.key_count(), 0);
         assert!(allowed(&store, &cap("d", 5, 1000), 1010));
+    }
+
+    #[test]
+    fn several_caps_are_checked_and_counted_together() {
+        // Pairs of keys land in one shard or in two (held in either order); three or more
+        // take the general path. Each is checked the same.
+        let store = MemoryCaps::new(10_000);
+        for n in [1, 2, 3, 5] {
+            for pair in 0..200 {
+                let checks: Vec<CapCheck> =
+                    (0..n).map(|i| cap(&format!("{n}-{pair}-{i}"), if i == n - 1 { 1 } else { 2 }, 1000)).collect();
+                let first = store.check_at(&checks, true, 0).unwrap();
+                assert_eq!((first.decided_by, first.counts), (None, vec![Some((0, false)); n]));
+                let second = store.check_at(&checks, true, 1).unwrap();
+                assert_eq!(second.decided_by, Some(n - 1), "the last cap, max 1, is exceeded");
+                let mut counts = vec![Some((1, false)); n];
+                counts[n - 1] = Some((1, true));
+                assert_eq!(second.counts, counts);
+                assert_eq!(store.peek(&checks), vec![1; n], "a refused callback counts nowhere");
+                let mut wider = checks.clone();
+                wider[n - 1].max = 2;
+                assert_eq!(store.check_at(&wider, true, 2).unwrap().decided_by, None);
+                assert_eq!(store.peek(&checks), vec![2; n]);
+            }
+        }
     }
 
     #[test]

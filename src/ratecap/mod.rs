@@ -125,12 +125,19 @@ impl CapStore {
 /// reload exactly when rule id, key fields and window are unchanged. Parts are separated by
 /// `\u{1f}` (unit separator), which IDs do not contain.
 pub fn cap_key<V: AsRef<str>>(rule: &str, per: Duration, fields: &str, values: impl IntoIterator<Item = V>) -> String {
-    use std::fmt::Write;
-    let mut key = String::with_capacity(rule.len() + fields.len() + 64);
-    key.push_str(rule);
-    // Writing into a String cannot fail.
-    let _ = write!(key, "\u{1f}{}\u{1f}", per.as_millis());
-    key.push_str(fields);
+    cap_key_from_head(&cap_key_head(rule, per, fields), values)
+}
+
+/// The part of a [`cap_key`] its rule fixes: rule id, window and key field names. Made once
+/// per rule when policies load, so that a callback's key is a copy and its values.
+pub fn cap_key_head(rule: &str, per: Duration, fields: &str) -> String {
+    format!("{rule}\u{1f}{}\u{1f}{fields}", per.as_millis())
+}
+
+/// The [`cap_key`] whose [`cap_key_head`] is `head`, for these key values.
+pub fn cap_key_from_head<V: AsRef<str>>(head: &str, values: impl IntoIterator<Item = V>) -> String {
+    let mut key = String::with_capacity(head.len() + 32);
+    key.push_str(head);
     for v in values {
         key.push('\u{1f}');
         key.push_str(v.as_ref());
@@ -148,21 +155,19 @@ pub(crate) fn cap_key_parts(key: &str) -> (&str, &str) {
 }
 
 /// The decision logic every store shares, given each key's count in its window: returns
-/// the outcome, and which checks must count this callback.
+/// the outcome, and whether the callback counts (it does when it is allowed), in which case
+/// [`under`] says against which checks.
 fn resolve(
     checks: &[CapCheck],
     mut counts: impl FnMut(usize) -> u64,
     allow_if_none_decides: bool,
-) -> (CapOutcome, Vec<usize>) {
+) -> (CapOutcome, bool) {
     let mut outcome = CapOutcome { decided_by: None, counts: vec![None; checks.len()] };
-    let mut under = Vec::new();
     for (i, check) in checks.iter().enumerate() {
         let count = counts(i);
         let is_exceeded = count + 1 > check.max;
         outcome.counts[i] = Some((count, is_exceeded));
-        if !is_exceeded {
-            under.push(i);
-        } else if !check.is_dry_run {
+        if is_exceeded && !check.is_dry_run {
             outcome.decided_by = Some(i);
             break;
         }
@@ -171,10 +176,12 @@ fn resolve(
         Some(i) => checks[i].is_allow_when_exceeded,
         None => allow_if_none_decides,
     };
-    if !is_allowed {
-        under.clear();
-    }
-    (outcome, under)
+    (outcome, is_allowed)
+}
+
+/// The checks an allowed callback counts against: every one reached and not exceeded.
+fn under(outcome: &CapOutcome) -> impl Iterator<Item = usize> + '_ {
+    outcome.counts.iter().enumerate().filter(|(_, c)| matches!(c, Some((_, false)))).map(|(i, _)| i)
 }
 
 #[cfg(test)]
@@ -195,20 +202,21 @@ mod tests {
     #[test]
     fn first_enforced_exceeded_cap_decides_and_nothing_counts() {
         let checks = [check(5, false), check(1, true), check(2, false), check(9, false)];
-        let (outcome, count) = resolve(&checks, |i| [1, 1, 2, 0][i], true);
+        let (outcome, is_counted) = resolve(&checks, |i| [1, 1, 2, 0][i], true);
         assert_eq!(outcome.decided_by, Some(2));
         assert_eq!(outcome.counts, vec![Some((1, false)), Some((1, true)), Some((2, true)), None]);
-        assert!(count.is_empty());
+        assert!(!is_counted);
     }
 
     #[test]
     fn an_allowed_callback_counts_against_every_cap_it_stayed_under() {
         let checks = [check(5, false), check(1, true), check(3, false)];
-        let (outcome, count) = resolve(&checks, |i| [4, 1, 0][i], true);
+        let (outcome, is_counted) = resolve(&checks, |i| [4, 1, 0][i], true);
         assert_eq!(outcome.decided_by, None);
-        assert_eq!(count, vec![0, 2]);
-        let (_, count) = resolve(&checks, |i| [4, 1, 0][i], false);
-        assert!(count.is_empty(), "a callback refused by a later rule is not counted");
+        assert!(is_counted);
+        assert_eq!(under(&outcome).collect::<Vec<_>>(), vec![0, 2]);
+        let (_, is_counted) = resolve(&checks, |i| [4, 1, 0][i], false);
+        assert!(!is_counted, "a callback refused by a later rule is not counted");
     }
 
     #[test]
