@@ -402,11 +402,17 @@ fn now_rfc3339() -> Stamp {
     stamp(SystemTime::now())
 }
 
+/// The last millisecond RFC 3339's four-digit year can write: 9999-12-31T23:59:59.999Z.
+const LATEST_STAMP: Duration = Duration::from_millis(253_402_300_799_999);
+
 /// `time` as humantime's `format_rfc3339_millis` writes it: the date and second from
-/// humantime (once a second per thread), the milliseconds (truncated, as there) here.
+/// humantime (once a second per thread), the milliseconds (truncated, as there) here. A clock
+/// set before 1970 or past the year 9999, which humantime panics on, is written as the nearest
+/// time it can write: a wrong clock must not fail the callback.
 fn stamp(time: SystemTime) -> Stamp {
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).min(LATEST_STAMP);
+    let time = UNIX_EPOCH + since_epoch;
     let other = || Stamp::Other(humantime::format_rfc3339_millis(time).to_string());
-    let Ok(since_epoch) = time.duration_since(UNIX_EPOCH) else { return other() };
     let secs = since_epoch.as_secs();
     let prefix = SECOND.with(|second| {
         let (cached, prefix) = second.get();
@@ -570,6 +576,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_clock_humantime_cannot_write_is_written_as_the_nearest_time_it_can() {
+        let before_1970 = UNIX_EPOCH - Duration::from_secs(86_400);
+        assert_eq!(serde_json::to_string(&stamp(before_1970)).unwrap(), "\"1970-01-01T00:00:00.000Z\"");
+        let past_9999 = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        assert_eq!(serde_json::to_string(&stamp(past_9999)).unwrap(), "\"9999-12-31T23:59:59.999Z\"");
+        let last = UNIX_EPOCH + LATEST_STAMP;
+        assert_eq!(serde_json::to_string(&stamp(last)).unwrap(), "\"9999-12-31T23:59:59.999Z\"");
     }
 
     #[test]
