@@ -30,7 +30,7 @@ pub fn check(data: &[u8]) {
     match (&keep_none, &keep_all) {
         (Ok(some), Ok(all)) => {
             assert_eq!(some.command, all.command);
-            assert!(some.body.keys().all(|k| k == "callbackCommand"), "keys kept that nobody reads");
+            assert!(some.body.is_empty(), "keys kept that nobody reads (the command is read aside)");
         }
         (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "refusal depends on the keys kept"),
         _ => panic!("keeping keys changed the outcome: {keep_none:?} / {keep_all:?}"),
