@@ -87,13 +87,13 @@ impl Head<'_> {
     /// keys being the constants they are: serde writes a struct with flattened fields as a
     /// map, every key escaped like any string and every field through its flattening, which
     /// cost a record more than half of its line building (callgrind, issue 19). Values that
-    /// may need escaping, and the nested ones, still go through serde_json; those callgrind
+    /// may need escaping, and the nested ones, still go through serde_json; those callgate
     /// makes itself with nothing to escape are copied ([`put_plain`]).
     fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"time\":");
         self.time.write(out);
         out.extend_from_slice(b",\"source\":");
-        put_plain(out, self.source);
+        put_plain(out, self.source.as_bytes());
         out.extend_from_slice(b",\"command\":");
         put(out, self.command);
         if let Some(id) = self.operation_id {
@@ -127,7 +127,7 @@ impl Head<'_> {
         if let Some(version) = self.policy_version {
             out.extend_from_slice(b",\"policy_version\":");
             // Hex digits (a sha256), from policy::load.
-            put_plain(out, version);
+            put_plain(out, version.as_bytes());
         }
         out.extend_from_slice(b",\"latency_us\":");
         put(out, &self.latency_us);
@@ -144,10 +144,10 @@ fn put<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 /// Appends `text` in quotes as it is, for strings callgate makes itself that JSON never
 /// escapes (names from a fixed set, hex digests, its time stamps): as `put` writes them,
 /// without looking at each byte for escapes.
-fn put_plain(out: &mut Vec<u8>, text: &str) {
-    debug_assert!(text.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'), "{text:?} needs escaping");
+fn put_plain(out: &mut Vec<u8>, text: &[u8]) {
+    debug_assert!(text.iter().all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\'), "{text:?} needs escaping");
     out.push(b'"');
-    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(text);
     out.push(b'"');
 }
 
@@ -176,7 +176,7 @@ impl<'a> Verdict<'a> {
     /// into a head or an item (see [`Head::write`]).
     fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"\"decision\":");
-        put_plain(out, self.decision);
+        put_plain(out, self.decision.as_bytes());
         if let Some(rule) = self.rule {
             out.extend_from_slice(b",\"rule\":");
             put(out, rule);
@@ -361,19 +361,16 @@ fn line(head: &Head<'_>, event: &Event) -> Line {
 enum Stamp {
     /// The common case, kept on the stack rather than in a `String` of its own.
     Millis([u8; 24]),
-    /// A clock humantime formats in some other way (or refuses, as it always did).
+    /// A time humantime formats in some other way: none from 1970 to 9999 (the times
+    /// [`stamp`] writes), but a stamp stays right if humantime's format changes.
     Other(String),
 }
 
 impl Stamp {
     fn write(&self, out: &mut Vec<u8>) {
         match self {
-            // Only ASCII digits and separators are ever put in it (see `now_rfc3339`).
-            Stamp::Millis(bytes) => {
-                out.push(b'"');
-                out.extend_from_slice(bytes);
-                out.push(b'"');
-            }
+            // Only ASCII digits and separators are ever put in it (see `stamp`).
+            Stamp::Millis(bytes) => put_plain(out, bytes),
             Stamp::Other(text) => put(out, text),
         }
     }
@@ -384,7 +381,7 @@ impl Stamp {
 impl Serialize for Stamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
-            // Only ASCII digits and separators are ever put in it (see `now_rfc3339`).
+            // Only ASCII digits and separators are ever put in it (see `stamp`).
             Stamp::Millis(bytes) => serializer.serialize_str(std::str::from_utf8(bytes).unwrap_or_default()),
             Stamp::Other(text) => serializer.serialize_str(text),
         }

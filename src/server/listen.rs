@@ -66,9 +66,8 @@ const DRAIN_FOR: Duration = Duration::from_secs(10);
 
 /// Serves the services `make` makes, one per connection from its peer, on `listener` until
 /// `stop` turns true, then stops accepting, lets requests in flight finish (up to a bound)
-/// and returns. While
-/// `draining` is set, every answer carries `Connection: close`, so that clients leave their
-/// kept-alive connections cleanly before the server stops.
+/// and returns. While `draining` is set, every answer carries `Connection: close`, so that
+/// clients leave their kept-alive connections cleanly before the server stops.
 pub async fn serve<M, S>(
     listener: TcpListener,
     make: M,
